@@ -1,0 +1,20 @@
+//! gatehouse control plane: the protocol spoken on 20002 (gateway <-> broker) and 20003
+//! (host agent -> broker), and the launch tickets the broker signs.
+//!
+//! This crate's foundation is sans-IO: every type here takes bytes, time and randomness as
+//! arguments and returns values or decisions. Sockets, TLS, timers and threads belong to the
+//! broker, host agent and gateway client shells built on top of it.
+//!
+//! - [`frame`]: the hello exchange, length-prefixed frames, the incremental decoder and the
+//!   keepalive timer.
+//! - [`message`]: the typed JSON bodies carried in frames and the refusal reasons.
+//! - [`ticket`]: launch tickets (HMAC-SHA256 under a rotating farm key) and the nonce ledger
+//!   that makes each ticket single use.
+//!
+//! The wire format is written down in `control/PROTOCOL.md`; keep the two in step.
+
+#![warn(missing_docs)]
+
+pub mod frame;
+pub mod message;
+pub mod ticket;

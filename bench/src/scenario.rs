@@ -1,0 +1,131 @@
+//! The load scenarios. Each takes the [`Common`] options and its own parameters, runs against
+//! a target (a stand-in, directly or through a proxy) and returns a [`Report`].
+
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Map, Value};
+
+use crate::report::{Report, Window};
+use crate::BenchError;
+
+pub mod connect_rate;
+pub mod idle;
+pub mod rdp_profile;
+pub mod rr_latency;
+pub mod throughput;
+
+/// Options every scenario takes.
+#[derive(Clone, Debug)]
+pub struct Common {
+    /// Where the load goes.
+    pub target: SocketAddr,
+    /// Length of the measured window (a cap for byte- or count-driven scenarios).
+    pub duration: Duration,
+    /// Load before the measured window whose samples are dropped (time-driven scenarios).
+    pub warmup: Duration,
+    /// Local source addresses (127.0.0.1..=N) when the target is on loopback.
+    pub sources: usize,
+    /// Processes whose CPU time and RSS are reported.
+    pub pids: Vec<u32>,
+}
+
+impl Common {
+    /// The common parameters as JSON, to which a scenario adds its own.
+    pub fn parameters(&self, extra: Value) -> Value {
+        let mut m = Map::new();
+        m.insert("duration_s".into(), json!(self.duration.as_secs_f64()));
+        m.insert("warmup_s".into(), json!(self.warmup.as_secs_f64()));
+        m.insert("sources".into(), json!(self.sources));
+        m.insert("pids".into(), json!(self.pids));
+        if let Value::Object(e) = extra {
+            m.extend(e);
+        }
+        Value::Object(m)
+    }
+
+    /// Opens the CPU/RSS window over `pids`.
+    pub fn open_window(&self) -> Result<Window, BenchError> {
+        Window::open(&self.pids).map_err(|e| BenchError::Process(e.to_string()))
+    }
+
+    /// Closes the window into process reports.
+    pub fn close_window(&self, w: &Window) -> Result<Vec<crate::report::ProcessReport>, BenchError> {
+        w.close().map_err(|e| BenchError::Process(e.to_string()))
+    }
+}
+
+/// Sleeps until `end`; on a terminal, shows a progress line for windows longer than 3 s.
+pub fn wait_with_progress(scenario: &str, start: Instant, end: Instant) {
+    use std::io::{IsTerminal, Write};
+    let total = end.saturating_duration_since(start);
+    let show = total > Duration::from_secs(3) && std::io::stderr().is_terminal();
+    loop {
+        let now = Instant::now();
+        if now >= end {
+            break;
+        }
+        if show {
+            let done = now.saturating_duration_since(start).as_secs_f64();
+            let frac = (done / total.as_secs_f64()).clamp(0.0, 1.0);
+            let bar = "#".repeat((frac * 30.0) as usize);
+            eprint!("\r{scenario} [{bar:<30}] {done:.0}/{:.0} s", total.as_secs_f64());
+            let _ = std::io::stderr().flush();
+        }
+        std::thread::sleep((end - now).min(Duration::from_millis(500)));
+    }
+    if show {
+        eprintln!();
+    }
+}
+
+/// Remembers the first error message seen by any worker (for a clear NoProgress error).
+#[derive(Debug, Default)]
+pub struct FirstError(Mutex<Option<String>>);
+
+impl FirstError {
+    /// Records `msg` unless an earlier one is held.
+    pub fn note(&self, msg: impl FnOnce() -> String) {
+        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if g.is_none() {
+            *g = Some(msg());
+        }
+    }
+
+    /// The first error, or a default text.
+    pub fn take(&self) -> String {
+        let g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        g.clone().unwrap_or_else(|| "no error recorded".into())
+    }
+}
+
+/// Fails with NoProgress when nothing completed.
+pub fn require_progress(target: SocketAddr, operations: u64, first: &FirstError) -> Result<(), BenchError> {
+    if operations == 0 {
+        return Err(BenchError::NoProgress {
+            target,
+            detail: first.take(),
+        });
+    }
+    Ok(())
+}
+
+/// Shorthand used by every scenario to finish.
+pub(crate) fn finish(
+    scenario: &'static str,
+    common: &Common,
+    extra: Value,
+    results: crate::report::Results,
+    processes: Vec<crate::report::ProcessReport>,
+    rss_per_connection: bool,
+) -> Report {
+    Report::new(
+        scenario,
+        common.target.to_string(),
+        common.parameters(extra),
+        results,
+        processes,
+        rss_per_connection,
+    )
+}

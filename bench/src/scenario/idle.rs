@@ -1,0 +1,115 @@
+//! `idle`: N connections opened, each checked live with one echo, then held idle.
+//!
+//! With `--pid`, the RSS of each process is read before the first connection and at the end
+//! of the hold (the connections idle by then); the growth divided by the connections held is
+//! the memory per idle tunnel. After the hold every connection echoes once more
+//! (`alive_after_hold`), so a proxy that dropped idle tunnels is caught.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::{finish, require_progress, Common, FirstError};
+use crate::net::{probe, SourcePool};
+use crate::report::{Report, Results};
+use crate::BenchError;
+
+/// Parameters of `idle`.
+#[derive(Clone, Debug)]
+pub struct Params {
+    /// Connections to open and hold.
+    pub connections: usize,
+    /// How long to hold them idle.
+    pub hold: Duration,
+    /// Workers opening connections at once.
+    pub concurrency: usize,
+}
+
+const PING: &[u8] = b"gatehouse-idle!!";
+
+/// Runs the scenario.
+pub fn run(common: &Common, p: &Params) -> Result<Report, BenchError> {
+    probe(common.target)?;
+    let limit = crate::net::raise_nofile_limit();
+    if p.connections as u64 + 64 > limit {
+        return Err(BenchError::Usage(format!(
+            "{} connections need more than the open-files limit {limit}: run several processes",
+            p.connections
+        )));
+    }
+    let sources = Arc::new(SourcePool::new(common.target, common.sources));
+    let first = Arc::new(FirstError::default());
+    let held = Arc::new(Mutex::new(Vec::with_capacity(p.connections)));
+    let window = common.open_window()?;
+    let workers = p.concurrency.clamp(1, p.connections.max(1));
+    let threads: Vec<_> = (0..workers)
+        .map(|w| {
+            let (sources, first, held) = (sources.clone(), first.clone(), held.clone());
+            let target = common.target;
+            let count = p.connections / workers + usize::from(w < p.connections % workers);
+            std::thread::spawn(move || {
+                let mut mine = Vec::with_capacity(count);
+                let mut errors = 0u64;
+                for _ in 0..count {
+                    match sources
+                        .connect(target, Duration::from_secs(5))
+                        .map_err(|e| format!("connect: {e}"))
+                        .and_then(|mut c| ping(&mut c).map(|()| c))
+                    {
+                        Ok(c) => mine.push(c),
+                        Err(e) => {
+                            errors += 1;
+                            first.note(|| e);
+                        }
+                    }
+                }
+                held.lock().unwrap_or_else(|p| p.into_inner()).extend(mine);
+                errors
+            })
+        })
+        .collect();
+    let errors: u64 = threads
+        .into_iter()
+        .map(|t| t.join().expect("idle workers do not panic"))
+        .sum();
+    let mut conns = std::mem::take(&mut *held.lock().unwrap_or_else(|p| p.into_inner()));
+    std::thread::sleep(p.hold);
+    let elapsed_s = window.elapsed_s();
+    let processes = common.close_window(&window)?;
+    let opened = conns.len() as u64;
+    require_progress(common.target, opened, &first)?;
+    let alive = conns.iter_mut().map(ping).filter(Result::is_ok).count() as u64;
+    drop(conns);
+    let results = Results {
+        elapsed_s,
+        connections: opened,
+        operations: opened,
+        errors,
+        bytes_up: opened * PING.len() as u64,
+        bytes_down: opened * PING.len() as u64,
+        alive_after_hold: Some(alive),
+        ..Results::default()
+    };
+    let extra = json!({
+        "connections": p.connections,
+        "hold_s": p.hold.as_secs_f64(),
+        "concurrency": p.concurrency,
+    });
+    Ok(finish("idle", common, extra, results, processes, true))
+}
+
+fn ping(c: &mut TcpStream) -> Result<(), String> {
+    c.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    c.write_all(PING).map_err(|e| format!("write: {e}"))?;
+    let mut back = [0u8; PING.len()];
+    c.read_exact(&mut back)
+        .map_err(|e| format!("no echo (closed or timed out): {e}"))?;
+    if back != PING {
+        return Err("echo differs".into());
+    }
+    Ok(())
+}

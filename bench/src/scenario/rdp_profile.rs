@@ -1,0 +1,558 @@
+//! `rdp-profile`: sessions that behave like RDP, against an Rdp stand-in (framing in
+//! `standin.rs`).
+//!
+//! The default is the "office" profile of the bench issue, per session: 10 input events per
+//! second of 80 bytes up; for each a screen update down of 1,200 bytes on average, spread
+//! 200-4,000 (a truncated exponential whose mean is exactly the configured one); a 60 KB burst
+//! every 30 s at a random phase; sessions start staggered. Each session first sends an X.224
+//! Connection Request and waits for the Confirm. Events are sent at their intended times
+//! whatever the replies do (open loop); latency runs from an event's intended time to the
+//! last byte of its update. Sessions are spread over `threads` mio event loops.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::io::{ErrorKind, Read, Write};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+
+use super::{finish, require_progress, Common, FirstError};
+use crate::net::{probe, SourcePool};
+use crate::report::{new_histogram, Percentiles, Report, Results};
+use crate::wire::rdp::{
+    connection_request, parse_connection_confirm, InputEvent, UpdateHeader, FLAG_BURST, INPUT_HEADER_LEN,
+    MAX_CONNECTION_REQUEST, MAX_INPUT_LEN, MAX_UPDATE_LEN, UPDATE_HEADER_LEN,
+};
+use crate::BenchError;
+
+/// Parameters of `rdp-profile`.
+#[derive(Clone, Debug)]
+pub struct Params {
+    /// Concurrent sessions.
+    pub sessions: usize,
+    /// Input events per second per session.
+    pub input_rate: f64,
+    /// Bytes of each input event (24..=4096).
+    pub input_bytes: u32,
+    /// Mean update size in bytes.
+    pub update_mean: u32,
+    /// Smallest update.
+    pub update_min: u32,
+    /// Largest update.
+    pub update_max: u32,
+    /// Bytes of a burst (0: none).
+    pub burst_bytes: u32,
+    /// Time between bursts of one session.
+    pub burst_interval: Duration,
+    /// Sessions start evenly over this span.
+    pub stagger: Duration,
+    /// Event-loop threads.
+    pub threads: usize,
+    /// Seed of the size and phase randomness.
+    pub seed: u64,
+}
+
+impl Params {
+    /// The "office" profile for `sessions` sessions.
+    pub fn office(sessions: usize) -> Params {
+        Params {
+            sessions,
+            input_rate: 10.0,
+            input_bytes: 80,
+            update_mean: 1200,
+            update_min: 200,
+            update_max: 4000,
+            burst_bytes: 60 * 1024,
+            burst_interval: Duration::from_secs(30),
+            stagger: Duration::from_secs(1),
+            threads: 1,
+            seed: 1,
+        }
+    }
+}
+
+/// Update sizes: `min + Y`, Y exponential truncated to `max - min`, scaled so the mean is
+/// the configured one (solved by bisection; a mean past the midpoint falls back to uniform).
+#[derive(Clone, Copy, Debug)]
+pub struct SizeSampler {
+    min: f64,
+    width: f64,
+    scale: Option<f64>,
+}
+
+impl SizeSampler {
+    /// A sampler for sizes in `[min, max]` with mean `mean`.
+    pub fn new(min: u32, mean: u32, max: u32) -> SizeSampler {
+        let (min, max) = (f64::from(min), f64::from(max.max(min)));
+        let width = max - min;
+        let target = (f64::from(mean) - min).max(0.0);
+        let mean_of = |s: f64| s - width / ((width / s).exp_m1());
+        let scale = if width <= 0.0 || target >= width / 2.0 {
+            None
+        } else {
+            let (mut lo, mut hi) = (width * 1e-6, width * 1e3);
+            for _ in 0..100 {
+                let mid = (lo + hi) / 2.0;
+                if mean_of(mid) < target {
+                    lo = mid;
+                } else {
+                    hi = mid;
+                }
+            }
+            Some((lo + hi) / 2.0)
+        };
+        SizeSampler { min, width, scale }
+    }
+
+    /// One size.
+    pub fn sample(&self, rng: &mut impl Rng) -> u32 {
+        let u: f64 = rng.gen();
+        let y = match self.scale {
+            Some(s) => -s * (1.0 - u * (1.0 - (-self.width / s).exp())).ln(),
+            None => u * self.width,
+        };
+        (self.min + y.clamp(0.0, self.width)).round() as u32
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum TimerKind {
+    Start,
+    Input,
+    Burst,
+}
+
+enum Phase {
+    NotStarted,
+    AwaitConfirm { got: Vec<u8> },
+    Running,
+    Dead,
+}
+
+struct Outstanding {
+    seq: u64,
+    intended: Instant,
+    burst: bool,
+}
+
+struct Session {
+    start_at: Instant,
+    stream: Option<TcpStream>,
+    phase: Phase,
+    out: Vec<u8>,
+    out_off: usize,
+    outstanding: VecDeque<Outstanding>,
+    rx: UpdateReader,
+    next_seq: u64,
+}
+
+/// Where the session is inside the stream of updates.
+#[derive(Default)]
+struct UpdateReader {
+    hdr: [u8; UPDATE_HEADER_LEN],
+    hdr_fill: usize,
+    body_left: u32,
+}
+
+#[derive(Default)]
+struct Tally {
+    hist: Option<Histogram<u64>>,
+    burst_hist: Option<Histogram<u64>>,
+    connected: u64,
+    sent_in_window: u64,
+    done_in_window: u64,
+    errors: u64,
+    bytes_up: u64,
+    bytes_down: u64,
+}
+
+struct Plan {
+    target: SocketAddr,
+    window_start: Instant,
+    end: Instant,
+    p: Params,
+}
+
+/// Runs the scenario.
+pub fn run(common: &Common, p: &Params) -> Result<Report, BenchError> {
+    if p.sessions == 0
+        || !(p.input_rate.is_finite() && p.input_rate > 0.0)
+        || !(INPUT_HEADER_LEN as u32..=MAX_INPUT_LEN as u32).contains(&p.input_bytes)
+        || p.update_min < UPDATE_HEADER_LEN as u32
+        || p.update_max > MAX_UPDATE_LEN
+        || p.burst_bytes > MAX_UPDATE_LEN
+        || (p.burst_bytes != 0 && p.burst_bytes < UPDATE_HEADER_LEN as u32)
+    {
+        return Err(BenchError::Usage(format!(
+            "rdp-profile: sessions >= 1, input rate > 0, input bytes 24..=4096, updates and \
+             bursts {UPDATE_HEADER_LEN}..={MAX_UPDATE_LEN} bytes"
+        )));
+    }
+    probe(common.target)?;
+    crate::net::raise_nofile_limit();
+    let sources = Arc::new(SourcePool::new(common.target, common.sources));
+    let first = Arc::new(FirstError::default());
+    let base = Instant::now() + Duration::from_millis(20);
+    let window_start = base + common.warmup;
+    let end = window_start + common.duration;
+    let threads = p.threads.clamp(1, p.sessions);
+    let workers: Vec<_> = (0..threads)
+        .map(|t| {
+            let plan = Plan {
+                target: common.target,
+                window_start,
+                end,
+                p: p.clone(),
+            };
+            let (sources, first) = (sources.clone(), first.clone());
+            let starts: Vec<Instant> = (t..p.sessions)
+                .step_by(threads)
+                .map(|i| base + p.stagger.mul_f64(i as f64 / p.sessions as f64))
+                .collect();
+            std::thread::spawn(move || event_loop(&plan, &starts, &sources, &first, t as u64))
+        })
+        .collect();
+    std::thread::sleep(window_start.saturating_duration_since(Instant::now()));
+    let window = common.open_window()?;
+    super::wait_with_progress("rdp-profile", window_start, end);
+    let elapsed_s = window.elapsed_s();
+    let processes = common.close_window(&window)?;
+    let tallies: Vec<Tally> = workers
+        .into_iter()
+        .map(|w| w.join().expect("rdp-profile loops do not panic"))
+        .collect();
+    let (mut hist, mut burst_hist) = (new_histogram(), new_histogram());
+    for t in &tallies {
+        if let Some(h) = &t.hist {
+            hist.add(h).expect("histograms share bounds");
+        }
+        if let Some(h) = &t.burst_hist {
+            burst_hist.add(h).expect("histograms share bounds");
+        }
+    }
+    let done: u64 = tallies.iter().map(|t| t.done_in_window).sum();
+    require_progress(common.target, done, &first)?;
+    let results = Results {
+        elapsed_s,
+        connections: tallies.iter().map(|t| t.connected).sum(),
+        operations: done,
+        errors: tallies.iter().map(|t| t.errors).sum(),
+        bytes_up: tallies.iter().map(|t| t.bytes_up).sum(),
+        bytes_down: tallies.iter().map(|t| t.bytes_down).sum(),
+        latency_us: Percentiles::from_histogram(&hist),
+        burst_latency_us: Percentiles::from_histogram(&burst_hist),
+        ..Results::default()
+    };
+    let extra = json!({
+        "sessions": p.sessions,
+        "input_rate": p.input_rate,
+        "input_bytes": p.input_bytes,
+        "update_mean": p.update_mean,
+        "update_min": p.update_min,
+        "update_max": p.update_max,
+        "burst_bytes": p.burst_bytes,
+        "burst_interval_s": p.burst_interval.as_secs_f64(),
+        "stagger_s": p.stagger.as_secs_f64(),
+        "threads": threads,
+        "seed": p.seed,
+    });
+    Ok(finish("rdp-profile", common, extra, results, processes, false))
+}
+
+fn event_loop(
+    plan: &Plan,
+    starts: &[Instant],
+    sources: &SourcePool,
+    first: &FirstError,
+    thread: u64,
+) -> Tally {
+    let mut tally = Tally {
+        hist: Some(new_histogram()),
+        burst_hist: Some(new_histogram()),
+        ..Tally::default()
+    };
+    let mut poll = match Poll::new() {
+        Ok(p) => p,
+        Err(e) => {
+            first.note(|| format!("epoll: {e}"));
+            return tally;
+        }
+    };
+    let p = &plan.p;
+    let mut rng = StdRng::seed_from_u64(p.seed ^ thread.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let sizes = SizeSampler::new(p.update_min, p.update_mean, p.update_max);
+    let interval = Duration::from_secs_f64(1.0 / p.input_rate);
+    let mut sessions: Vec<Session> = starts
+        .iter()
+        .map(|&start_at| Session {
+            start_at,
+            stream: None,
+            phase: Phase::NotStarted,
+            out: Vec::new(),
+            out_off: 0,
+            outstanding: VecDeque::new(),
+            rx: UpdateReader::default(),
+            next_seq: 0,
+        })
+        .collect();
+    let mut timers: BinaryHeap<Reverse<(Instant, TimerKind, usize)>> = sessions
+        .iter()
+        .enumerate()
+        .map(|(i, s)| Reverse((s.start_at, TimerKind::Start, i)))
+        .collect();
+    let mut events = Events::with_capacity(1024);
+    let mut scratch = vec![0u8; 64 * 1024];
+    let grace_end = plan.end + Duration::from_secs(2);
+    loop {
+        let now = Instant::now();
+        let pending: usize = sessions
+            .iter()
+            .filter(|s| !matches!(s.phase, Phase::Dead))
+            .map(|s| s.outstanding.len())
+            .sum();
+        if now >= grace_end || (now >= plan.end && pending == 0) {
+            break;
+        }
+        let next_timer = timers.peek().map(|Reverse((t, _, _))| *t);
+        let wake = next_timer.unwrap_or(grace_end).min(grace_end);
+        let timeout = wake.saturating_duration_since(now);
+        if let Err(e) = poll.poll(&mut events, Some(timeout)) {
+            if e.kind() != ErrorKind::Interrupted {
+                first.note(|| format!("poll: {e}"));
+                break;
+            }
+        }
+        for ev in events.iter() {
+            let i = ev.token().0;
+            drive(&mut sessions[i], plan, &mut tally, &mut scratch, first);
+        }
+        let now = Instant::now();
+        while let Some(Reverse((t, kind, i))) = timers.peek().copied() {
+            if t > now {
+                break;
+            }
+            timers.pop();
+            let s = &mut sessions[i];
+            match kind {
+                TimerKind::Start => {
+                    match start(s, plan.target, sources, &poll, i) {
+                        Ok(()) => {
+                            timers.push(Reverse((t + interval, TimerKind::Input, i)));
+                            if p.burst_bytes > 0 {
+                                let phase = p.burst_interval.mul_f64(rng.gen::<f64>());
+                                timers.push(Reverse((t + phase, TimerKind::Burst, i)));
+                            }
+                        }
+                        Err(e) => {
+                            tally.errors += 1;
+                            first.note(|| format!("connect: {e}"));
+                            s.phase = Phase::Dead;
+                        }
+                    }
+                    continue;
+                }
+                TimerKind::Input | TimerKind::Burst => {
+                    if t >= plan.end || matches!(s.phase, Phase::Dead) {
+                        continue;
+                    }
+                    let burst = kind == TimerKind::Burst;
+                    let reply_len = if burst {
+                        p.burst_bytes
+                    } else {
+                        sizes.sample(&mut rng)
+                    };
+                    let seq = s.next_seq;
+                    s.next_seq += 1;
+                    InputEvent {
+                        len: p.input_bytes,
+                        seq,
+                        reply_len,
+                        flags: if burst { FLAG_BURST } else { 0 },
+                    }
+                    .encode(&mut s.out);
+                    s.outstanding.push_back(Outstanding {
+                        seq,
+                        intended: t,
+                        burst,
+                    });
+                    if t >= plan.window_start {
+                        tally.sent_in_window += 1;
+                        tally.bytes_up += u64::from(p.input_bytes);
+                    }
+                    let next = if burst { p.burst_interval } else { interval };
+                    timers.push(Reverse((t + next, kind, i)));
+                    drive(s, plan, &mut tally, &mut scratch, first);
+                }
+            }
+        }
+    }
+    for s in &sessions {
+        let lost = s
+            .outstanding
+            .iter()
+            .filter(|o| o.intended >= plan.window_start && o.intended < plan.end)
+            .count() as u64;
+        tally.errors += lost;
+    }
+    tally
+}
+
+fn start(
+    s: &mut Session,
+    target: SocketAddr,
+    sources: &SourcePool,
+    poll: &Poll,
+    i: usize,
+) -> std::io::Result<()> {
+    let std_stream = sources.connect_nonblocking(target)?;
+    let mut stream = TcpStream::from_std(std_stream);
+    poll.registry()
+        .register(&mut stream, Token(i), Interest::READABLE | Interest::WRITABLE)?;
+    s.stream = Some(stream);
+    s.out.extend_from_slice(&connection_request("bench", 0));
+    s.phase = Phase::AwaitConfirm { got: Vec::new() };
+    Ok(())
+}
+
+/// Moves bytes for one session after an event or a new frame to send.
+fn drive(s: &mut Session, plan: &Plan, tally: &mut Tally, scratch: &mut [u8], first: &FirstError) {
+    if matches!(s.phase, Phase::Dead | Phase::NotStarted) {
+        return;
+    }
+    if let Err(e) = pump(s, plan, tally, scratch) {
+        first.note(|| e.clone());
+        tally.errors += 1;
+        s.phase = Phase::Dead;
+        s.stream = None;
+    }
+}
+
+fn pump(s: &mut Session, plan: &Plan, tally: &mut Tally, scratch: &mut [u8]) -> Result<(), String> {
+    let Some(stream) = s.stream.as_mut() else {
+        return Ok(());
+    };
+    while s.out_off < s.out.len() {
+        match stream.write(&s.out[s.out_off..]) {
+            Ok(n) => s.out_off += n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == ErrorKind::NotConnected => break,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("write: {e}")),
+        }
+    }
+    if s.out_off == s.out.len() {
+        s.out.clear();
+        s.out_off = 0;
+    }
+    loop {
+        let n = match stream.read(scratch) {
+            Ok(0) => return Err("session closed by the far end".into()),
+            Ok(n) => n,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::NotConnected) => return Ok(()),
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return Err(format!("read: {e}")),
+        };
+        let now = Instant::now();
+        if now >= plan.window_start && now < plan.end {
+            tally.bytes_down += n as u64;
+        }
+        let mut data = &scratch[..n];
+        if let Phase::AwaitConfirm { got } = &mut s.phase {
+            got.extend_from_slice(data);
+            if got.len() > MAX_CONNECTION_REQUEST {
+                return Err("oversized connection confirm".into());
+            }
+            match parse_connection_confirm(got) {
+                Ok(None) => continue,
+                Ok(Some((len, _))) => {
+                    let rest = got.split_off(len);
+                    s.phase = Phase::Running;
+                    tally.connected += 1;
+                    take_updates(&mut s.rx, &mut s.outstanding, &rest, now, plan, tally)?;
+                    data = &[];
+                }
+                Err(e) => return Err(format!("connection confirm: {e}")),
+            }
+        }
+        take_updates(&mut s.rx, &mut s.outstanding, data, now, plan, tally)?;
+    }
+}
+
+fn take_updates(
+    s: &mut UpdateReader,
+    outstanding: &mut VecDeque<Outstanding>,
+    mut data: &[u8],
+    now: Instant,
+    plan: &Plan,
+    tally: &mut Tally,
+) -> Result<(), String> {
+    while !data.is_empty() {
+        if s.body_left == 0 {
+            let take = (UPDATE_HEADER_LEN - s.hdr_fill).min(data.len());
+            s.hdr[s.hdr_fill..s.hdr_fill + take].copy_from_slice(&data[..take]);
+            s.hdr_fill += take;
+            data = &data[take..];
+            if s.hdr_fill < UPDATE_HEADER_LEN {
+                return Ok(());
+            }
+            s.hdr_fill = 0;
+            let h = UpdateHeader::parse(&s.hdr).map_err(|e| format!("update: {e}"))?;
+            s.body_left = h.len - UPDATE_HEADER_LEN as u32;
+            let front = outstanding.front().map(|o| o.seq);
+            if front != Some(h.seq) {
+                return Err(format!("update seq {} while expecting {front:?}", h.seq));
+            }
+        } else {
+            let take = (s.body_left as usize).min(data.len());
+            s.body_left -= take as u32;
+            data = &data[take..];
+        }
+        if s.body_left == 0 {
+            let o = outstanding
+                .pop_front()
+                .expect("a header was matched against the front entry");
+            if o.intended >= plan.window_start && o.intended < plan.end {
+                tally.done_in_window += 1;
+                let ns = now.saturating_duration_since(o.intended).as_nanos() as u64;
+                let h = if o.burst {
+                    tally.burst_hist.as_mut()
+                } else {
+                    tally.hist.as_mut()
+                };
+                if let Some(h) = h {
+                    let _ = h.record(ns);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sampler_hits_mean_and_bounds() {
+        let s = SizeSampler::new(200, 1200, 4000);
+        let mut rng = StdRng::seed_from_u64(7);
+        let n = 200_000;
+        let mut sum = 0u64;
+        for _ in 0..n {
+            let v = s.sample(&mut rng);
+            assert!((200..=4000).contains(&v));
+            sum += u64::from(v);
+        }
+        let mean = sum as f64 / n as f64;
+        assert!((mean - 1200.0).abs() < 15.0, "mean {mean}");
+        let flat = SizeSampler::new(100, 100, 100);
+        assert_eq!(flat.sample(&mut rng), 100);
+    }
+}

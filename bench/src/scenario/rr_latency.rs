@@ -1,0 +1,223 @@
+//! `rr-latency`: request/response ping-pong of small messages at a fixed open-loop rate,
+//! against an Echo stand-in.
+//!
+//! Each connection has a sender that writes message k at its intended time
+//! `start + k / rate` whether or not earlier replies came back (open loop), and a receiver
+//! that timestamps each echo. Latency counts from the intended send time, so a stalled
+//! proxy shows up in the percentiles instead of slowing the load (no coordinated omission).
+//! Message: seq u64 BE | intended time (ns since start) u64 BE | filler.
+
+use std::io::{ErrorKind, Read, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use serde_json::json;
+
+use super::{finish, require_progress, Common, FirstError};
+use crate::net::{probe, SourcePool};
+use crate::report::{new_histogram, Percentiles, Report, Results};
+use crate::BenchError;
+
+/// Smallest message: seq and timestamp.
+pub const MIN_MESSAGE: usize = 16;
+
+/// Parameters of `rr-latency`.
+#[derive(Clone, Debug)]
+pub struct Params {
+    /// Messages per second over all connections.
+    pub rate: f64,
+    /// Connections sharing the rate.
+    pub connections: usize,
+    /// Message size in bytes (>= 16).
+    pub message: usize,
+}
+
+struct ConnTally {
+    hist: Histogram<u64>,
+    sent_in_window: u64,
+    received_in_window: u64,
+}
+
+/// Runs the scenario.
+pub fn run(common: &Common, p: &Params) -> Result<Report, BenchError> {
+    if !(p.rate.is_finite() && p.rate > 0.0) || p.connections == 0 || p.message < MIN_MESSAGE {
+        return Err(BenchError::Usage(format!(
+            "--rate must be > 0, --connections >= 1, --message >= {MIN_MESSAGE}"
+        )));
+    }
+    probe(common.target)?;
+    let sources = SourcePool::new(common.target, common.sources);
+    let first = Arc::new(FirstError::default());
+    let mut conns = Vec::new();
+    for _ in 0..p.connections {
+        let c = sources
+            .connect(common.target, Duration::from_secs(5))
+            .map_err(|e| BenchError::TargetDead {
+                target: common.target,
+                reason: e.to_string(),
+            })?;
+        conns.push(c);
+    }
+    let interval = Duration::from_secs_f64(p.connections as f64 / p.rate);
+    let base = Instant::now() + Duration::from_millis(20);
+    let window_start = base + common.warmup;
+    let end = window_start + common.duration;
+    let workers: Vec<_> = conns
+        .into_iter()
+        .enumerate()
+        .map(|(i, conn)| {
+            // Spread connections evenly over one interval.
+            let offset = interval.mul_f64(i as f64 / p.connections as f64);
+            let first = first.clone();
+            let message = p.message;
+            std::thread::spawn(move || {
+                run_connection(conn, base, offset, interval, window_start, end, message, &first)
+            })
+        })
+        .collect();
+    std::thread::sleep(window_start.saturating_duration_since(Instant::now()));
+    let window = common.open_window()?;
+    super::wait_with_progress("rr-latency", window_start, end);
+    let elapsed_s = window.elapsed_s();
+    let processes = common.close_window(&window)?;
+    let tallies: Vec<ConnTally> = workers
+        .into_iter()
+        .map(|w| w.join().expect("latency workers do not panic"))
+        .collect();
+    let mut hist = new_histogram();
+    for t in &tallies {
+        hist.add(&t.hist).expect("histograms share bounds");
+    }
+    let received: u64 = tallies.iter().map(|t| t.received_in_window).sum();
+    let sent: u64 = tallies.iter().map(|t| t.sent_in_window).sum();
+    require_progress(common.target, received, &first)?;
+    let results = Results {
+        elapsed_s,
+        connections: p.connections as u64,
+        operations: received,
+        errors: sent.saturating_sub(received),
+        bytes_up: sent * p.message as u64,
+        bytes_down: received * p.message as u64,
+        latency_us: Percentiles::from_histogram(&hist),
+        ..Results::default()
+    };
+    let extra = json!({
+        "rate": p.rate,
+        "connections": p.connections,
+        "message": p.message,
+    });
+    Ok(finish("rr-latency", common, extra, results, processes, false))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_connection(
+    conn: std::net::TcpStream,
+    base: Instant,
+    offset: Duration,
+    interval: Duration,
+    window_start: Instant,
+    end: Instant,
+    message: usize,
+    first: &FirstError,
+) -> ConnTally {
+    let sent_total = Arc::new(AtomicU64::new(u64::MAX));
+    let mut writer = match conn.try_clone() {
+        Ok(w) => w,
+        Err(e) => {
+            first.note(|| e.to_string());
+            return ConnTally {
+                hist: new_histogram(),
+                sent_in_window: 0,
+                received_in_window: 0,
+            };
+        }
+    };
+    let sent_flag = sent_total.clone();
+    let sender = std::thread::spawn(move || {
+        set_fine_timer_slack();
+        let mut msg = vec![0u8; message];
+        let mut k = 0u64;
+        let mut in_window = 0u64;
+        loop {
+            let intended = base + offset + interval.mul_f64(k as f64);
+            if intended >= end {
+                break;
+            }
+            let now = Instant::now();
+            if intended > now {
+                std::thread::sleep(intended - now);
+            }
+            msg[..8].copy_from_slice(&k.to_be_bytes());
+            let t = (intended - base).as_nanos() as u64;
+            msg[8..16].copy_from_slice(&t.to_be_bytes());
+            if writer.write_all(&msg).is_err() {
+                break;
+            }
+            if intended >= window_start {
+                in_window += 1;
+            }
+            k += 1;
+        }
+        sent_flag.store(k, Ordering::Release);
+        in_window
+    });
+    let mut conn = conn;
+    let _ = conn.set_read_timeout(Some(Duration::from_millis(200)));
+    let mut hist = new_histogram();
+    let mut buf = vec![0u8; message];
+    let mut filled = 0usize;
+    let mut received = 0u64;
+    let mut received_in_window = 0u64;
+    let give_up = end + Duration::from_secs(2);
+    loop {
+        let total = sent_total.load(Ordering::Acquire);
+        if received >= total || Instant::now() > give_up {
+            break;
+        }
+        match conn.read(&mut buf[filled..]) {
+            Ok(0) => {
+                first.note(|| format!("connection closed after {received} replies"));
+                break;
+            }
+            Ok(n) => {
+                filled += n;
+                if filled < message {
+                    continue;
+                }
+                filled = 0;
+                let now = Instant::now();
+                let mut t = [0u8; 8];
+                t.copy_from_slice(&buf[8..16]);
+                let intended = base + Duration::from_nanos(u64::from_be_bytes(t));
+                received += 1;
+                if intended >= window_start && intended < end {
+                    received_in_window += 1;
+                    let _ = hist.record(now.saturating_duration_since(intended).as_nanos() as u64);
+                }
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => {
+                first.note(|| format!("reading replies: {e}"));
+                break;
+            }
+        }
+    }
+    let _ = conn.shutdown(std::net::Shutdown::Both);
+    let sent_in_window = sender.join().unwrap_or(0);
+    ConnTally {
+        hist,
+        sent_in_window,
+        received_in_window,
+    }
+}
+
+/// Sleeps end within microseconds of their deadline (default timer slack is 50 us).
+fn set_fine_timer_slack() {
+    // SAFETY: PR_SET_TIMERSLACK takes an integer argument and affects this thread only.
+    unsafe {
+        libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong);
+    }
+}

@@ -1,0 +1,202 @@
+//! `throughput`: bulk bytes over N streams, up, down or both, through a Sink stand-in.
+//!
+//! Each stream sends a source request (see `standin.rs`), writes `bytes_per_stream` up and/or
+//! reads as many down, then half-closes; the sink reports the upstream count, so both
+//! directions are checked: what arrived equals what was sent. The measured window is the
+//! whole transfer (warmup does not apply); `duration` is a cap.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::Shutdown;
+use std::str::FromStr;
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use super::{finish, require_progress, Common, FirstError};
+use crate::net::{probe, SourcePool};
+use crate::report::{Report, Results};
+use crate::wire::source::{SourceRequest, REPORT_LEN};
+use crate::BenchError;
+
+/// Which way the bytes flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// Client to host.
+    Up,
+    /// Host to client.
+    Down,
+    /// Both at once.
+    Both,
+}
+
+impl FromStr for Direction {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Direction, String> {
+        match s {
+            "up" => Ok(Direction::Up),
+            "down" => Ok(Direction::Down),
+            "both" => Ok(Direction::Both),
+            o => Err(format!("unknown direction {o:?} (up, down, both)")),
+        }
+    }
+}
+
+impl Direction {
+    fn name(self) -> &'static str {
+        match self {
+            Direction::Up => "up",
+            Direction::Down => "down",
+            Direction::Both => "both",
+        }
+    }
+}
+
+/// Parameters of `throughput`.
+#[derive(Clone, Debug)]
+pub struct Params {
+    /// Concurrent streams.
+    pub streams: usize,
+    /// Direction of the bulk bytes.
+    pub direction: Direction,
+    /// Bytes each stream moves in each active direction.
+    pub bytes_per_stream: u64,
+}
+
+struct StreamOutcome {
+    up_sent: u64,
+    down_received: u64,
+    matched: bool,
+}
+
+/// Runs the scenario.
+pub fn run(common: &Common, p: &Params) -> Result<Report, BenchError> {
+    if p.streams == 0 {
+        return Err(BenchError::Usage("--streams must be at least 1".into()));
+    }
+    probe(common.target)?;
+    let sources = Arc::new(SourcePool::new(common.target, common.sources));
+    let up = matches!(p.direction, Direction::Up | Direction::Both);
+    let down = matches!(p.direction, Direction::Down | Direction::Both);
+    let up_bytes = if up { p.bytes_per_stream } else { 0 };
+    let down_bytes = if down { p.bytes_per_stream } else { 0 };
+    let barrier = Arc::new(Barrier::new(p.streams + 1));
+    let first = Arc::new(FirstError::default());
+    let deadline = Instant::now() + common.duration.max(Duration::from_secs(1));
+    let threads: Vec<_> = (0..p.streams)
+        .map(|_| {
+            let (sources, barrier, first) = (sources.clone(), barrier.clone(), first.clone());
+            let target = common.target;
+            std::thread::spawn(move || {
+                let conn = sources.connect(target, Duration::from_secs(5));
+                barrier.wait();
+                let outcome = conn
+                    .map_err(|e| e.to_string())
+                    .and_then(|c| one_stream(c, up_bytes, down_bytes, deadline));
+                outcome.unwrap_or_else(|e| {
+                    first.note(|| e);
+                    StreamOutcome {
+                        up_sent: 0,
+                        down_received: 0,
+                        matched: false,
+                    }
+                })
+            })
+        })
+        .collect();
+    let window = common.open_window()?;
+    barrier.wait();
+    let outcomes: Vec<StreamOutcome> = threads
+        .into_iter()
+        .map(|t| t.join().expect("stream threads do not panic"))
+        .collect();
+    let elapsed_s = window.elapsed_s();
+    let processes = common.close_window(&window)?;
+    let ok = outcomes.iter().filter(|o| o.matched).count() as u64;
+    require_progress(common.target, ok, &first)?;
+    let results = Results {
+        elapsed_s,
+        connections: ok,
+        operations: ok,
+        errors: p.streams as u64 - ok,
+        bytes_up: outcomes.iter().map(|o| o.up_sent).sum(),
+        bytes_down: outcomes.iter().map(|o| o.down_received).sum(),
+        bytes_match: Some(ok == p.streams as u64),
+        ..Results::default()
+    };
+    let extra = json!({
+        "streams": p.streams,
+        "direction": p.direction.name(),
+        "bytes_per_stream": p.bytes_per_stream,
+    });
+    Ok(finish("throughput", common, extra, results, processes, false))
+}
+
+fn one_stream(
+    mut conn: std::net::TcpStream,
+    up_bytes: u64,
+    down_bytes: u64,
+    deadline: Instant,
+) -> Result<StreamOutcome, String> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    conn.set_read_timeout(Some(left.max(Duration::from_millis(100))))
+        .map_err(|e| e.to_string())?;
+    let header = SourceRequest {
+        down_bytes,
+        report_up: true,
+    }
+    .encode();
+    conn.write_all(&header).map_err(|e| e.to_string())?;
+    let mut writer = conn.try_clone().map_err(|e| e.to_string())?;
+    let sender = std::thread::spawn(move || -> Result<u64, String> {
+        let chunk = vec![0x3Cu8; 64 * 1024];
+        let mut sent = 0u64;
+        while sent < up_bytes {
+            let n = (up_bytes - sent).min(chunk.len() as u64) as usize;
+            writer
+                .write_all(&chunk[..n])
+                .map_err(|e| format!("writing: {e}"))?;
+            sent += n as u64;
+        }
+        writer
+            .shutdown(Shutdown::Write)
+            .map_err(|e| format!("half-close: {e}"))?;
+        Ok(sent)
+    });
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut received = 0u64;
+    let mut tail = Vec::with_capacity(REPORT_LEN);
+    loop {
+        match conn.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                // The first down_bytes are payload, the next 8 the sink's report.
+                let payload = (down_bytes.saturating_sub(received)).min(n as u64) as usize;
+                received += payload as u64;
+                tail.extend_from_slice(&buf[payload..n]);
+                if tail.len() > REPORT_LEN {
+                    return Err(format!("{} bytes more than expected", tail.len() - REPORT_LEN));
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("reading after {received} bytes: {e}")),
+        }
+    }
+    let up_sent = sender.join().map_err(|_| "sender panicked".to_string())??;
+    let reported = (tail.len() == REPORT_LEN).then(|| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&tail);
+        u64::from_be_bytes(b)
+    });
+    let matched = received == down_bytes && reported == Some(up_sent);
+    if !matched {
+        return Err(format!(
+            "byte count mismatch: down {received}/{down_bytes}, up reported {reported:?} of {up_sent}"
+        ));
+    }
+    Ok(StreamOutcome {
+        up_sent,
+        down_received: received,
+        matched,
+    })
+}

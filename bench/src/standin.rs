@@ -1,0 +1,661 @@
+//! Stand-in session hosts: echo, sink (and source) and an RDP-like responder.
+//!
+//! Owns the listener and the connections of one stand-in, served by a single mio event loop
+//! thread with no per-connection buffer while a connection is idle (a shared 64 KiB read
+//! buffer; a connection allocates only for bytes it could not write yet), so one stand-in holds
+//! thousands of connections cheaply. The protocol cores live in `standin/sink.rs`,
+//! `standin/rdp_host.rs` and `wire/`; this file only moves bytes.
+//!
+//! # What each kind speaks
+//!
+//! **Echo** writes back every byte it reads, in order; on the client's EOF it finishes
+//! writing and closes.
+//!
+//! **Sink** reads and discards, counting bytes ([`StandInHandle::bytes_received`]). If the
+//! connection's first 24 bytes are a *source request* it also streams bytes back:
+//!
+//! ```text
+//! source request (client -> sink), 24 bytes, big endian:
+//!   "GHSRC\0\0\x01" (8) | down_bytes u64 | flags u64 (bit 0: report the upstream count)
+//! the sink then writes down_bytes filler bytes at once, counts what the client sends after
+//! the header, and on the client's EOF (after the down bytes) writes the count as a u64
+//! (big endian, 8 bytes) if asked, then closes.
+//! ```
+//!
+//! Any other first bytes make a plain sink. The `throughput` scenario uses this to check that
+//! what arrived equals what was sent, in both directions, through the proxy under test.
+//!
+//! **Rdp** starts like a real RDP host: it reads a TPKT/X.224 Connection Request (at most
+//! 1,024 bytes; bad TPKT version, length, code or class closes the connection) and answers a
+//! Connection Confirm carrying an RDP_NEG_RSP that selects `PROTOCOL_RDP` (0), or a bare
+//! confirm when the request had no RDP_NEG_REQ (MS-RDPBCGR 2.2.1.1-2.2.1.2). Then frames:
+//!
+//! ```text
+//! input event (client -> host), `len` bytes, big endian:
+//!   "GHIE" | len u32 (24..=4096, header included) | seq u64 | reply_len u32 | flags u32
+//!   | len-24 filler bytes
+//! screen update (host -> client), reply_len bytes:
+//!   "GHSU" | len u32 (= reply_len, 16..=1 MiB) | seq u64 | len-16 filler bytes
+//! ```
+//!
+//! Every event with `reply_len > 0` is answered by one update carrying its `seq`, in the order
+//! the events arrived; `reply_len == 0` asks for nothing. A burst (a window switch, 60 KB in
+//! the office profile) is an event with a large `reply_len` and flag bit 0 set; the host
+//! treats it like any event, so the client can time it too. The client measures latency from
+//! the intended send time of an event to the last byte of its update. A malformed frame
+//! closes the connection.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+use socket2::{Domain, Socket, Type};
+
+mod rdp_host;
+mod sink;
+
+pub use rdp_host::{Outgoing, RdpHost};
+pub use sink::{SinkConn, WriteWork};
+
+/// Which behaviour a stand-in has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Writes back what it reads.
+    Echo,
+    /// Reads and discards; streams bytes back after a source request.
+    Sink,
+    /// Answers an X.224 Connection Request, then input events with screen updates.
+    Rdp,
+}
+
+impl FromStr for Kind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Kind, String> {
+        match s {
+            "echo" => Ok(Kind::Echo),
+            "sink" => Ok(Kind::Sink),
+            "rdp" => Ok(Kind::Rdp),
+            other => Err(format!(
+                "unknown stand-in kind {other:?} (expected echo, sink or rdp)"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Kind::Echo => "echo",
+            Kind::Sink => "sink",
+            Kind::Rdp => "rdp",
+        })
+    }
+}
+
+/// A bound stand-in that is not serving yet.
+pub struct StandIn {
+    kind: Kind,
+    listener: TcpListener,
+    addr: SocketAddr,
+    stats: Arc<Stats>,
+}
+
+/// A stand-in serving on its own thread. Dropping it stops the thread without waiting;
+/// [`StandInHandle::stop`] waits for it.
+pub struct StandInHandle {
+    addr: SocketAddr,
+    stats: Arc<Stats>,
+    stop: Arc<AtomicBool>,
+    waker: Arc<Waker>,
+    thread: Option<JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct Stats {
+    connections: AtomicU64,
+    bytes_received: AtomicU64,
+}
+
+const LISTENER: Token = Token(usize::MAX - 1);
+const WAKER: Token = Token(usize::MAX - 2);
+const SCRATCH_LEN: usize = 64 * 1024;
+/// Updates queued per Rdp connection before the host stops reading (backpressure).
+const MAX_QUEUED_UPDATES: usize = 4096;
+/// Filler written for updates and source streams.
+static PATTERN: [u8; SCRATCH_LEN] = [0xA5; SCRATCH_LEN];
+
+impl StandIn {
+    /// Binds now (so the caller knows the port), serves on its own thread(s) after `spawn`.
+    pub fn bind(kind: Kind, addr: SocketAddr) -> io::Result<StandIn> {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+        socket.set_reuse_address(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(4096)?;
+        let std_listener: std::net::TcpListener = socket.into();
+        let addr = std_listener.local_addr()?;
+        Ok(StandIn {
+            kind,
+            listener: TcpListener::from_std(std_listener),
+            addr,
+            stats: Arc::new(Stats::default()),
+        })
+    }
+
+    /// The address it listens on (with the real port when bound to port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves in the background on one event-loop thread.
+    pub fn spawn(self) -> StandInHandle {
+        let poll = Poll::new().expect("epoll_create1 fails only when out of fds or memory");
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER).expect("eventfd fails only when out of fds"));
+        let stop = Arc::new(AtomicBool::new(false));
+        let addr = self.addr;
+        let stats = Arc::clone(&self.stats);
+        let thread_stop = Arc::clone(&stop);
+        let kind = self.kind;
+        let thread = std::thread::Builder::new()
+            .name(format!("standin-{kind}"))
+            .spawn(move || {
+                if let Err(e) = self.serve(poll, &thread_stop) {
+                    eprintln!("stand-in {kind} on {addr}: {e}");
+                }
+            })
+            .expect("spawning a thread fails only when out of memory");
+        StandInHandle {
+            addr,
+            stats,
+            stop,
+            waker,
+            thread: Some(thread),
+        }
+    }
+
+    /// Serves on the current thread until the process is killed.
+    pub fn run(self) -> io::Result<()> {
+        let poll = Poll::new()?;
+        self.serve(poll, &AtomicBool::new(false))
+    }
+
+    fn serve(mut self, mut poll: Poll, stop: &AtomicBool) -> io::Result<()> {
+        poll.registry()
+            .register(&mut self.listener, LISTENER, Interest::READABLE)?;
+        let mut server = Server {
+            kind: self.kind,
+            conns: Vec::new(),
+            free: Vec::new(),
+            scratch: vec![0; SCRATCH_LEN].into_boxed_slice(),
+            stats: self.stats,
+        };
+        let mut events = Events::with_capacity(1024);
+        let mut accept_paused = false;
+        while !stop.load(Ordering::Relaxed) {
+            // While accepting is paused (out of fds) retry every 100 ms instead of spinning.
+            let timeout = accept_paused.then(|| Duration::from_millis(100));
+            match poll.poll(&mut events, timeout) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+            if accept_paused || events.iter().any(|e| e.token() == LISTENER) {
+                accept_paused = server.accept_all(&self.listener, &poll)?;
+            }
+            for event in events.iter() {
+                let token = event.token();
+                if token == LISTENER || token == WAKER {
+                    continue;
+                }
+                server.drive(token.0, &poll);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl StandInHandle {
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.stats.connections.load(Ordering::Relaxed)
+    }
+
+    /// Payload bytes received so far (Sink: counted, headers excluded; Echo: echoed; Rdp: 0).
+    pub fn bytes_received(&self) -> u64 {
+        self.stats.bytes_received.load(Ordering::Relaxed)
+    }
+
+    /// Stops serving and waits for the thread; open connections are closed.
+    pub fn stop(mut self) {
+        self.signal_stop();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+
+    fn signal_stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.waker.wake();
+    }
+}
+
+impl Drop for StandInHandle {
+    fn drop(&mut self) {
+        self.signal_stop();
+    }
+}
+
+struct Server {
+    kind: Kind,
+    conns: Vec<Option<Conn>>,
+    free: Vec<usize>,
+    scratch: Box<[u8]>,
+    stats: Arc<Stats>,
+}
+
+struct Conn {
+    stream: TcpStream,
+    session: Session,
+}
+
+/// Per-kind connection state.
+enum Session {
+    Echo(Echo),
+    Sink(SinkConn),
+    Rdp {
+        host: RdpHost,
+        out: VecDeque<Outgoing>,
+        read_closed: bool,
+    },
+}
+
+/// Echo state: bytes read but not yet written back (empty while idle).
+struct Echo {
+    pending: Vec<u8>,
+    read_closed: bool,
+}
+
+/// What `drive` decided.
+enum Step {
+    Wait,
+    Close,
+}
+
+impl Server {
+    /// Accepts until WouldBlock; returns true when accepting must pause (out of fds).
+    fn accept_all(&mut self, listener: &TcpListener, poll: &Poll) -> io::Result<bool> {
+        loop {
+            match listener.accept() {
+                Ok((mut stream, _)) => {
+                    let _ = stream.set_nodelay(true);
+                    let idx = self.free.pop().unwrap_or_else(|| {
+                        self.conns.push(None);
+                        self.conns.len() - 1
+                    });
+                    poll.registry().register(
+                        &mut stream,
+                        Token(idx),
+                        Interest::READABLE | Interest::WRITABLE,
+                    )?;
+                    let session = match self.kind {
+                        Kind::Echo => Session::Echo(Echo {
+                            pending: Vec::new(),
+                            read_closed: false,
+                        }),
+                        Kind::Sink => Session::Sink(SinkConn::default()),
+                        Kind::Rdp => Session::Rdp {
+                            host: RdpHost::default(),
+                            out: VecDeque::new(),
+                            read_closed: false,
+                        },
+                    };
+                    self.conns[idx] = Some(Conn { stream, session });
+                    self.stats.connections.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                    eprintln!("stand-in: out of file descriptors, accepting paused: {e}");
+                    return Ok(true);
+                }
+                // ECONNABORTED and the like concern one connection only.
+                Err(_) => {}
+            }
+        }
+    }
+
+    fn drive(&mut self, idx: usize, poll: &Poll) {
+        let Some(Some(conn)) = self.conns.get_mut(idx) else {
+            return;
+        };
+        let step = match &mut conn.session {
+            Session::Echo(echo) => drive_echo(&mut conn.stream, echo, &mut self.scratch, &self.stats),
+            Session::Sink(sink) => drive_sink(&mut conn.stream, sink, &mut self.scratch, &self.stats),
+            Session::Rdp {
+                host,
+                out,
+                read_closed,
+            } => drive_rdp(&mut conn.stream, host, out, read_closed, &mut self.scratch),
+        };
+        if let Step::Close = step {
+            if let Some(mut conn) = self.conns[idx].take() {
+                let _ = poll.registry().deregister(&mut conn.stream);
+                let _ = conn.stream.shutdown(Shutdown::Both);
+            }
+            self.free.push(idx);
+        }
+    }
+}
+
+/// Result of one non-blocking read.
+enum ReadOutcome {
+    Data(usize),
+    Eof,
+    Blocked,
+    Failed,
+}
+
+fn read_once(stream: &mut TcpStream, buf: &mut [u8]) -> ReadOutcome {
+    loop {
+        return match stream.read(buf) {
+            Ok(0) => ReadOutcome::Eof,
+            Ok(n) => ReadOutcome::Data(n),
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => ReadOutcome::Blocked,
+            Err(_) => ReadOutcome::Failed,
+        };
+    }
+}
+
+/// Writes as much of `buf` as the socket takes; `Err` on a dead socket.
+fn write_some(stream: &mut TcpStream, buf: &[u8]) -> io::Result<usize> {
+    loop {
+        return match stream.write(buf) {
+            Ok(n) => Ok(n),
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => Ok(0),
+            Err(e) => Err(e),
+        };
+    }
+}
+
+fn drive_echo(stream: &mut TcpStream, echo: &mut Echo, scratch: &mut [u8], stats: &Stats) -> Step {
+    loop {
+        if !echo.pending.is_empty() {
+            let Ok(n) = write_some(stream, &echo.pending) else {
+                return Step::Close;
+            };
+            echo.pending.drain(..n);
+            if !echo.pending.is_empty() {
+                return Step::Wait;
+            }
+            // Give the memory back: an idle echo connection holds no buffer.
+            echo.pending = Vec::new();
+        }
+        if echo.read_closed {
+            return Step::Close;
+        }
+        match read_once(stream, scratch) {
+            ReadOutcome::Data(n) => {
+                stats.bytes_received.fetch_add(n as u64, Ordering::Relaxed);
+                let Ok(w) = write_some(stream, &scratch[..n]) else {
+                    return Step::Close;
+                };
+                if w < n {
+                    echo.pending.extend_from_slice(&scratch[w..n]);
+                }
+            }
+            ReadOutcome::Eof => echo.read_closed = true,
+            ReadOutcome::Blocked => return Step::Wait,
+            ReadOutcome::Failed => return Step::Close,
+        }
+    }
+}
+
+fn drive_sink(stream: &mut TcpStream, sink: &mut SinkConn, scratch: &mut [u8], stats: &Stats) -> Step {
+    loop {
+        let mut progressed = false;
+        let written = match sink.next_write() {
+            WriteWork::Pattern(left) => {
+                let n = left.min(PATTERN.len() as u64) as usize;
+                write_some(stream, &PATTERN[..n])
+            }
+            WriteWork::Literal(bytes) => write_some(stream, bytes),
+            WriteWork::Idle => Ok(0),
+            WriteWork::Finished => return Step::Close,
+        };
+        match written {
+            Ok(0) => {}
+            Ok(n) => {
+                sink.wrote(n);
+                progressed = true;
+            }
+            Err(_) => return Step::Close,
+        }
+        if !sink.read_closed() {
+            match read_once(stream, scratch) {
+                ReadOutcome::Data(n) => {
+                    let counted = sink.on_bytes(&scratch[..n]);
+                    stats.bytes_received.fetch_add(counted, Ordering::Relaxed);
+                    progressed = true;
+                }
+                ReadOutcome::Eof => {
+                    if sink.on_eof() {
+                        return Step::Close;
+                    }
+                    progressed = true;
+                }
+                ReadOutcome::Blocked => {}
+                ReadOutcome::Failed => return Step::Close,
+            }
+        }
+        if !progressed {
+            return Step::Wait;
+        }
+    }
+}
+
+fn drive_rdp(
+    stream: &mut TcpStream,
+    host: &mut RdpHost,
+    out: &mut VecDeque<Outgoing>,
+    read_closed: &mut bool,
+    scratch: &mut [u8],
+) -> Step {
+    loop {
+        match flush_outgoing(stream, out) {
+            Ok(true) => {}
+            Ok(false) => return Step::Wait,
+            Err(_) => return Step::Close,
+        }
+        if *read_closed {
+            return Step::Close;
+        }
+        if out.len() >= MAX_QUEUED_UPDATES {
+            return Step::Wait;
+        }
+        match read_once(stream, scratch) {
+            ReadOutcome::Data(n) => {
+                if host.on_bytes(&scratch[..n], out).is_err() {
+                    return Step::Close;
+                }
+            }
+            ReadOutcome::Eof => *read_closed = true,
+            ReadOutcome::Blocked => return Step::Wait,
+            ReadOutcome::Failed => return Step::Close,
+        }
+    }
+}
+
+/// Writes queued frames; `Ok(true)` when the queue is empty, `Ok(false)` when the socket is full.
+fn flush_outgoing(stream: &mut TcpStream, out: &mut VecDeque<Outgoing>) -> io::Result<bool> {
+    while let Some(front) = out.front_mut() {
+        let done = match front {
+            Outgoing::Bytes { buf, sent } => {
+                let n = write_some(stream, &buf[*sent..])?;
+                *sent += n;
+                if n == 0 {
+                    return Ok(false);
+                }
+                *sent == buf.len()
+            }
+            Outgoing::Update {
+                header,
+                sent,
+                payload_left,
+            } => {
+                let n = if *sent < header.len() {
+                    let n = write_some(stream, &header[*sent..])?;
+                    *sent += n;
+                    n
+                } else {
+                    let chunk = (*payload_left as usize).min(PATTERN.len());
+                    let n = write_some(stream, &PATTERN[..chunk])?;
+                    *payload_left -= n as u32;
+                    n
+                };
+                if n == 0 {
+                    return Ok(false);
+                }
+                *sent == header.len() && *payload_left == 0
+            }
+        };
+        if done {
+            out.pop_front();
+        }
+    }
+    if out.capacity() > 16 {
+        out.shrink_to_fit();
+    }
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+
+    use super::*;
+    use crate::wire::rdp::{
+        connection_request, parse_connection_confirm, InputEvent, UpdateHeader, UPDATE_HEADER_LEN,
+    };
+    use crate::wire::source::SourceRequest;
+
+    fn loopback() -> SocketAddr {
+        "127.0.0.1:0".parse().expect("literal address")
+    }
+
+    #[test]
+    fn kind_parses_and_prints() {
+        for k in [Kind::Echo, Kind::Sink, Kind::Rdp] {
+            assert_eq!(k.to_string().parse::<Kind>(), Ok(k));
+        }
+        assert!("ftp".parse::<Kind>().is_err());
+    }
+
+    #[test]
+    fn echo_round_trip_and_counts() {
+        let h = StandIn::bind(Kind::Echo, loopback()).unwrap().spawn();
+        let mut c = TcpStream::connect(h.local_addr()).unwrap();
+        let msg: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let mut writer = c.try_clone().unwrap();
+        let sent = msg.clone();
+        let t = std::thread::spawn(move || {
+            writer.write_all(&sent).unwrap();
+            writer.shutdown(Shutdown::Write).unwrap();
+        });
+        let mut back = Vec::new();
+        c.read_to_end(&mut back).unwrap();
+        t.join().unwrap();
+        assert_eq!(back, msg);
+        assert_eq!(h.connections(), 1);
+        h.stop();
+    }
+
+    #[test]
+    fn sink_source_reports_both_directions() {
+        let h = StandIn::bind(Kind::Sink, loopback()).unwrap().spawn();
+        let mut c = TcpStream::connect(h.local_addr()).unwrap();
+        let req = SourceRequest {
+            down_bytes: 300_000,
+            report_up: true,
+        };
+        c.write_all(&req.encode()).unwrap();
+        c.write_all(&[1u8; 12_345]).unwrap();
+        c.shutdown(Shutdown::Write).unwrap();
+        let mut back = Vec::new();
+        c.read_to_end(&mut back).unwrap();
+        assert_eq!(back.len(), 300_008);
+        assert_eq!(back[300_000..], 12_345u64.to_be_bytes());
+        h.stop();
+    }
+
+    #[test]
+    fn rdp_confirms_and_answers_in_order() {
+        let h = StandIn::bind(Kind::Rdp, loopback()).unwrap().spawn();
+        let mut c = TcpStream::connect(h.local_addr()).unwrap();
+        c.write_all(&connection_request("bench", 3)).unwrap();
+        let mut cc = [0u8; 19];
+        c.read_exact(&mut cc).unwrap();
+        assert_eq!(parse_connection_confirm(&cc), Ok(Some((19, Some(0)))));
+        let mut frames = Vec::new();
+        for (seq, reply) in [(1u64, 200u32), (2, 0), (3, 61_440)] {
+            InputEvent {
+                len: 80,
+                seq,
+                reply_len: reply,
+                flags: 0,
+            }
+            .encode(&mut frames);
+        }
+        c.write_all(&frames).unwrap();
+        for (seq, len) in [(1u64, 200usize), (3, 61_440)] {
+            let mut hdr = [0u8; UPDATE_HEADER_LEN];
+            c.read_exact(&mut hdr).unwrap();
+            assert_eq!(
+                UpdateHeader::parse(&hdr),
+                Ok(UpdateHeader { len: len as u32, seq })
+            );
+            let mut body = vec![0u8; len - UPDATE_HEADER_LEN];
+            c.read_exact(&mut body).unwrap();
+        }
+        // A malformed frame closes the connection.
+        c.write_all(b"garbage-garbage-garbage-").unwrap();
+        let mut rest = Vec::new();
+        let _ = c.read_to_end(&mut rest);
+        assert!(rest.is_empty());
+        h.stop();
+    }
+
+    #[test]
+    fn holds_many_idle_connections() {
+        let h = StandIn::bind(Kind::Echo, loopback()).unwrap().spawn();
+        let mut conns: Vec<TcpStream> = (0..500)
+            .map(|_| TcpStream::connect(h.local_addr()).unwrap())
+            .collect();
+        for c in conns.iter_mut() {
+            c.write_all(b"ping").unwrap();
+        }
+        for c in conns.iter_mut() {
+            let mut b = [0u8; 4];
+            c.read_exact(&mut b).unwrap();
+            assert_eq!(&b, b"ping");
+        }
+        assert_eq!(h.connections(), 500);
+        h.stop();
+    }
+}

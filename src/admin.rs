@@ -1,0 +1,279 @@
+//! The admin listener: Prometheus metrics and a small JSON API, loopback by default.
+//!
+//! Owns the admin HTTP endpoint. It reads the current snapshot and counters, sets backend
+//! administrative states and asks the control loop for reloads; it never touches sessions.
+//!
+//! | method | path | does |
+//! | --- | --- | --- |
+//! | GET | `/metrics` | Prometheus text |
+//! | GET | `/api/v1/status` | node, generation, connections, lifecycle |
+//! | GET | `/api/v1/backends` | pools and backends with states and counters |
+//! | POST | `/api/v1/backends/POOL/BACKEND` | body `{"state": "up"\|"drain"\|"maintenance"}` |
+//! | POST | `/api/v1/reload` | re-read the config file |
+
+use std::io::{self, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::Sender;
+
+use crate::config::AdminState;
+use crate::runtime::Command;
+use crate::shared::Shared;
+
+const MAX_REQUEST: usize = 16 * 1024;
+const MAX_CLIENTS: usize = 16;
+
+/// The running admin listener.
+pub struct AdminServer {
+    stop: Arc<AtomicBool>,
+    address: std::net::SocketAddr,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl AdminServer {
+    /// Serves on `listener` in a background thread.
+    pub fn spawn(
+        listener: TcpListener,
+        shared: Arc<Shared>,
+        commands: Sender<Command>,
+    ) -> io::Result<AdminServer> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let address = listener.local_addr()?;
+        let flag = stop.clone();
+        let clients = Arc::new(AtomicUsize::new(0));
+        let thread = std::thread::Builder::new().name("admin".into()).spawn(move || {
+            for conn in listener.incoming() {
+                if flag.load(Ordering::Acquire) {
+                    return;
+                }
+                let stream = match conn {
+                    Ok(s) => s,
+                    Err(e) => {
+                        // Out of descriptors (or a transient error): back off, do not spin.
+                        tracing::warn!("admin accept failed: {e}");
+                        std::thread::sleep(Duration::from_millis(100));
+                        continue;
+                    }
+                };
+                if clients.load(Ordering::Acquire) >= MAX_CLIENTS {
+                    let _ = respond(&stream, 503, "text/plain", "too many admin clients\n");
+                    continue;
+                }
+                clients.fetch_add(1, Ordering::AcqRel);
+                let (shared, commands, clients) = (shared.clone(), commands.clone(), clients.clone());
+                let spawned = std::thread::Builder::new()
+                    .name("admin-client".into())
+                    .spawn(move || {
+                        let _ = serve(stream, &shared, &commands);
+                        clients.fetch_sub(1, Ordering::AcqRel);
+                    });
+                if spawned.is_err() {
+                    // The closure (and its counter decrement) never ran.
+                }
+            }
+        })?;
+        Ok(AdminServer {
+            stop,
+            address,
+            thread,
+        })
+    }
+
+    /// Stops the listener thread.
+    pub fn stop(self) {
+        self.stop.store(true, Ordering::Release);
+        let _ = TcpStream::connect_timeout(&self.address, Duration::from_millis(200));
+        let _ = self.thread.join();
+    }
+}
+
+fn serve(mut stream: TcpStream, shared: &Shared, commands: &Sender<Command>) -> io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
+    let mut buf = Vec::with_capacity(1024);
+    let (method, path, body) = loop {
+        let mut chunk = [0u8; 2048];
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if buf.len() > MAX_REQUEST {
+            return respond(&stream, 413, "text/plain", "request too large\n");
+        }
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(&buf) {
+            Ok(httparse::Status::Complete(head)) => {
+                let len = req
+                    .headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                    .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse::<usize>().ok())
+                    .unwrap_or(0);
+                if len > MAX_REQUEST {
+                    return respond(&stream, 413, "text/plain", "body too large\n");
+                }
+                let method = req.method.unwrap_or("").to_string();
+                let path = req.path.unwrap_or("").to_string();
+                while buf.len() < head + len {
+                    let n = stream.read(&mut chunk)?;
+                    if n == 0 {
+                        break;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                let end = (head + len).min(buf.len());
+                break (method, path, buf[head..end].to_vec());
+            }
+            Ok(httparse::Status::Partial) => continue,
+            Err(e) => return respond(&stream, 400, "text/plain", &format!("bad request: {e}\n")),
+        }
+    };
+    route(&stream, shared, commands, &method, &path, &body)
+}
+
+fn route(
+    stream: &TcpStream,
+    shared: &Shared,
+    commands: &Sender<Command>,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> io::Result<()> {
+    let path = path.split('?').next().unwrap_or("");
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match (method, parts.as_slice()) {
+        ("GET", ["metrics"]) => {
+            let text = shared.render_metrics();
+            respond(stream, 200, "text/plain; version=0.0.4", &text)
+        }
+        ("GET", ["api", "v1", "status"]) => {
+            let snapshot = shared.snapshot();
+            let status = serde_json::json!({
+                "node": snapshot.config.node_name(),
+                "version": env!("CARGO_PKG_VERSION"),
+                "generation": snapshot.generation,
+                "lifecycle": format!("{:?}", shared.lifecycle()).to_lowercase(),
+                "connections": shared.connections.load(Ordering::Relaxed),
+                "listeners": snapshot.listeners.iter().map(|l| serde_json::json!({
+                    "name": l.config.name, "bind": l.config.bind.to_string(), "pool": l.config.pool,
+                })).collect::<Vec<_>>(),
+            });
+            respond(stream, 200, "application/json", &format!("{status}\n"))
+        }
+        ("GET", ["api", "v1", "backends"]) => respond(
+            stream,
+            200,
+            "application/json",
+            &format!("{}\n", shared.snapshot().backends_json()),
+        ),
+        ("POST" | "PUT", ["api", "v1", "backends", pool, backend]) => {
+            let state = serde_json::from_slice::<serde_json::Value>(body)
+                .ok()
+                .and_then(|v| v.get("state")?.as_str().map(str::to_string));
+            let Some(state) = state else {
+                return respond(
+                    stream,
+                    400,
+                    "application/json",
+                    "{\"error\":\"body must be {\\\"state\\\": \\\"up|drain|maintenance\\\"}\"}\n",
+                );
+            };
+            let state: AdminState = match state.parse() {
+                Ok(s) => s,
+                Err(e) => {
+                    return respond(
+                        stream,
+                        400,
+                        "application/json",
+                        &format!("{}\n", serde_json::json!({"error": e})),
+                    )
+                }
+            };
+            if shared.set_admin_state(pool, backend, state) {
+                tracing::info!(pool = %pool, backend = %backend, state = state.as_str(), "backend state set through the admin API");
+                respond(
+                    stream,
+                    200,
+                    "application/json",
+                    &format!(
+                        "{}\n",
+                        serde_json::json!({"pool": pool, "backend": backend, "state": state.as_str()})
+                    ),
+                )
+            } else {
+                respond(
+                    stream,
+                    404,
+                    "application/json",
+                    &format!(
+                        "{}\n",
+                        serde_json::json!({"error": format!("no backend {backend:?} in pool {pool:?}")})
+                    ),
+                )
+            }
+        }
+        ("POST", ["api", "v1", "reload"]) => {
+            let (tx, rx) = crossbeam_channel::bounded(1);
+            if commands.send(Command::Reload(Some(tx))).is_err() {
+                return respond(
+                    stream,
+                    503,
+                    "application/json",
+                    "{\"error\":\"node is stopping\"}\n",
+                );
+            }
+            match rx.recv_timeout(Duration::from_secs(30)) {
+                Ok(Ok(msg)) => respond(
+                    stream,
+                    200,
+                    "application/json",
+                    &format!("{}\n", serde_json::json!({"result": msg})),
+                ),
+                Ok(Err(errors)) => respond(
+                    stream,
+                    422,
+                    "application/json",
+                    &format!("{}\n", serde_json::json!({"error": errors})),
+                ),
+                Err(_) => respond(
+                    stream,
+                    504,
+                    "application/json",
+                    "{\"error\":\"reload did not answer\"}\n",
+                ),
+            }
+        }
+        (_, ["metrics"]) | (_, ["api", ..]) => respond(stream, 405, "text/plain", "method not allowed\n"),
+        _ => respond(
+            stream,
+            404,
+            "text/plain",
+            "not found (try /metrics, /api/v1/status, /api/v1/backends)\n",
+        ),
+    }
+}
+
+fn respond(mut stream: &TcpStream, status: u16, content_type: &str, body: &str) -> io::Result<()> {
+    let reason = match status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        413 => "Payload Too Large",
+        422 => "Unprocessable Entity",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "",
+    };
+    write!(
+        stream,
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    stream.flush()
+}

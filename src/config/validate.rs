@@ -1,0 +1,198 @@
+//! The rules that make a parsed configuration valid.
+//!
+//! Owns semantic checks (ranges, references between sections, duplicates) and fills in
+//! defaults that depend on other keys. Reports every problem with the key path it is about;
+//! `locate.rs` turns paths into lines.
+
+use std::collections::{HashMap, HashSet};
+use std::str::FromStr;
+use std::time::Duration;
+
+use super::locate::KeyPath;
+use super::{Config, HealthConfig, PoolConfig};
+use crate::balance::Algorithm;
+use crate::cidr::Cidr;
+use crate::health::StatusMatch;
+
+/// Relaxations used by callers that build configs themselves.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ValidateOptions {
+    /// Allow port 0 in `bind` (the kernel picks a port; the demo and tests use it).
+    pub allow_ephemeral_ports: bool,
+}
+
+type Problems = Vec<(KeyPath, String)>;
+
+/// Checks `config`, filling in derived defaults; returns every problem found.
+pub(super) fn validate(config: &mut Config, options: ValidateOptions) -> Problems {
+    let mut problems = Problems::new();
+    let root = KeyPath::root();
+    let node = root.key("node");
+    if config.node.workers > 256 {
+        problems.push((node.key("workers"), "at most 256 workers".into()));
+    }
+    if config.node.max_connections == 0 {
+        problems.push((node.key("max_connections"), "must be at least 1".into()));
+    }
+    if tracing_subscriber::EnvFilter::try_new(&config.node.log_level).is_err() {
+        problems.push((
+            node.key("log_level"),
+            format!(
+                "invalid log level {:?} (use error, warn, info, debug, trace)",
+                config.node.log_level
+            ),
+        ));
+    }
+    if let Some(admin) = &config.admin {
+        if admin.listen.port() == 0 && !options.allow_ephemeral_ports {
+            problems.push((root.key("admin").key("listen"), "port 0 is not allowed".into()));
+        }
+    }
+    if let Some(halb) = &mut config.halb {
+        let halb_path = root.key("halb");
+        if halb.listener.is_empty() {
+            problems.push((
+                halb_path.clone(),
+                "the halb role needs at least one [[halb.listener]]".into(),
+            ));
+        }
+        let pools: HashSet<String> = halb.pool.iter().map(|p| p.name.clone()).collect();
+        let mut names = HashSet::new();
+        let mut binds = HashMap::new();
+        for (i, l) in halb.listener.iter().enumerate() {
+            let at = halb_path.key("listener").index(i);
+            if l.name.trim().is_empty() {
+                problems.push((at.key("name"), "must not be empty".into()));
+            } else if !names.insert(l.name.clone()) {
+                problems.push((at.key("name"), format!("duplicate listener name {:?}", l.name)));
+            }
+            if l.bind.port() == 0 && !options.allow_ephemeral_ports {
+                problems.push((at.key("bind"), "port 0 is not allowed".into()));
+            } else if l.bind.port() != 0 {
+                if let Some(other) = binds.insert(l.bind, l.name.clone()) {
+                    problems.push((
+                        at.key("bind"),
+                        format!(
+                            "duplicate listener: {} is already bound by listener {other:?}",
+                            l.bind
+                        ),
+                    ));
+                }
+            }
+            if !pools.contains(&l.pool) {
+                problems.push((at.key("pool"), format!("no pool named {:?}", l.pool)));
+            }
+            if l.backlog == 0 || l.backlog > 65_535 {
+                problems.push((at.key("backlog"), "must be between 1 and 65535".into()));
+            }
+            for (j, c) in l.accept_proxy_from.iter().enumerate() {
+                if let Err(e) = Cidr::from_str(c) {
+                    problems.push((at.key("accept_proxy_from").index(j), e.to_string()));
+                }
+            }
+            for (key, d) in [
+                ("handshake_timeout", l.handshake_timeout),
+                ("connect_timeout", l.connect_timeout),
+                ("idle_timeout", l.idle_timeout),
+                ("tcp_keepalive", l.tcp_keepalive),
+            ] {
+                if d.get() < Duration::from_millis(1) {
+                    problems.push((at.key(key), "must be at least 1ms".into()));
+                }
+            }
+        }
+        let mut pool_names = HashSet::new();
+        for (i, p) in halb.pool.iter_mut().enumerate() {
+            let at = halb_path.key("pool").index(i);
+            if p.name.trim().is_empty() {
+                problems.push((at.key("name"), "must not be empty".into()));
+            } else if !pool_names.insert(p.name.clone()) {
+                problems.push((at.key("name"), format!("duplicate pool name {:?}", p.name)));
+            }
+            validate_pool(p, &at, &mut problems);
+        }
+        // [[halb.vrrp]] (issue 6): ranges, pools, interfaces of this host, VIP listeners.
+        crate::halb_vrrp::validate(halb, &halb_path, &mut problems);
+    }
+    problems
+}
+
+fn validate_pool(p: &mut PoolConfig, at: &KeyPath, problems: &mut Problems) {
+    if let Err(e) = Algorithm::from_str(&p.algorithm) {
+        problems.push((at.key("algorithm"), e.to_string()));
+    }
+    if p.retries > 16 {
+        problems.push((at.key("retries"), "at most 16".into()));
+    }
+    if p.backends.is_empty() {
+        problems.push((
+            at.key("backends"),
+            format!("empty pool {:?}: add at least one backend", p.name),
+        ));
+    }
+    let mut names = HashSet::new();
+    for (j, b) in p.backends.iter_mut().enumerate() {
+        let bat = at.key("backends").index(j);
+        if b.name.is_empty() {
+            b.name = b.address.to_string();
+        }
+        if !names.insert(b.name.clone()) {
+            problems.push((
+                bat.key("name"),
+                format!("duplicate backend {:?} in pool {:?}", b.name, p.name),
+            ));
+        }
+        if b.address.port() == 0 {
+            problems.push((bat.key("address"), "port 0 is not allowed".into()));
+        }
+        if b.weight == 0 || b.weight > 1000 {
+            problems.push((
+                bat.key("weight"),
+                "must be between 1 and 1000 (use state = \"maintenance\" to take a backend out)".into(),
+            ));
+        }
+    }
+    if let Some(h) = &p.health {
+        validate_health(h, &at.key("health"), problems);
+    }
+}
+
+fn validate_health(h: &HealthConfig, at: &KeyPath, problems: &mut Problems) {
+    match h.check.as_str() {
+        "tcp" | "tls" | "http" | "https" => {}
+        other => problems.push((
+            at.key("check"),
+            format!("unknown check {other:?} (expected tcp, tls, http or https)"),
+        )),
+    }
+    if h.interval.get() < Duration::from_millis(10) {
+        problems.push((at.key("interval"), "must be at least 10ms".into()));
+    }
+    if h.timeout.get() < Duration::from_millis(1) {
+        problems.push((at.key("timeout"), "must be at least 1ms".into()));
+    }
+    if h.rise == 0 {
+        problems.push((at.key("rise"), "must be at least 1".into()));
+    }
+    if h.fall == 0 {
+        problems.push((at.key("fall"), "must be at least 1".into()));
+    }
+    if let Err(e) = StatusMatch::from_str(&h.expect) {
+        problems.push((at.key("expect"), e.to_string()));
+    }
+    if !h.path.starts_with('/') {
+        problems.push((at.key("path"), "must start with /".into()));
+    }
+    let tls = matches!(h.check.as_str(), "tls" | "https");
+    if tls && h.ca_file.is_none() && !h.insecure_skip_verify {
+        problems.push((
+            at.key("ca_file"),
+            "a TLS check needs ca_file to verify backends (or insecure_skip_verify = true)".into(),
+        ));
+    }
+    if let Some(ca) = &h.ca_file {
+        if !ca.exists() {
+            problems.push((at.key("ca_file"), format!("{} does not exist", ca.display())));
+        }
+    }
+}

@@ -1,0 +1,11 @@
+//! The data plane: per-core workers that accept, balance and pipe TCP connections.
+//!
+//! Owns everything on the hot path. Workers read shared state only through snapshots and
+//! atomics (see `shared.rs`); the control side never touches a worker's sessions.
+
+pub mod buffers;
+pub mod flow;
+pub mod listener;
+pub mod session;
+pub mod timer;
+pub mod worker;

@@ -1,0 +1,788 @@
+//! One proxied connection, from accept to close.
+//!
+//! Owns the session's sockets and its pipeline state machine:
+//! `Reading` (a PROXY v2 header from a trusted forwarder, or a check that an untrusted client
+//! does not send one) -> `Connecting` (to a backend picked by the pool's balancer, retrying
+//! the next one within the budget) -> `Tunnel` (two [`Flow`]s). Each state holds only what it
+//! needs; a transition consumes the old one. The worker owns the event loop and calls in here
+//! with readiness and time; this module decides and moves bytes, nothing else.
+
+use std::io::{self, Read};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mio::net::TcpStream;
+use mio::{Interest, Registry, Token};
+use socket2::SockRef;
+
+use super::flow::{End, Flow, FlowError, Pools, Ready};
+use crate::balance::{Balancer, Candidate};
+use crate::metrics::CloseReason;
+use crate::proxy_protocol::{self, Parsed, ProxyHeader, SIGNATURE};
+use crate::shared::{BackendRuntime, ControlEvent, ListenerPlan, PoolPlan, Shared};
+
+/// Largest PROXY v2 header accepted (16-byte fixed part plus addresses and TLVs).
+pub const MAX_PROXY_HEADER: usize = 4096;
+
+/// What the worker should do after a session step.
+#[derive(Debug)]
+pub enum Step {
+    /// Keep going.
+    Continue,
+    /// Close the session for this reason (with a detail for the log line).
+    Close(CloseReason, String),
+}
+
+/// What the session is doing now.
+pub enum Phase {
+    /// Reading the first client bytes before choosing a backend.
+    Reading(Reading),
+    /// Waiting for a backend to accept.
+    Connecting(Connecting),
+    /// Moving bytes both ways.
+    Tunnel(Tunnel),
+    /// Being torn down (transient, while the worker closes it).
+    Closed,
+}
+
+/// Why the first bytes are read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadMode {
+    /// A trusted forwarder: a PROXY v2 header must come first.
+    ExpectProxy,
+    /// Anyone else on a listener that accepts PROXY: a header from them is refused.
+    RefuseProxy,
+}
+
+/// State while reading first bytes.
+pub struct Reading {
+    mode: ReadMode,
+    buf: Vec<u8>,
+    deadline: Instant,
+}
+
+/// State while a backend connect is under way.
+pub struct Connecting {
+    sock: TcpStream,
+    ready: Ready,
+    backend: BackendRef,
+    tried: Vec<usize>,
+    early: Vec<u8>,
+    deadline: Instant,
+}
+
+/// State of an established tunnel.
+pub struct Tunnel {
+    backend_sock: TcpStream,
+    backend_ready: Ready,
+    backend: BackendRef,
+    up: Flow,
+    down: Flow,
+}
+
+/// The backend a session holds a slot on.
+#[derive(Clone)]
+pub struct BackendRef {
+    /// Index in the pool (for retries).
+    pub index: usize,
+    /// Backend name.
+    pub name: String,
+    /// Its address.
+    pub address: SocketAddr,
+    /// Its shared counters (the session holds one `active` slot).
+    pub runtime: Arc<BackendRuntime>,
+}
+
+/// Per-listener settings a session needs, copied at accept so a reload does not touch it.
+#[derive(Clone)]
+pub struct SessionSettings {
+    /// Listener name.
+    pub listener: Arc<str>,
+    /// Handshake (first bytes) timeout.
+    pub handshake_timeout: Duration,
+    /// Per-attempt connect timeout.
+    pub connect_timeout: Duration,
+    /// Idle timeout of the tunnel.
+    pub idle_timeout: Duration,
+    /// TCP keepalive idle time.
+    pub keepalive: Duration,
+    /// Use splice(2).
+    pub splice: bool,
+    /// Per-source limit (0: none).
+    pub max_per_source: u32,
+}
+
+/// Worker resources a session step may use.
+pub struct Ctx<'a> {
+    /// Poll registry.
+    pub registry: &'a Registry,
+    /// Buffer and pipe pools.
+    pub pools: Pools<'a>,
+    /// Node-wide state.
+    pub shared: &'a Shared,
+    /// Loop time.
+    pub now: Instant,
+    /// Scratch space for balancer candidates.
+    pub candidates: &'a mut Vec<Candidate>,
+}
+
+/// One proxied connection.
+pub struct Session {
+    /// Distinguishes this session from earlier users of the same slab slot.
+    pub serial: u64,
+    /// Slab key (tokens are `2*key` for the client and `2*key+1` for the backend).
+    pub key: usize,
+    client: TcpStream,
+    client_ready: Ready,
+    /// TCP peer address.
+    pub peer: SocketAddr,
+    /// The real client (from a PROXY header when a trusted forwarder sent one).
+    pub client_addr: SocketAddr,
+    /// Settings of the listener that accepted it.
+    pub settings: SessionSettings,
+    pool: Arc<PoolPlan>,
+    /// Phase of the pipeline.
+    pub phase: Phase,
+    /// When accepted.
+    pub started: Instant,
+    last_activity: Instant,
+    /// Address holding a per-source slot, released at close.
+    pub source_slot: Option<IpAddr>,
+    /// Tick of the earliest timer entry scheduled for this session.
+    pub armed_tick: Option<u64>,
+    /// Bytes client -> backend, backend -> client (final counts).
+    pub bytes: (u64, u64),
+    /// Name and address of the backend, once chosen (for the close log line).
+    pub backend_label: Option<(String, SocketAddr)>,
+}
+
+/// Token of a session's client socket.
+pub fn client_token(key: usize) -> Token {
+    Token(key * 2)
+}
+
+/// Token of a session's backend socket.
+pub fn backend_token(key: usize) -> Token {
+    Token(key * 2 + 1)
+}
+
+impl Session {
+    /// A new session for an accepted client; registers the client socket.
+    #[allow(clippy::too_many_arguments)]
+    pub fn accept(
+        key: usize,
+        serial: u64,
+        mut client: TcpStream,
+        peer: SocketAddr,
+        plan: &ListenerPlan,
+        pool: Arc<PoolPlan>,
+        settings: SessionSettings,
+        ctx: &mut Ctx<'_>,
+    ) -> io::Result<(Session, Step)> {
+        ctx.registry.register(
+            &mut client,
+            client_token(key),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        // TCP_NODELAY and keepalive are inherited from the listening socket (set once at
+        // bind), so an accepted client costs no setsockopt calls.
+        let mode = if plan.expects_proxy_from(peer.ip()) {
+            Some(ReadMode::ExpectProxy)
+        } else if !plan.trusted_proxies.is_empty() {
+            Some(ReadMode::RefuseProxy)
+        } else {
+            None
+        };
+        let mut session = Session {
+            serial,
+            key,
+            client,
+            client_ready: Ready::default(),
+            peer,
+            client_addr: peer,
+            settings,
+            pool,
+            phase: Phase::Closed,
+            started: ctx.now,
+            last_activity: ctx.now,
+            source_slot: None,
+            armed_tick: None,
+            bytes: (0, 0),
+            backend_label: None,
+        };
+        let step = match mode {
+            Some(mode) => {
+                session.phase = Phase::Reading(Reading {
+                    mode,
+                    buf: Vec::new(),
+                    deadline: ctx.now + session.settings.handshake_timeout,
+                });
+                Step::Continue
+            }
+            None => match session.take_source_slot(ctx) {
+                Step::Continue => session.start_connect(Vec::new(), Vec::new(), ctx),
+                close => close,
+            },
+        };
+        Ok((session, step))
+    }
+
+    /// Records readiness from a poller event on one of the session's sockets.
+    pub fn on_ready(&mut self, backend_side: bool, readable: bool, writable: bool, read_closed: bool) {
+        let ready = if backend_side {
+            match &mut self.phase {
+                Phase::Connecting(c) => &mut c.ready,
+                Phase::Tunnel(t) => &mut t.backend_ready,
+                _ => return,
+            }
+        } else {
+            &mut self.client_ready
+        };
+        ready.readable |= readable;
+        ready.writable |= writable;
+        ready.read_closed |= read_closed;
+    }
+
+    /// Drives the state machine as far as readiness allows.
+    pub fn drive(&mut self, ctx: &mut Ctx<'_>) -> Step {
+        loop {
+            let phase = std::mem::replace(&mut self.phase, Phase::Closed);
+            let (phase, step, again) = match phase {
+                Phase::Reading(r) => self.drive_reading(r, ctx),
+                Phase::Connecting(c) => self.drive_connecting(c, ctx),
+                Phase::Tunnel(t) => self.drive_tunnel(t, ctx),
+                Phase::Closed => (Phase::Closed, Step::Continue, false),
+            };
+            self.phase = phase;
+            if !matches!(step, Step::Continue) || !again {
+                return step;
+            }
+        }
+    }
+
+    /// The earliest deadline of the current phase.
+    pub fn deadline(&self) -> Option<Instant> {
+        match &self.phase {
+            Phase::Reading(r) => Some(r.deadline),
+            Phase::Connecting(c) => Some(c.deadline),
+            Phase::Tunnel(_) => Some(self.last_activity + self.settings.idle_timeout),
+            Phase::Closed => None,
+        }
+    }
+
+    /// Called when a timer entry for this session fires.
+    pub fn on_timer(&mut self, ctx: &mut Ctx<'_>) -> Step {
+        let now = ctx.now;
+        let phase = std::mem::replace(&mut self.phase, Phase::Closed);
+        match phase {
+            Phase::Reading(r) if now >= r.deadline => {
+                if r.mode == ReadMode::RefuseProxy {
+                    // A client that says nothing is not sending a PROXY header: let the
+                    // backend speak first if the protocol wants it.
+                    return match self.take_source_slot(ctx) {
+                        Step::Continue => self.start_connect(Vec::new(), r.buf, ctx),
+                        close => close,
+                    };
+                }
+                Step::Close(
+                    CloseReason::HandshakeTimeout,
+                    format!(
+                        "no complete PROXY header after {:?} ({} bytes)",
+                        self.settings.handshake_timeout,
+                        r.buf.len()
+                    ),
+                )
+            }
+            Phase::Connecting(c) if now >= c.deadline => {
+                let detail = format!("connect timeout after {:?}", self.settings.connect_timeout);
+                self.connect_failed(c, detail, ctx)
+            }
+            Phase::Tunnel(t) if now >= self.last_activity + self.settings.idle_timeout => {
+                self.phase = Phase::Tunnel(t);
+                Step::Close(
+                    CloseReason::IdleTimeout,
+                    format!("no bytes either way for {:?}", self.settings.idle_timeout),
+                )
+            }
+            other => {
+                self.phase = other;
+                Step::Continue
+            }
+        }
+    }
+
+    fn take_source_slot(&mut self, ctx: &mut Ctx<'_>) -> Step {
+        if self.settings.max_per_source == 0 {
+            return Step::Continue;
+        }
+        let ip = self.client_addr.ip();
+        if ctx.shared.sources.try_acquire(ip, self.settings.max_per_source) {
+            self.source_slot = Some(ip);
+            Step::Continue
+        } else {
+            Step::Close(
+                CloseReason::SourceLimit,
+                format!("{ip} already holds {} connections", self.settings.max_per_source),
+            )
+        }
+    }
+
+    fn drive_reading(&mut self, mut r: Reading, ctx: &mut Ctx<'_>) -> (Phase, Step, bool) {
+        let limit = match r.mode {
+            ReadMode::ExpectProxy => MAX_PROXY_HEADER,
+            ReadMode::RefuseProxy => SIGNATURE.len(),
+        };
+        while self.client_ready.readable && r.buf.len() < limit {
+            let mut chunk = [0u8; 512];
+            let want = (limit - r.buf.len()).min(chunk.len());
+            match (&self.client).read(&mut chunk[..want]) {
+                Ok(0) => {
+                    return (
+                        Phase::Closed,
+                        Step::Close(
+                            CloseReason::Done,
+                            format!("client closed after {} bytes, before routing", r.buf.len()),
+                        ),
+                        false,
+                    )
+                }
+                Ok(n) => r.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.client_ready.readable = false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    return (
+                        Phase::Closed,
+                        Step::Close(CloseReason::ClientError, e.to_string()),
+                        false,
+                    )
+                }
+            }
+        }
+        match r.mode {
+            ReadMode::ExpectProxy => match proxy_protocol::parse_with_limit(&r.buf, MAX_PROXY_HEADER) {
+                Ok(Parsed::Incomplete { .. }) => {
+                    if r.buf.len() >= MAX_PROXY_HEADER {
+                        let step =
+                            Step::Close(CloseReason::ProxyHeaderInvalid, "PROXY header too long".into());
+                        return (Phase::Closed, step, false);
+                    }
+                    (Phase::Reading(r), Step::Continue, false)
+                }
+                Ok(Parsed::Complete { header, consumed }) => {
+                    if let Some(src) = header.source() {
+                        self.client_addr = src;
+                    }
+                    let rest = r.buf[consumed..].to_vec();
+                    match self.take_source_slot(ctx) {
+                        Step::Continue => {}
+                        close => return (Phase::Closed, close, false),
+                    }
+                    let step = self.start_connect(Vec::new(), rest, ctx);
+                    let phase = std::mem::replace(&mut self.phase, Phase::Closed);
+                    (phase, step, true)
+                }
+                Err(e) => (
+                    Phase::Closed,
+                    Step::Close(
+                        CloseReason::ProxyHeaderInvalid,
+                        format!("bad PROXY v2 header from trusted {}: {e}", self.peer),
+                    ),
+                    false,
+                ),
+            },
+            ReadMode::RefuseProxy => {
+                let n = r.buf.len().min(SIGNATURE.len());
+                if r.buf[..n] != SIGNATURE[..n] {
+                    // Not a PROXY header: route it.
+                } else if n == SIGNATURE.len() {
+                    let step = Step::Close(
+                        CloseReason::ProxyHeaderUntrusted,
+                        format!(
+                            "PROXY header from {}, which is not in accept_proxy_from",
+                            self.peer
+                        ),
+                    );
+                    return (Phase::Closed, step, false);
+                } else {
+                    // Could still become a signature; wait (bounded by the handshake timeout).
+                    return (Phase::Reading(r), Step::Continue, false);
+                }
+                match self.take_source_slot(ctx) {
+                    Step::Continue => {}
+                    close => return (Phase::Closed, close, false),
+                }
+                let step = self.start_connect(Vec::new(), r.buf, ctx);
+                let phase = std::mem::replace(&mut self.phase, Phase::Closed);
+                (phase, step, true)
+            }
+        }
+    }
+
+    /// Picks a backend (skipping `tried`) and starts a connect; sets `self.phase`.
+    fn start_connect(&mut self, mut tried: Vec<usize>, early: Vec<u8>, ctx: &mut Ctx<'_>) -> Step {
+        loop {
+            self.pool.candidates(ctx.candidates);
+            let picked = BALANCERS.with(|b| {
+                let mut map = b.borrow_mut();
+                let pool = &self.pool;
+                let stale = map
+                    .get(pool.name.as_str())
+                    .is_none_or(|b| b.algorithm() != pool.algorithm);
+                if stale {
+                    map.insert(
+                        pool.name.clone(),
+                        Balancer::new(pool.algorithm, pool.backends.len()),
+                    );
+                }
+                let balancer = map.get_mut(pool.name.as_str()).expect("inserted above");
+                balancer.pick(ctx.candidates, self.client_addr.ip(), &tried)
+            });
+            let Some(index) = picked else {
+                self.phase = Phase::Closed;
+                return if tried.is_empty() {
+                    Step::Close(
+                        CloseReason::NoBackend,
+                        format!("no backend of pool {:?} is up", self.pool.name),
+                    )
+                } else {
+                    Step::Close(
+                        CloseReason::ConnectFailed,
+                        format!("all {} attempts failed in pool {:?}", tried.len(), self.pool.name),
+                    )
+                };
+            };
+            let plan = &self.pool.backends[index];
+            if !reserve(&plan.runtime, plan.max_connections) {
+                tried.push(index);
+                continue;
+            }
+            plan.runtime.total.fetch_add(1, Ordering::Relaxed);
+            let backend = BackendRef {
+                index,
+                name: plan.name.clone(),
+                address: plan.address,
+                runtime: plan.runtime.clone(),
+            };
+            self.backend_label = Some((backend.name.clone(), backend.address));
+            let mut payload = Vec::new();
+            if self.pool.send_proxy {
+                // Both addresses are concrete, so encoding cannot fail.
+                // The local address is only needed here, so it is only asked for here.
+                let local = self.client.local_addr().unwrap_or(self.peer);
+                let _ = ProxyHeader::proxy(self.client_addr, local).encode(&mut payload);
+            }
+            payload.extend_from_slice(&early);
+            match TcpStream::connect(backend.address) {
+                Ok(mut sock) => {
+                    tune_backend_socket(&sock, self.settings.keepalive);
+                    if let Err(e) = ctx.registry.register(
+                        &mut sock,
+                        backend_token(self.key),
+                        Interest::READABLE | Interest::WRITABLE,
+                    ) {
+                        backend.runtime.active.fetch_sub(1, Ordering::Relaxed);
+                        self.phase = Phase::Closed;
+                        return Step::Close(CloseReason::BackendError, format!("register: {e}"));
+                    }
+                    self.phase = Phase::Connecting(Connecting {
+                        sock,
+                        ready: Ready::default(),
+                        backend,
+                        tried,
+                        early,
+                        deadline: ctx.now + self.settings.connect_timeout,
+                    });
+                    // The PROXY header is rebuilt per attempt; keep it with the early bytes.
+                    if let Phase::Connecting(c) = &mut self.phase {
+                        c.early = payload;
+                    }
+                    return Step::Continue;
+                }
+                Err(e) if is_out_of_files(&e) => {
+                    backend.runtime.active.fetch_sub(1, Ordering::Relaxed);
+                    self.phase = Phase::Closed;
+                    return Step::Close(
+                        CloseReason::OutOfFiles,
+                        format!("cannot open a backend socket: {e}"),
+                    );
+                }
+                Err(e) => {
+                    note_failure(&self.pool, &backend, &e.to_string(), ctx);
+                    tried.push(index);
+                    if tried.len() > self.pool.retries as usize {
+                        self.phase = Phase::Closed;
+                        return Step::Close(CloseReason::ConnectFailed, format!("{}: {e}", backend.address));
+                    }
+                }
+            }
+        }
+    }
+
+    fn drive_connecting(&mut self, c: Connecting, ctx: &mut Ctx<'_>) -> (Phase, Step, bool) {
+        if !c.ready.writable && !c.ready.readable {
+            return (Phase::Connecting(c), Step::Continue, false);
+        }
+        let error = match c.sock.take_error() {
+            Ok(Some(e)) | Err(e) => Some(e),
+            Ok(None) => None,
+        };
+        if let Some(e) = error {
+            let step = self.connect_failed(c, e.to_string(), ctx);
+            let phase = std::mem::replace(&mut self.phase, Phase::Closed);
+            return (phase, step, false);
+        }
+        if !c.ready.writable {
+            // Readable without writable before the handshake completes: wait for the edge
+            // that says connected (writable) or failed (error).
+            return (Phase::Connecting(c), Step::Continue, false);
+        }
+        // SO_ERROR is clear on a writable edge: connected. (A spurious edge would only make
+        // the first write return EAGAIN, which the flow handles like any full socket.)
+        c.backend.runtime.failures_in_row.store(0, Ordering::Relaxed);
+        let up = Flow::with_early(&c.early, &mut ctx.pools);
+        self.last_activity = ctx.now;
+        let tunnel = Tunnel {
+            backend_sock: c.sock,
+            backend_ready: c.ready,
+            backend: c.backend,
+            up,
+            down: Flow::default(),
+        };
+        (Phase::Tunnel(tunnel), Step::Continue, true)
+    }
+
+    /// A connect attempt failed: count it and try the next backend within the budget.
+    fn connect_failed(&mut self, c: Connecting, detail: String, ctx: &mut Ctx<'_>) -> Step {
+        let Connecting {
+            sock,
+            backend,
+            mut tried,
+            early,
+            ..
+        } = c;
+        drop(sock);
+        backend.runtime.active.fetch_sub(1, Ordering::Relaxed);
+        note_failure(&self.pool, &backend, &detail, ctx);
+        tracing::debug!(client = %self.client_addr, backend = %backend.name, address = %backend.address, "connect failed: {detail}");
+        tried.push(backend.index);
+        if tried.len() > self.pool.retries as usize {
+            self.phase = Phase::Closed;
+            return Step::Close(
+                CloseReason::ConnectFailed,
+                format!(
+                    "{} ({}): {detail}; {} attempts",
+                    backend.name,
+                    backend.address,
+                    tried.len()
+                ),
+            );
+        }
+        // Strip the PROXY header we prepended; start_connect builds a fresh one.
+        let early = if self.pool.send_proxy {
+            match proxy_protocol::parse(&early) {
+                Ok(Parsed::Complete { consumed, .. }) => early[consumed..].to_vec(),
+                _ => early,
+            }
+        } else {
+            early
+        };
+        self.start_connect(tried, early, ctx)
+    }
+
+    fn drive_tunnel(&mut self, mut t: Tunnel, ctx: &mut Ctx<'_>) -> (Phase, Step, bool) {
+        let splice = self.settings.splice;
+        loop {
+            let up = t.up.pump(
+                End {
+                    sock: &self.client,
+                    ready: &mut self.client_ready,
+                },
+                End {
+                    sock: &t.backend_sock,
+                    ready: &mut t.backend_ready,
+                },
+                splice,
+                t.down.shut,
+                &mut ctx.pools,
+            );
+            let up = match up {
+                Ok(p) => p,
+                Err(e) => return self.tunnel_error(t, e, true, ctx),
+            };
+            let down = t.down.pump(
+                End {
+                    sock: &t.backend_sock,
+                    ready: &mut t.backend_ready,
+                },
+                End {
+                    sock: &self.client,
+                    ready: &mut self.client_ready,
+                },
+                splice,
+                t.up.shut,
+                &mut ctx.pools,
+            );
+            let down = match down {
+                Ok(p) => p,
+                Err(e) => return self.tunnel_error(t, e, false, ctx),
+            };
+            if up || down {
+                self.last_activity = ctx.now;
+            }
+            if t.up.shut && t.down.shut {
+                self.record_bytes(&t, ctx);
+                return (
+                    Phase::Tunnel(t),
+                    Step::Close(CloseReason::Done, "both sides closed".into()),
+                    false,
+                );
+            }
+            if !up && !down {
+                return (Phase::Tunnel(t), Step::Continue, false);
+            }
+        }
+    }
+
+    fn tunnel_error(
+        &mut self,
+        t: Tunnel,
+        e: FlowError,
+        upstream: bool,
+        ctx: &mut Ctx<'_>,
+    ) -> (Phase, Step, bool) {
+        self.record_bytes(&t, ctx);
+        // Carry a reset through: the other side gets a RST, not a FIN.
+        let (reason, detail) = match (e, upstream) {
+            (FlowError::SourceReset, true) | (FlowError::DestinationReset, false) => {
+                let _ = SockRef::from(&t.backend_sock).set_linger(Some(Duration::ZERO));
+                (
+                    CloseReason::ClientReset,
+                    "client reset the connection".to_string(),
+                )
+            }
+            (FlowError::SourceReset, false) | (FlowError::DestinationReset, true) => {
+                let _ = SockRef::from(&self.client).set_linger(Some(Duration::ZERO));
+                (
+                    CloseReason::BackendReset,
+                    "backend reset the connection".to_string(),
+                )
+            }
+            (FlowError::Source(e), true) | (FlowError::Destination(e), false) => {
+                let _ = SockRef::from(&t.backend_sock).set_linger(Some(Duration::ZERO));
+                (CloseReason::ClientError, e.to_string())
+            }
+            (FlowError::Source(e), false) | (FlowError::Destination(e), true) => {
+                let _ = SockRef::from(&self.client).set_linger(Some(Duration::ZERO));
+                (CloseReason::BackendError, e.to_string())
+            }
+        };
+        (Phase::Tunnel(t), Step::Close(reason, detail), false)
+    }
+
+    fn record_bytes(&mut self, t: &Tunnel, ctx: &mut Ctx<'_>) {
+        let up = t.up.bytes - self.bytes.0.min(t.up.bytes);
+        let down = t.down.bytes - self.bytes.1.min(t.down.bytes);
+        ctx.shared.metrics.bytes_up.fetch_add(up, Ordering::Relaxed);
+        ctx.shared.metrics.bytes_down.fetch_add(down, Ordering::Relaxed);
+        ctx.shared
+            .metrics
+            .spliced_bytes
+            .fetch_add(t.up.spliced + t.down.spliced, Ordering::Relaxed);
+        self.bytes = (t.up.bytes, t.down.bytes);
+    }
+
+    /// Whether the session holds pooled buffers or pipes (false for an idle tunnel).
+    pub fn holds_buffers(&self) -> bool {
+        match &self.phase {
+            Phase::Tunnel(t) => t.up.holds_resources() || t.down.holds_resources(),
+            _ => false,
+        }
+    }
+
+    /// Tears the session down: returns pooled resources and the backend slot. Sockets are
+    /// not deregistered: closing them removes them from epoll (they are never duplicated).
+    /// The caller logs and counts.
+    pub fn teardown(&mut self, ctx: &mut Ctx<'_>) {
+        match std::mem::replace(&mut self.phase, Phase::Closed) {
+            Phase::Connecting(c) => {
+                c.backend.runtime.active.fetch_sub(1, Ordering::Relaxed);
+            }
+            Phase::Tunnel(mut t) => {
+                if self.bytes != (t.up.bytes, t.down.bytes) {
+                    self.record_bytes(&t, ctx);
+                }
+                t.up.release(&mut ctx.pools);
+                t.down.release(&mut ctx.pools);
+                t.backend.runtime.active.fetch_sub(1, Ordering::Relaxed);
+            }
+            Phase::Reading(_) | Phase::Closed => {}
+        }
+        if let Some(ip) = self.source_slot.take() {
+            ctx.shared.sources.release(ip);
+        }
+    }
+
+    /// Makes the client see a reset when the session is dropped (used for refusals of
+    /// protocol errors, where a FIN would look like a normal end).
+    pub fn reset_client(&self) {
+        let _ = SockRef::from(&self.client).set_linger(Some(Duration::ZERO));
+    }
+}
+
+thread_local! {
+    /// Balancer state per pool name, per worker thread (round-robin cursors). It survives
+    /// snapshot changes (a health or admin state change must not restart the rotation); a
+    /// changed algorithm or backend list resets it.
+    static BALANCERS: std::cell::RefCell<std::collections::HashMap<String, Balancer>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+/// Forgets balancer state of pools no longer in the snapshot (called on snapshot change).
+pub fn retain_balancers(pools: &[Arc<PoolPlan>]) {
+    BALANCERS.with(|b| {
+        b.borrow_mut()
+            .retain(|name, _| pools.iter().any(|p| &p.name == name))
+    });
+}
+
+fn reserve(runtime: &BackendRuntime, max: u32) -> bool {
+    if max == 0 {
+        runtime.active.fetch_add(1, Ordering::Relaxed);
+        return true;
+    }
+    runtime
+        .active
+        .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+            (n < max).then_some(n + 1)
+        })
+        .is_ok()
+}
+
+fn note_failure(pool: &PoolPlan, backend: &BackendRef, detail: &str, ctx: &mut Ctx<'_>) {
+    backend.runtime.connect_failures.fetch_add(1, Ordering::Relaxed);
+    let in_row = backend.runtime.failures_in_row.fetch_add(1, Ordering::Relaxed) + 1;
+    if pool.passive_fall > 0 && pool.health_checked && in_row == pool.passive_fall {
+        let _ = ctx.shared.events.send(ControlEvent::PassiveDown {
+            pool: pool.name.clone(),
+            backend: backend.name.clone(),
+            reason: detail.to_string(),
+        });
+    }
+}
+
+/// TCP_NODELAY (RDP sends small input events) and keepalive (a backend that vanished is
+/// noticed) on a backend socket: three calls; the kernel's probe interval and count apply.
+fn tune_backend_socket(sock: &TcpStream, keepalive: Duration) {
+    let _ = sock.set_nodelay(true);
+    let _ = SockRef::from(sock).set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(keepalive));
+}
+
+/// Whether an error means the process or system ran out of descriptors.
+pub fn is_out_of_files(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS) | Some(libc::ENOMEM)
+    )
+}

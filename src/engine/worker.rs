@@ -1,0 +1,554 @@
+//! One worker thread: its own poller, listeners, sessions, timers and pools.
+//!
+//! Owns the event loop. It accepts on its SO_REUSEPORT sockets, hands readiness and time to
+//! sessions, fires timers, picks up new snapshots (listeners added or removed by a reload)
+//! and follows the node's lifecycle (drain, stop). It shares nothing mutable with other
+//! workers except atomics (connection counts) and the snapshot pointer.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::TcpListener as StdListener;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mio::net::TcpListener;
+use mio::{Events, Interest, Poll, Token, Waker};
+use slab::Slab;
+
+use super::buffers::{BufferPool, PipePool};
+use super::flow::Pools;
+use super::listener::{bind, BindSpec};
+use super::session::{self, is_out_of_files, Ctx, Session, SessionSettings, Step};
+use super::timer::{TimerEntry, TimerWheel};
+use crate::metrics::{CloseReason, PauseReason};
+use crate::shared::{Lifecycle, Shared, Snapshot};
+
+const WAKER: Token = Token(usize::MAX);
+const LISTENER_BASE: usize = 1 << 48;
+/// Timer key reserved for the accept back-off.
+const ACCEPT_TIMER: usize = usize::MAX;
+const MIN_BACKOFF: Duration = Duration::from_millis(10);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// A listener as one worker holds it.
+struct WorkerListener {
+    name: String,
+    label: Arc<str>,
+    spec: (std::net::SocketAddr, u32, bool, std::time::Duration),
+    socket: TcpListener,
+    plan_index: usize,
+}
+
+/// Handle to a running worker thread.
+pub struct WorkerHandle {
+    /// Its thread.
+    pub thread: std::thread::JoinHandle<()>,
+}
+
+/// Starts a worker with pre-bound listeners (name -> socket), so binding happens before any
+/// privilege drop and errors surface at start-up.
+pub fn spawn(
+    id: usize,
+    shared: Arc<Shared>,
+    listeners: Vec<(String, StdListener)>,
+) -> io::Result<WorkerHandle> {
+    let poll = Poll::new()?;
+    let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+    shared.add_waker(waker);
+    let thread = std::thread::Builder::new()
+        .name(format!("worker-{id}"))
+        .spawn(move || {
+            let mut worker = Worker::new(id, poll, shared);
+            for (name, socket) in listeners {
+                worker.adopt_listener(name, socket);
+            }
+            worker.run();
+        })?;
+    Ok(WorkerHandle { thread })
+}
+
+struct Worker {
+    id: usize,
+    poll: Poll,
+    shared: Arc<Shared>,
+    snapshot: Arc<Snapshot>,
+    listeners: HashMap<usize, WorkerListener>,
+    next_listener: usize,
+    sessions: Slab<Session>,
+    serial: u64,
+    timers: TimerWheel,
+    bufs: BufferPool,
+    pipes: PipePool,
+    candidates: Vec<crate::balance::Candidate>,
+    accept_paused: bool,
+    backoff: Duration,
+    draining: bool,
+}
+
+impl Worker {
+    fn new(id: usize, poll: Poll, shared: Arc<Shared>) -> Self {
+        let snapshot = shared.snapshot();
+        Worker {
+            id,
+            poll,
+            shared,
+            snapshot,
+            listeners: HashMap::new(),
+            next_listener: 0,
+            sessions: Slab::new(),
+            serial: 0,
+            timers: TimerWheel::new(Instant::now()),
+            bufs: BufferPool::new(256),
+            pipes: PipePool::new(4096, 256),
+            candidates: Vec::new(),
+            accept_paused: false,
+            backoff: MIN_BACKOFF,
+            draining: false,
+        }
+    }
+
+    fn adopt_listener(&mut self, name: String, socket: StdListener) {
+        let Some(plan_index) = self.snapshot.listeners.iter().position(|l| l.config.name == name) else {
+            return;
+        };
+        let cfg = &self.snapshot.listeners[plan_index].config;
+        let spec = (cfg.bind, cfg.backlog, cfg.freebind, cfg.tcp_keepalive.get());
+        let mut socket = TcpListener::from_std(socket);
+        let idx = self.next_listener;
+        self.next_listener += 1;
+        if let Err(e) =
+            self.poll
+                .registry()
+                .register(&mut socket, Token(LISTENER_BASE + idx), Interest::READABLE)
+        {
+            tracing::error!(listener = %name, "cannot register listener: {e}");
+            return;
+        }
+        self.listeners.insert(
+            idx,
+            WorkerListener {
+                label: Arc::from(name.as_str()),
+                name,
+                spec,
+                socket,
+                plan_index,
+            },
+        );
+    }
+
+    fn run(&mut self) {
+        let mut events = Events::with_capacity(1024);
+        let mut due: Vec<TimerEntry> = Vec::new();
+        let mut ready: Vec<usize> = Vec::new();
+        loop {
+            let now = Instant::now();
+            let timeout = self.timers.timeout(now);
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    tracing::error!(worker = self.id, "poll failed: {e}");
+                    return;
+                }
+            }
+            let now = Instant::now();
+            if self.shared.generation() != self.snapshot.generation {
+                self.reload();
+            }
+            match self.shared.lifecycle() {
+                Lifecycle::Running => {}
+                Lifecycle::Draining => self.start_drain(),
+                Lifecycle::Stopping => {
+                    self.close_all(now);
+                    return;
+                }
+            }
+            let mut accept_from = Vec::new();
+            for event in events.iter() {
+                let token = event.token();
+                if token == WAKER {
+                    continue;
+                }
+                if token.0 >= LISTENER_BASE {
+                    accept_from.push(token.0 - LISTENER_BASE);
+                    continue;
+                }
+                let key = token.0 / 2;
+                let backend_side = token.0 % 2 == 1;
+                if let Some(s) = self.sessions.get_mut(key) {
+                    let readable = event.is_readable() || event.is_read_closed() || event.is_error();
+                    let writable = event.is_writable() || event.is_write_closed() || event.is_error();
+                    s.on_ready(
+                        backend_side,
+                        readable,
+                        writable,
+                        event.is_read_closed() || event.is_error(),
+                    );
+                    ready.push(key);
+                }
+            }
+            ready.sort_unstable();
+            ready.dedup();
+            for key in ready.drain(..) {
+                self.drive(key, now);
+            }
+            for idx in accept_from {
+                self.accept(idx, now);
+            }
+            self.timers.advance(now, &mut due);
+            for entry in due.drain(..) {
+                self.fire(entry, now);
+            }
+            if self.draining && self.sessions.is_empty() {
+                tracing::debug!(worker = self.id, "drained");
+                return;
+            }
+        }
+    }
+
+    fn ctx<'a>(
+        poll: &'a Poll,
+        bufs: &'a mut BufferPool,
+        pipes: &'a mut PipePool,
+        shared: &'a Shared,
+        candidates: &'a mut Vec<crate::balance::Candidate>,
+        now: Instant,
+    ) -> Ctx<'a> {
+        Ctx {
+            registry: poll.registry(),
+            pools: Pools { bufs, pipes },
+            shared,
+            now,
+            candidates,
+        }
+    }
+
+    fn drive(&mut self, key: usize, now: Instant) {
+        let Some(session) = self.sessions.get_mut(key) else {
+            return;
+        };
+        let mut ctx = Self::ctx(
+            &self.poll,
+            &mut self.bufs,
+            &mut self.pipes,
+            &self.shared,
+            &mut self.candidates,
+            now,
+        );
+        let step = session.drive(&mut ctx);
+        self.after_step(key, step, now);
+    }
+
+    fn after_step(&mut self, key: usize, step: Step, now: Instant) {
+        match step {
+            Step::Continue => self.arm(key),
+            Step::Close(reason, detail) => self.close(key, reason, &detail, now),
+        }
+    }
+
+    /// Makes sure a timer entry exists at or before the session's next deadline.
+    fn arm(&mut self, key: usize) {
+        let Some(s) = self.sessions.get_mut(key) else {
+            return;
+        };
+        let Some(deadline) = s.deadline() else { return };
+        let tick = self.timers.tick_of(deadline);
+        if s.armed_tick.is_some_and(|t| t <= tick) {
+            return;
+        }
+        let tick = self.timers.insert(deadline, key, s.serial);
+        s.armed_tick = Some(tick);
+    }
+
+    fn fire(&mut self, entry: TimerEntry, now: Instant) {
+        if entry.key == ACCEPT_TIMER {
+            if self.accept_paused {
+                self.accept_paused = false;
+                let all: Vec<usize> = self.listeners.keys().copied().collect();
+                for idx in all {
+                    self.accept(idx, now);
+                }
+            }
+            return;
+        }
+        let Some(s) = self.sessions.get_mut(entry.key) else {
+            return;
+        };
+        if s.serial != entry.serial || s.armed_tick != Some(entry.tick) {
+            return;
+        }
+        s.armed_tick = None;
+        let mut ctx = Self::ctx(
+            &self.poll,
+            &mut self.bufs,
+            &mut self.pipes,
+            &self.shared,
+            &mut self.candidates,
+            now,
+        );
+        let step = s.on_timer(&mut ctx);
+        let step = match step {
+            // A timer may have moved the session on (a retry): let it make progress.
+            Step::Continue => s.drive(&mut ctx),
+            close => close,
+        };
+        self.after_step(entry.key, step, now);
+    }
+
+    fn pause_accept(&mut self, reason: PauseReason, detail: &str, now: Instant) {
+        if !self.accept_paused {
+            self.shared.metrics.count_pause(reason);
+            if self.backoff == MIN_BACKOFF {
+                tracing::warn!(
+                    worker = self.id,
+                    reason = reason.label(),
+                    "accept paused: {detail}; retrying with back-off"
+                );
+            }
+        }
+        self.accept_paused = true;
+        self.timers.insert(now + self.backoff, ACCEPT_TIMER, 0);
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+    }
+
+    fn accept(&mut self, idx: usize, now: Instant) {
+        if self.draining {
+            return;
+        }
+        let max = self.snapshot.config.node.max_connections;
+        loop {
+            if self.accept_paused {
+                return;
+            }
+            let Some(listener) = self.listeners.get(&idx) else {
+                return;
+            };
+            if self.shared.connections.load(Ordering::Relaxed) >= max {
+                self.pause_accept(
+                    PauseReason::ConnectionLimit,
+                    &format!("{max} connections held (node.max_connections)"),
+                    now,
+                );
+                return;
+            }
+            let plan_index = listener.plan_index;
+            let label = listener.label.clone();
+            match listener.socket.accept() {
+                Ok((stream, peer)) => {
+                    self.backoff = MIN_BACKOFF;
+                    self.shared.metrics.accepted.fetch_add(1, Ordering::Relaxed);
+                    let held = self.shared.connections.fetch_add(1, Ordering::AcqRel) + 1;
+                    if held > max {
+                        // Another worker took the last slot between our check and accept.
+                        self.shared.connections.fetch_sub(1, Ordering::AcqRel);
+                        self.shared.metrics.count_close(CloseReason::GlobalLimit);
+                        tracing::info!(client = %peer, "refused: node.max_connections ({max}) reached");
+                        drop(stream);
+                        continue;
+                    }
+                    self.start_session(stream, peer, plan_index, label, now);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if is_out_of_files(&e) => {
+                    self.pause_accept(PauseReason::OutOfFiles, &e.to_string(), now);
+                    return;
+                }
+                Err(e) => {
+                    tracing::debug!(worker = self.id, "accept error: {e}");
+                }
+            }
+        }
+    }
+
+    fn start_session(
+        &mut self,
+        stream: mio::net::TcpStream,
+        peer: std::net::SocketAddr,
+        plan_index: usize,
+        label: Arc<str>,
+        now: Instant,
+    ) {
+        let snapshot = self.snapshot.clone();
+        let plan = &snapshot.listeners[plan_index];
+        let pool = snapshot.pools[plan.pool].clone();
+        let cfg = &plan.config;
+        let settings = SessionSettings {
+            listener: label,
+            handshake_timeout: cfg.handshake_timeout.get(),
+            connect_timeout: cfg.connect_timeout.get(),
+            idle_timeout: cfg.idle_timeout.get(),
+            keepalive: cfg.tcp_keepalive.get(),
+            splice: cfg.splice,
+            max_per_source: cfg.max_per_source,
+        };
+        self.serial += 1;
+        let serial = self.serial;
+        let entry = self.sessions.vacant_entry();
+        let key = entry.key();
+        let mut ctx = Self::ctx(
+            &self.poll,
+            &mut self.bufs,
+            &mut self.pipes,
+            &self.shared,
+            &mut self.candidates,
+            now,
+        );
+        match Session::accept(key, serial, stream, peer, plan, pool, settings, &mut ctx) {
+            Ok((session, step)) => {
+                entry.insert(session);
+                let step = match step {
+                    Step::Continue => {
+                        let s = self.sessions.get_mut(key).expect("just inserted");
+                        let mut ctx = Self::ctx(
+                            &self.poll,
+                            &mut self.bufs,
+                            &mut self.pipes,
+                            &self.shared,
+                            &mut self.candidates,
+                            now,
+                        );
+                        s.drive(&mut ctx)
+                    }
+                    close => close,
+                };
+                self.after_step(key, step, now);
+            }
+            Err(e) => {
+                self.shared.connections.fetch_sub(1, Ordering::AcqRel);
+                self.shared.metrics.count_close(CloseReason::ClientError);
+                tracing::warn!(client = %peer, "cannot set up session: {e}");
+            }
+        }
+    }
+
+    fn close(&mut self, key: usize, reason: CloseReason, detail: &str, now: Instant) {
+        if !self.sessions.contains(key) {
+            return;
+        }
+        let mut s = self.sessions.remove(key);
+        let mut ctx = Self::ctx(
+            &self.poll,
+            &mut self.bufs,
+            &mut self.pipes,
+            &self.shared,
+            &mut self.candidates,
+            now,
+        );
+        if matches!(
+            reason,
+            CloseReason::ProxyHeaderInvalid | CloseReason::ProxyHeaderUntrusted
+        ) {
+            s.reset_client();
+        }
+        s.teardown(&mut ctx);
+        self.shared.connections.fetch_sub(1, Ordering::AcqRel);
+        self.shared.metrics.count_close(reason);
+        let duration = now.saturating_duration_since(s.started);
+        let (backend, address) = match &s.backend_label {
+            Some((n, a)) => (n.as_str(), a.to_string()),
+            None => ("-", "-".to_string()),
+        };
+        tracing::info!(
+            client = %s.client_addr,
+            listener = %s.settings.listener,
+            backend,
+            backend_address = %address,
+            bytes_up = s.bytes.0,
+            bytes_down = s.bytes.1,
+            duration_ms = duration.as_millis() as u64,
+            reason = reason.label(),
+            "closed: {detail}"
+        );
+        if !self.accept_paused || self.draining {
+            return;
+        }
+        // A slot freed: if we paused for the connection limit, try again now.
+        self.accept_paused = false;
+        let all: Vec<usize> = self.listeners.keys().copied().collect();
+        for idx in all {
+            self.accept(idx, now);
+        }
+    }
+
+    fn close_all(&mut self, now: Instant) {
+        let keys: Vec<usize> = self.sessions.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            self.close(
+                key,
+                CloseReason::Shutdown,
+                "node stopping after the drain deadline",
+                now,
+            );
+        }
+    }
+
+    fn start_drain(&mut self) {
+        if self.draining {
+            return;
+        }
+        self.draining = true;
+        for (_, mut l) in self.listeners.drain() {
+            let _ = self.poll.registry().deregister(&mut l.socket);
+        }
+        tracing::debug!(worker = self.id, sessions = self.sessions.len(), "draining");
+    }
+
+    /// Picks up a new snapshot: listeners added, removed or re-pointed; sessions untouched.
+    fn reload(&mut self) {
+        self.snapshot = self.shared.snapshot();
+        session::retain_balancers(&self.snapshot.pools);
+        if self.draining {
+            return;
+        }
+        let snapshot = self.snapshot.clone();
+        // Drop listeners that are gone or changed.
+        let mut keep: HashMap<String, usize> = HashMap::new();
+        let ids: Vec<usize> = self.listeners.keys().copied().collect();
+        for idx in ids {
+            let l = &self.listeners[&idx];
+            let wanted = snapshot.listeners.iter().position(|p| {
+                p.config.name == l.name
+                    && (
+                        p.config.bind,
+                        p.config.backlog,
+                        p.config.freebind,
+                        p.config.tcp_keepalive.get(),
+                    ) == l.spec
+            });
+            match wanted {
+                Some(pi) => {
+                    keep.insert(l.name.clone(), idx);
+                    if let Some(l) = self.listeners.get_mut(&idx) {
+                        l.plan_index = pi;
+                    }
+                }
+                None => {
+                    if let Some(mut l) = self.listeners.remove(&idx) {
+                        let _ = self.poll.registry().deregister(&mut l.socket);
+                        tracing::info!(worker = self.id, listener = %l.name, "listener removed by reload");
+                    }
+                }
+            }
+        }
+        for plan in &snapshot.listeners {
+            if keep.contains_key(&plan.config.name) {
+                continue;
+            }
+            let spec = BindSpec {
+                address: plan.config.bind,
+                backlog: plan.config.backlog,
+                freebind: plan.config.freebind,
+                keepalive: plan.config.tcp_keepalive.get(),
+            };
+            match bind(&spec) {
+                Ok(socket) => {
+                    tracing::info!(worker = self.id, listener = %plan.config.name, address = %plan.config.bind, "listener added by reload");
+                    self.adopt_listener(plan.config.name.clone(), socket);
+                }
+                Err(e) => {
+                    tracing::error!(worker = self.id, listener = %plan.config.name, "reload cannot bind: {e}")
+                }
+            }
+        }
+    }
+}

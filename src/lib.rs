@@ -1,0 +1,22 @@
+//! gatehouse: the data plane of a remote-desktop farm.
+//!
+//! An L4 load balancer (the HALB role) and, in later parts, the secure client gateway. The
+//! crate is laid out as in `DESIGN.md`: sans-IO cores (`balance`, `proxy_protocol`, `cidr`,
+//! `health`'s verdicts, `config`), the per-core engine (`engine`), the control side
+//! (`runtime`, `admin`), and the command line (`cli`, `demo`).
+
+pub mod admin;
+pub mod balance;
+pub mod cidr;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod engine;
+pub mod halb_vrrp;
+pub mod health;
+pub mod metrics;
+pub mod privdrop;
+pub mod proxy_protocol;
+pub mod runtime;
+pub mod sd_notify;
+pub mod shared;

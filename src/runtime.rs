@@ -1,0 +1,432 @@
+//! A running node: binds, starts workers, health checks and the admin listener, then
+//! follows signals (SIGHUP reload, SIGTERM/SIGINT drain) until it stops.
+//!
+//! Owns the control side of the process: the only place that replaces snapshots after a
+//! reload, reacts to health verdicts and passive failures, and decides when workers stop.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{select, Receiver, Sender};
+use serde::Serialize;
+
+use crate::admin::AdminServer;
+use crate::config::{self, Config, HealthConfig};
+use crate::engine::listener::{bind_group, BindSpec};
+use crate::engine::worker::{self, WorkerHandle};
+use crate::health::{
+    CheckKind, CheckSpec, HealthChecker, HealthEvent, PassiveReporter, ProbeFailure, StatusMatch, Target,
+    TlsVerify,
+};
+use crate::shared::{ControlEvent, Lifecycle, Shared};
+
+/// An address the node serves, for `--ready-file` and the start-up summary.
+#[derive(Clone, Debug, Serialize)]
+pub struct Endpoint {
+    /// Role (`halb`, `admin`, `session-host`, ...).
+    pub role: String,
+    /// Name within the role.
+    pub name: String,
+    /// Bound address.
+    pub address: SocketAddr,
+}
+
+/// A request to the control loop.
+pub enum Command {
+    /// Re-read the config file; the answer says whether the new one was taken.
+    Reload(Option<Sender<Result<String, String>>>),
+    /// Drain and stop.
+    Shutdown,
+}
+
+/// How the node was started.
+#[derive(Clone, Debug, Default)]
+pub struct NodeOptions {
+    /// The file a reload re-reads (none: reload keeps the config).
+    pub config_path: Option<PathBuf>,
+    /// Validation relaxations used for reloads of the same kind of config.
+    pub validate: config::ValidateOptions,
+}
+
+/// A started node.
+pub struct Node {
+    shared: Arc<Shared>,
+    workers: Vec<WorkerHandle>,
+    admin: Option<AdminServer>,
+    health: Option<Checks>,
+    /// The VRRP role (issue 6); stopped first on shutdown so the VIP moves before the drain.
+    vrrp: Option<crate::halb_vrrp::VrrpRole>,
+    events: Receiver<ControlEvent>,
+    commands: (Sender<Command>, Receiver<Command>),
+    options: NodeOptions,
+    /// Everything bound.
+    pub endpoints: Vec<Endpoint>,
+}
+
+impl Node {
+    /// Binds every listener, drops privileges if configured, and starts all threads.
+    pub fn start(config: Config, options: NodeOptions) -> Result<Node, String> {
+        let workers_n = config.worker_count();
+        let mut config = config;
+        // Bind everything first: errors surface here, and ports chosen by the kernel (port 0)
+        // are written back so every worker and the endpoints list agree.
+        let mut per_worker: Vec<Vec<(String, std::net::TcpListener)>> =
+            (0..workers_n).map(|_| Vec::new()).collect();
+        let mut endpoints = Vec::new();
+        if let Some(halb) = &mut config.halb {
+            for l in &mut halb.listener {
+                let spec = BindSpec {
+                    address: l.bind,
+                    backlog: l.backlog,
+                    freebind: l.freebind,
+                    keepalive: l.tcp_keepalive.get(),
+                };
+                let group =
+                    bind_group(&spec, workers_n).map_err(|e| format!("listener {:?}: {e}", l.name))?;
+                l.bind = group[0].local_addr().map_err(|e| e.to_string())?;
+                endpoints.push(Endpoint {
+                    role: "halb".into(),
+                    name: l.name.clone(),
+                    address: l.bind,
+                });
+                for (w, sock) in group.into_iter().enumerate() {
+                    per_worker[w].push((l.name.clone(), sock));
+                }
+            }
+        }
+        let admin_listener = match &mut config.admin {
+            Some(a) => {
+                let l = std::net::TcpListener::bind(a.listen)
+                    .map_err(|e| format!("admin listener {}: {e}", a.listen))?;
+                a.listen = l.local_addr().map_err(|e| e.to_string())?;
+                endpoints.push(Endpoint {
+                    role: "admin".into(),
+                    name: "admin".into(),
+                    address: a.listen,
+                });
+                Some(l)
+            }
+            None => None,
+        };
+        crate::privdrop::drop_privileges(config.node.user.as_deref(), config.node.group.as_deref())?;
+
+        let (shared, events) = Shared::new(config);
+        let commands = crossbeam_channel::unbounded();
+        let mut workers = Vec::new();
+        for (id, listeners) in per_worker.into_iter().enumerate() {
+            workers
+                .push(worker::spawn(id, shared.clone(), listeners).map_err(|e| format!("worker {id}: {e}"))?);
+        }
+        let admin = match admin_listener {
+            Some(l) => Some(
+                AdminServer::spawn(l, shared.clone(), commands.0.clone())
+                    .map_err(|e| format!("admin: {e}"))?,
+            ),
+            None => None,
+        };
+        let health = start_health(&shared);
+        // VRRP after the workers: the listeners (freebind on the VIP) serve as soon as it is ours.
+        let vrrp = crate::halb_vrrp::VrrpRole::start(&shared)?;
+        tracing::info!(
+            node = %shared.config().node_name(),
+            workers = workers_n,
+            version = env!("CARGO_PKG_VERSION"),
+            "gatehouse started"
+        );
+        for e in &endpoints {
+            tracing::info!(role = %e.role, name = %e.name, address = %e.address, "listening");
+        }
+        Ok(Node {
+            shared,
+            workers,
+            admin,
+            health,
+            vrrp,
+            events,
+            commands,
+            options,
+            endpoints,
+        })
+    }
+
+    /// A sender for commands (signals, the admin API and embedders use it).
+    pub fn commands(&self) -> Sender<Command> {
+        self.commands.0.clone()
+    }
+
+    /// The node's shared state (tests and the demo read metrics through it).
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
+    /// Runs the control loop until a shutdown command (or SIGTERM/SIGINT) has drained the
+    /// node. SIGHUP reloads.
+    pub fn run_until_stopped(mut self) -> Result<(), String> {
+        forward_signals(self.commands.0.clone())?;
+        crate::sd_notify::notify("READY=1");
+        let cmd_rx = self.commands.1.clone();
+        let events = self.events.clone();
+        loop {
+            select! {
+                recv(cmd_rx) -> cmd => match cmd {
+                    Ok(Command::Reload(reply)) => {
+                        crate::sd_notify::notify("RELOADING=1");
+                        let result = self.reload();
+                        crate::sd_notify::notify("READY=1");
+                        if let Some(reply) = reply {
+                            let _ = reply.send(result);
+                        }
+                    }
+                    Ok(Command::Shutdown) | Err(_) => break,
+                },
+                recv(events) -> ev => if let Ok(ev) = ev { self.on_event(ev) },
+            }
+        }
+        self.drain();
+        Ok(())
+    }
+
+    fn on_event(&mut self, event: ControlEvent) {
+        match event {
+            ControlEvent::PassiveDown {
+                pool,
+                backend,
+                reason,
+            } => {
+                // The health checker owns the verdict: it marks the backend down (and logs it),
+                // and `rise` good checks bring it back.
+                let Some(checks) = &self.health else { return };
+                let Some(id) = checks.ids.get(&(pool.clone(), backend.clone())) else {
+                    return;
+                };
+                let fall = self
+                    .shared
+                    .snapshot()
+                    .pools
+                    .iter()
+                    .find(|p| p.name == pool)
+                    .map_or(1, |p| p.passive_fall);
+                tracing::warn!(pool = %pool, backend = %backend, "{fall} connects in a row failed: {reason}");
+                checks.reporter.passive_down(*id, fall, ProbeFailure::Io(reason));
+            }
+        }
+    }
+
+    fn reload(&mut self) -> Result<String, String> {
+        let Some(path) = self.options.config_path.clone() else {
+            return Err("this node was started without a config file; nothing to reload".into());
+        };
+        let new = match config::load_file(&path) {
+            Ok(c) => c,
+            Err(errors) => {
+                self.shared
+                    .metrics
+                    .reloads_failed
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                for e in &errors.0 {
+                    tracing::error!("reload refused: {e}");
+                }
+                tracing::error!("reload refused: the previous configuration keeps serving");
+                return Err(errors.to_string());
+            }
+        };
+        let old = self.shared.config();
+        let mut notes = Vec::new();
+        if old.worker_count() != new.worker_count() {
+            notes.push("node.workers changes at the next restart");
+        }
+        if old.admin.as_ref().map(|a| a.listen) != new.admin.as_ref().map(|a| a.listen) {
+            notes.push("admin.listen changes at the next restart");
+        }
+        if old.halb.as_ref().map(|h| &h.vrrp) != new.halb.as_ref().map(|h| &h.vrrp) {
+            notes.push("halb.vrrp changes at the next restart (pool tracking follows the reload)");
+        }
+        let mut new = new;
+        // Keep the admin address actually bound (it may have been port 0).
+        new.admin = old.admin.clone();
+        if let Some(h) = self.health.take() {
+            h.stop();
+        }
+        self.shared.replace_config(new);
+        self.health = start_health(&self.shared);
+        self.shared
+            .metrics
+            .reloads_ok
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        for n in &notes {
+            tracing::warn!("reload: {n}");
+        }
+        tracing::info!(generation = self.shared.generation(), "configuration reloaded");
+        Ok(if notes.is_empty() {
+            "reloaded".into()
+        } else {
+            format!("reloaded; {}", notes.join("; "))
+        })
+    }
+
+    fn drain(mut self) {
+        // Hand the VIP over first (priority-0 advert), then drain (issue 6).
+        if let Some(v) = self.vrrp.take() {
+            v.shutdown();
+        }
+        let deadline = self.shared.config().node.drain_timeout.get();
+        crate::sd_notify::notify("STOPPING=1");
+        tracing::info!(
+            sessions = self.shared.connections.load(std::sync::atomic::Ordering::Relaxed),
+            "draining: listeners closed, waiting up to {deadline:?} for sessions"
+        );
+        self.shared.set_lifecycle(Lifecycle::Draining);
+        let start = Instant::now();
+        let cmd_rx = self.commands.1.clone();
+        while self.workers.iter().any(|w| !w.thread.is_finished()) {
+            if start.elapsed() >= deadline {
+                tracing::warn!("drain deadline passed: closing remaining sessions");
+                break;
+            }
+            // A second SIGTERM/SIGINT stops at once.
+            if let Ok(Command::Shutdown) = cmd_rx.recv_timeout(Duration::from_millis(20)) {
+                tracing::warn!("second stop request: closing remaining sessions now");
+                break;
+            }
+        }
+        self.shared.set_lifecycle(Lifecycle::Stopping);
+        for w in self.workers.drain(..) {
+            let _ = w.thread.join();
+        }
+        if let Some(h) = self.health.take() {
+            h.stop();
+        }
+        if let Some(a) = self.admin.take() {
+            a.stop();
+        }
+        tracing::info!(elapsed_ms = start.elapsed().as_millis() as u64, "stopped");
+    }
+}
+
+fn forward_signals(commands: Sender<Command>) -> Result<(), String> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGHUP, SIGINT, SIGTERM])
+        .map_err(|e| format!("signals: {e}"))?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for sig in signals.forever() {
+                let cmd = if sig == SIGHUP {
+                    tracing::info!("SIGHUP: reloading");
+                    Command::Reload(None)
+                } else {
+                    tracing::info!(signal = sig, "stop requested");
+                    Command::Shutdown
+                };
+                if commands.send(cmd).is_err() {
+                    return;
+                }
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// Converts a pool's `[health]` table into a check specification.
+pub fn check_spec(h: &HealthConfig) -> Option<CheckSpec> {
+    let verify = || match (&h.ca_file, h.insecure_skip_verify) {
+        (_, true) => TlsVerify::InsecureSkipVerify,
+        (Some(ca), false) => TlsVerify::CaFile(ca.clone()),
+        (None, false) => TlsVerify::InsecureSkipVerify,
+    };
+    let expect: StatusMatch = h.expect.parse().ok()?;
+    let kind = match h.check.as_str() {
+        "tcp" => CheckKind::Tcp,
+        "tls" => CheckKind::Tls {
+            server_name: h.server_name.clone(),
+            verify: verify(),
+        },
+        "http" => CheckKind::Http {
+            path: h.path.clone(),
+            host: h.host.clone(),
+            expect,
+            tls: None,
+        },
+        "https" => CheckKind::Http {
+            path: h.path.clone(),
+            host: h.host.clone(),
+            expect,
+            tls: Some((h.server_name.clone(), verify())),
+        },
+        _ => return None,
+    };
+    Some(CheckSpec {
+        kind,
+        interval: h.interval.get(),
+        timeout: h.timeout.get(),
+        rise: h.rise,
+        fall: h.fall,
+    })
+}
+
+/// The running health checks and how to reach a backend's checker.
+struct Checks {
+    checker: HealthChecker,
+    reporter: PassiveReporter,
+    ids: HashMap<(String, String), usize>,
+}
+
+impl Checks {
+    fn stop(self) {
+        self.checker.stop();
+    }
+}
+
+fn start_health(shared: &Arc<Shared>) -> Option<Checks> {
+    let snapshot = shared.snapshot();
+    let config = snapshot.config.clone();
+    let halb = config.halb.as_ref()?;
+    let mut targets = Vec::new();
+    let mut names: Vec<(String, String)> = Vec::new();
+    for (pc, plan) in halb.pool.iter().zip(snapshot.pools.iter()) {
+        let Some(spec) = pc.health.as_ref().and_then(check_spec) else {
+            continue;
+        };
+        let spec = Arc::new(spec);
+        for b in &plan.backends {
+            if b.admin == crate::config::AdminState::Maintenance {
+                continue;
+            }
+            targets.push(Target {
+                id: names.len(),
+                name: format!("{}/{}", plan.name, b.name),
+                addr: b.address,
+                spec: spec.clone(),
+                initial: b.health,
+            });
+            names.push((plan.name.clone(), b.name.clone()));
+        }
+    }
+    if targets.is_empty() {
+        return None;
+    }
+    let ids = names.iter().enumerate().map(|(i, k)| (k.clone(), i)).collect();
+    let shared = shared.clone();
+    let on_change = Arc::new(move |ev: HealthEvent| {
+        let Some((pool, backend)) = names.get(ev.id) else {
+            return;
+        };
+        // The checker has logged the transition already.
+        let health = ev.transition.to;
+        shared
+            .metrics
+            .health_transitions
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        shared.set_health(pool, backend, health);
+    });
+    let checker = HealthChecker::spawn(targets, on_change);
+    let reporter = checker.passive_reporter();
+    Some(Checks {
+        checker,
+        reporter,
+        ids,
+    })
+}

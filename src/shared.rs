@@ -1,0 +1,563 @@
+//! State shared between the workers and the control side of a node.
+//!
+//! Owns the immutable [`Snapshot`] (config, pools, backend states) that workers pick up by
+//! generation number, the per-backend runtime counters (atomics that survive reloads), the
+//! per-source connection table, and the node's lifecycle flag. Workers only read snapshots;
+//! the control side (health checks, admin API, reload) builds a new one and publishes it.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::hash::{Hash, Hasher};
+use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::balance::{backend_key, Algorithm, Candidate};
+use crate::cidr::Cidr;
+use crate::config::{AdminState, Config, ListenerConfig};
+use crate::health::Health;
+use crate::metrics::{label, Metrics};
+
+/// One immutable view of what the node serves. Workers hold an `Arc` and compare generations.
+pub struct Snapshot {
+    /// Increases with every publish.
+    pub generation: u64,
+    /// The configuration this snapshot was built from.
+    pub config: Arc<Config>,
+    /// HALB listeners.
+    pub listeners: Vec<ListenerPlan>,
+    /// Backend pools, referenced by index from listeners.
+    pub pools: Vec<Arc<PoolPlan>>,
+}
+
+/// A listener as workers use it.
+pub struct ListenerPlan {
+    /// Its configuration.
+    pub config: ListenerConfig,
+    /// Index into `Snapshot::pools`.
+    pub pool: usize,
+    /// Sources that must (and alone may) send a PROXY v2 header.
+    pub trusted_proxies: Vec<Cidr>,
+}
+
+impl ListenerPlan {
+    /// Whether a client address must send a PROXY v2 header first.
+    pub fn expects_proxy_from(&self, ip: IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|c| c.contains(ip))
+    }
+}
+
+/// A pool as workers use it.
+pub struct PoolPlan {
+    /// Pool name.
+    pub name: String,
+    /// Selection algorithm.
+    pub algorithm: Algorithm,
+    /// Send a PROXY v2 header to backends.
+    pub send_proxy: bool,
+    /// Extra backends tried after a failed connect.
+    pub retries: u32,
+    /// Consecutive failed connects that mark a backend down (0: off).
+    pub passive_fall: u32,
+    /// Whether the pool has active health checks (passive marking needs them to recover).
+    pub health_checked: bool,
+    /// Backends in configured order.
+    pub backends: Vec<BackendPlan>,
+}
+
+impl PoolPlan {
+    /// Fills `out` with the balancer's view of every backend.
+    pub fn candidates(&self, out: &mut Vec<Candidate>) {
+        out.clear();
+        out.extend(self.backends.iter().map(|b| Candidate {
+            key: b.key,
+            weight: b.weight,
+            eligible: b.eligible(),
+            active: b.runtime.active.load(Ordering::Relaxed),
+        }));
+    }
+}
+
+/// A backend as workers use it.
+pub struct BackendPlan {
+    /// Backend name (unique within the pool).
+    pub name: String,
+    /// Where to connect.
+    pub address: SocketAddr,
+    /// Relative share.
+    pub weight: u32,
+    /// Stable hashing identity (same on every node with the same config).
+    pub key: u64,
+    /// Connection limit (0: none).
+    pub max_connections: u32,
+    /// Administrative state.
+    pub admin: AdminState,
+    /// Health verdict.
+    pub health: Health,
+    /// Counters shared by all workers; survive reloads.
+    pub runtime: Arc<BackendRuntime>,
+}
+
+impl BackendPlan {
+    /// Whether a new connection may go to this backend now.
+    pub fn eligible(&self) -> bool {
+        self.admin == AdminState::Up
+            && self.health == Health::Up
+            && (self.max_connections == 0
+                || self.runtime.active.load(Ordering::Relaxed) < self.max_connections)
+    }
+}
+
+/// Per-backend counters bumped by workers.
+#[derive(Default)]
+pub struct BackendRuntime {
+    /// Connections held now.
+    pub active: AtomicU32,
+    /// Connections ever sent.
+    pub total: AtomicU64,
+    /// Failed connects in a row (reset by a success).
+    pub failures_in_row: AtomicU32,
+    /// Failed connects ever.
+    pub connect_failures: AtomicU64,
+}
+
+/// The node's lifecycle, read by workers every loop turn.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lifecycle {
+    /// Accepting and serving.
+    Running = 0,
+    /// Not accepting; sessions finish on their own.
+    Draining = 1,
+    /// Close everything now.
+    Stopping = 2,
+}
+
+/// A message from a worker to the control side.
+#[derive(Debug)]
+pub enum ControlEvent {
+    /// `passive_fall` connects in a row failed on this backend.
+    PassiveDown {
+        /// Pool name.
+        pool: String,
+        /// Backend name.
+        backend: String,
+        /// Last connect error.
+        reason: String,
+    },
+}
+
+/// Live connections per client address, shared by all workers (sharded to spread locking).
+pub struct SourceTable {
+    shards: Vec<Mutex<HashMap<IpAddr, u32>>>,
+}
+
+impl Default for SourceTable {
+    fn default() -> Self {
+        SourceTable {
+            shards: (0..32).map(|_| Mutex::new(HashMap::new())).collect(),
+        }
+    }
+}
+
+impl SourceTable {
+    fn shard(&self, ip: IpAddr) -> &Mutex<HashMap<IpAddr, u32>> {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        ip.hash(&mut h);
+        &self.shards[(h.finish() as usize) % self.shards.len()]
+    }
+
+    /// Takes a slot for `ip` if it holds fewer than `limit`; false when at the limit.
+    pub fn try_acquire(&self, ip: IpAddr, limit: u32) -> bool {
+        let mut map = self.shard(ip).lock();
+        let n = map.entry(ip).or_insert(0);
+        if *n >= limit {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    /// Gives a slot back.
+    pub fn release(&self, ip: IpAddr) {
+        let mut map = self.shard(ip).lock();
+        if let Some(n) = map.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&ip);
+            }
+        }
+    }
+}
+
+/// Backend states kept by the control side across snapshots and reloads.
+#[derive(Clone, Copy, Debug)]
+struct BackendStatus {
+    admin: AdminState,
+    health: Health,
+    address: SocketAddr,
+}
+
+struct ControlState {
+    config: Arc<Config>,
+    status: HashMap<(String, String), BackendStatus>,
+    runtimes: HashMap<(String, String), Arc<BackendRuntime>>,
+}
+
+/// Appends Prometheus text for a role's own counters.
+pub type MetricSource = Box<dyn Fn(&mut String) + Send + Sync>;
+
+/// Everything a node's threads share.
+pub struct Shared {
+    current: RwLock<Arc<Snapshot>>,
+    generation: AtomicU64,
+    lifecycle: AtomicU8,
+    control: Mutex<ControlState>,
+    wakers: Mutex<Vec<Arc<mio::Waker>>>,
+    metric_sources: Mutex<Vec<MetricSource>>,
+    /// Counters.
+    pub metrics: Metrics,
+    /// Connections held by all workers.
+    pub connections: AtomicUsize,
+    /// Connections per client address.
+    pub sources: SourceTable,
+    /// Worker -> control notifications.
+    pub events: crossbeam_channel::Sender<ControlEvent>,
+}
+
+impl Shared {
+    /// Builds the shared state for a validated config; returns the receiving end of worker events.
+    pub fn new(config: Config) -> (Arc<Shared>, crossbeam_channel::Receiver<ControlEvent>) {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let mut control = ControlState {
+            config: Arc::new(config),
+            status: HashMap::new(),
+            runtimes: HashMap::new(),
+        };
+        let snapshot = build_snapshot(&mut control, 1);
+        let shared = Shared {
+            current: RwLock::new(Arc::new(snapshot)),
+            generation: AtomicU64::new(1),
+            lifecycle: AtomicU8::new(Lifecycle::Running as u8),
+            control: Mutex::new(control),
+            wakers: Mutex::new(Vec::new()),
+            metric_sources: Mutex::new(Vec::new()),
+            metrics: Metrics::default(),
+            connections: AtomicUsize::new(0),
+            sources: SourceTable::default(),
+            events: tx,
+        };
+        (Arc::new(shared), rx)
+    }
+
+    /// The current snapshot.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current.read().clone()
+    }
+
+    /// The generation of the current snapshot (cheap; workers poll it).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// The lifecycle flag.
+    pub fn lifecycle(&self) -> Lifecycle {
+        match self.lifecycle.load(Ordering::Acquire) {
+            0 => Lifecycle::Running,
+            1 => Lifecycle::Draining,
+            _ => Lifecycle::Stopping,
+        }
+    }
+
+    /// Moves the lifecycle forward and wakes every worker.
+    pub fn set_lifecycle(&self, to: Lifecycle) {
+        self.lifecycle.fetch_max(to as u8, Ordering::AcqRel);
+        self.wake_all();
+    }
+
+    /// Adds a producer of extra Prometheus text (a role with counters of its own, e.g. VRRP).
+    pub fn add_metrics_source(&self, source: MetricSource) {
+        self.metric_sources.lock().push(source);
+    }
+
+    /// The Prometheus text of every counter, the snapshot's backends and the extra sources.
+    pub fn render_metrics(&self) -> String {
+        let mut extra = String::new();
+        for source in self.metric_sources.lock().iter() {
+            source(&mut extra);
+        }
+        let snapshot = self.snapshot();
+        self.metrics
+            .render(&snapshot, self.connections.load(Ordering::Relaxed), &extra)
+    }
+
+    /// Registers a worker's waker so publishes reach it promptly.
+    pub fn add_waker(&self, waker: Arc<mio::Waker>) {
+        self.wakers.lock().push(waker);
+    }
+
+    fn wake_all(&self) {
+        for w in self.wakers.lock().iter() {
+            let _ = w.wake();
+        }
+    }
+
+    /// Replaces the configuration (a validated reload): backends that stay keep their state.
+    pub fn replace_config(&self, config: Config) {
+        let mut control = self.control.lock();
+        control.config = Arc::new(config);
+        self.publish(&mut control);
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> Arc<Config> {
+        self.control.lock().config.clone()
+    }
+
+    /// Sets a backend's health verdict; returns false for an unknown backend.
+    pub fn set_health(&self, pool: &str, backend: &str, health: Health) -> bool {
+        let mut control = self.control.lock();
+        match control.status.get_mut(&(pool.to_string(), backend.to_string())) {
+            Some(s) if s.health != health => {
+                s.health = health;
+                self.publish(&mut control);
+                true
+            }
+            Some(_) => true,
+            None => false,
+        }
+    }
+
+    /// Sets a backend's administrative state; returns false for an unknown backend.
+    pub fn set_admin_state(&self, pool: &str, backend: &str, state: AdminState) -> bool {
+        let mut control = self.control.lock();
+        match control.status.get_mut(&(pool.to_string(), backend.to_string())) {
+            Some(s) => {
+                s.admin = state;
+                self.publish(&mut control);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn publish(&self, control: &mut ControlState) {
+        let generation = self.generation.load(Ordering::Acquire) + 1;
+        let snapshot = build_snapshot(control, generation);
+        *self.current.write() = Arc::new(snapshot);
+        self.generation.store(generation, Ordering::Release);
+        self.wake_all();
+    }
+}
+
+fn build_snapshot(control: &mut ControlState, generation: u64) -> Snapshot {
+    let config = control.config.clone();
+    let mut pools = Vec::new();
+    let mut listeners = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    if let Some(halb) = &config.halb {
+        for p in &halb.pool {
+            let mut backends = Vec::new();
+            for b in &p.backends {
+                let id = (p.name.clone(), b.name.clone());
+                seen.insert(id.clone());
+                let status = control.status.entry(id.clone()).or_insert(BackendStatus {
+                    admin: b.state,
+                    health: Health::Up,
+                    address: b.address,
+                });
+                if status.address != b.address {
+                    // Same name, new address: a new server as far as health goes.
+                    *status = BackendStatus {
+                        admin: b.state,
+                        health: Health::Up,
+                        address: b.address,
+                    };
+                }
+                let runtime = control.runtimes.entry(id).or_default().clone();
+                backends.push(BackendPlan {
+                    name: b.name.clone(),
+                    address: b.address,
+                    weight: b.weight,
+                    key: backend_key(&b.name),
+                    max_connections: b.max_connections,
+                    admin: status.admin,
+                    health: status.health,
+                    runtime,
+                });
+            }
+            pools.push(Arc::new(PoolPlan {
+                name: p.name.clone(),
+                algorithm: Algorithm::from_str(&p.algorithm).unwrap_or(Algorithm::RoundRobin),
+                send_proxy: p.send_proxy,
+                retries: p.retries,
+                passive_fall: p.passive_fall,
+                health_checked: p.health.is_some(),
+                backends,
+            }));
+        }
+        for l in &halb.listener {
+            let pool = halb.pool.iter().position(|p| p.name == l.pool).unwrap_or(0);
+            listeners.push(ListenerPlan {
+                config: l.clone(),
+                pool,
+                trusted_proxies: l
+                    .accept_proxy_from
+                    .iter()
+                    .filter_map(|c| Cidr::from_str(c).ok())
+                    .collect(),
+            });
+        }
+    }
+    control.status.retain(|k, _| seen.contains(k));
+    // Runtimes of removed backends stay while sessions hold them (Arc), but leave the registry.
+    control.runtimes.retain(|k, _| seen.contains(k));
+    Snapshot {
+        generation,
+        config,
+        listeners,
+        pools,
+    }
+}
+
+impl Snapshot {
+    /// Appends per-backend metrics.
+    pub fn render_metrics(&self, out: &mut String) {
+        crate::metrics::header(
+            out,
+            "gatehouse_backend_up",
+            "gauge",
+            "1 when the backend takes new connections (healthy and admin up).",
+        );
+        for p in &self.pools {
+            for b in &p.backends {
+                let _ = writeln!(
+                    out,
+                    "gatehouse_backend_up{{pool=\"{}\",backend=\"{}\"}} {}",
+                    label(&p.name),
+                    label(&b.name),
+                    u8::from(b.admin == AdminState::Up && b.health == Health::Up)
+                );
+            }
+        }
+        crate::metrics::header(
+            out,
+            "gatehouse_backend_healthy",
+            "gauge",
+            "1 when health checks pass.",
+        );
+        for p in &self.pools {
+            for b in &p.backends {
+                let _ = writeln!(
+                    out,
+                    "gatehouse_backend_healthy{{pool=\"{}\",backend=\"{}\"}} {}",
+                    label(&p.name),
+                    label(&b.name),
+                    u8::from(b.health == Health::Up)
+                );
+            }
+        }
+        crate::metrics::header(
+            out,
+            "gatehouse_backend_admin_state",
+            "gauge",
+            "Administrative state (1 for the current one).",
+        );
+        for p in &self.pools {
+            for b in &p.backends {
+                for s in [AdminState::Up, AdminState::Drain, AdminState::Maintenance] {
+                    let _ = writeln!(
+                        out,
+                        "gatehouse_backend_admin_state{{pool=\"{}\",backend=\"{}\",state=\"{}\"}} {}",
+                        label(&p.name),
+                        label(&b.name),
+                        s.as_str(),
+                        u8::from(b.admin == s)
+                    );
+                }
+            }
+        }
+        crate::metrics::header(
+            out,
+            "gatehouse_backend_connections_active",
+            "gauge",
+            "Connections held to the backend.",
+        );
+        for p in &self.pools {
+            for b in &p.backends {
+                let _ = writeln!(
+                    out,
+                    "gatehouse_backend_connections_active{{pool=\"{}\",backend=\"{}\"}} {}",
+                    label(&p.name),
+                    label(&b.name),
+                    b.runtime.active.load(Ordering::Relaxed)
+                );
+            }
+        }
+        crate::metrics::header(
+            out,
+            "gatehouse_backend_connections_total",
+            "counter",
+            "Connections sent to the backend.",
+        );
+        for p in &self.pools {
+            for b in &p.backends {
+                let _ = writeln!(
+                    out,
+                    "gatehouse_backend_connections_total{{pool=\"{}\",backend=\"{}\"}} {}",
+                    label(&p.name),
+                    label(&b.name),
+                    b.runtime.total.load(Ordering::Relaxed)
+                );
+            }
+        }
+        crate::metrics::header(
+            out,
+            "gatehouse_backend_connect_failures_total",
+            "counter",
+            "Failed connects to the backend.",
+        );
+        for p in &self.pools {
+            for b in &p.backends {
+                let _ = writeln!(
+                    out,
+                    "gatehouse_backend_connect_failures_total{{pool=\"{}\",backend=\"{}\"}} {}",
+                    label(&p.name),
+                    label(&b.name),
+                    b.runtime.connect_failures.load(Ordering::Relaxed)
+                );
+            }
+        }
+    }
+
+    /// The backends as JSON for the admin API.
+    pub fn backends_json(&self) -> serde_json::Value {
+        let pools: Vec<_> = self
+            .pools
+            .iter()
+            .map(|p| {
+                let backends: Vec<_> = p
+                    .backends
+                    .iter()
+                    .map(|b| {
+                        serde_json::json!({
+                            "name": b.name,
+                            "address": b.address.to_string(),
+                            "weight": b.weight,
+                            "admin_state": b.admin.as_str(),
+                            "health": if b.health == Health::Up { "up" } else { "down" },
+                            "eligible": b.eligible(),
+                            "active": b.runtime.active.load(Ordering::Relaxed),
+                            "total": b.runtime.total.load(Ordering::Relaxed),
+                            "connect_failures": b.runtime.connect_failures.load(Ordering::Relaxed),
+                        })
+                    })
+                    .collect();
+                serde_json::json!({"pool": p.name, "algorithm": p.algorithm.to_string(), "backends": backends})
+            })
+            .collect();
+        serde_json::json!({ "generation": self.generation, "pools": pools })
+    }
+}

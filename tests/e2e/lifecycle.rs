@@ -1,0 +1,230 @@
+//! Lifecycle and limits: drain on SIGTERM, the drain deadline, global and per-source
+//! connection limits, and accepting under a tiny `ulimit -n`.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::unix::process::CommandExt;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use crate::common::*;
+
+fn with_drain(config: String, drain: &str) -> String {
+    config.replace("drain_timeout = \"2s\"", &format!("drain_timeout = \"{drain}\""))
+}
+
+/// Descriptors the node holds now.
+fn open_fds(g: &Gatehouse) -> usize {
+    std::fs::read_dir(format!("/proc/{}/fd", g.proc.pid())).map_or(0, |d| d.count())
+}
+
+/// True when a new connection is refused or closed at once.
+fn refused(target: SocketAddr) -> bool {
+    match connect_from(target, None) {
+        Err(_) => true,
+        Ok(mut s) => matches!(
+            read_outcome(&mut s, Duration::from_millis(500)),
+            Seen::Eof | Seen::Reset
+        ),
+    }
+}
+
+#[test]
+fn sigterm_drains_open_tunnels_then_exits_zero() {
+    let echo = EchoServer::start(None);
+    let (admin, listen) = addrs();
+    let mut g = Gatehouse::start(
+        &with_drain(
+            simple_config(admin, listen, "", "", &[("echo", echo.addr)]),
+            "10s",
+        ),
+        admin,
+    );
+    let mut tunnel = connect_from(listen, None).unwrap();
+    assert!(echo_round_trip(&mut tunnel, b"before SIGTERM\n"));
+    g.signal(Signal::SIGTERM);
+    let start = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(3), || refused(listen)),
+        "new connections still served while draining"
+    );
+    println!(
+        "lifecycle: new connections refused {:?} after SIGTERM",
+        start.elapsed()
+    );
+    assert!(
+        echo_round_trip(&mut tunnel, b"during the drain\n"),
+        "the open tunnel works during the drain"
+    );
+    assert!(
+        g.proc.wait_exit(Duration::from_millis(300)).is_none(),
+        "exited with a tunnel open"
+    );
+    drop(tunnel);
+    let closed_at = Instant::now();
+    let status = g.proc.wait_exit(Duration::from_secs(8));
+    println!(
+        "lifecycle: exited {:?} after the last client closed: {status:?}",
+        closed_at.elapsed()
+    );
+    let status = status.expect("gatehouse did not exit after its last session ended");
+    assert!(status.success(), "exit status {status:?}; log:\n{}", g.log());
+    assert!(
+        closed_at.elapsed() < Duration::from_secs(5),
+        "exited before the drain deadline"
+    );
+}
+
+#[test]
+fn drain_deadline_closes_lingering_tunnels() {
+    let echo = EchoServer::start(None);
+    let (admin, listen) = addrs();
+    let mut g = Gatehouse::start(
+        &with_drain(simple_config(admin, listen, "", "", &[("echo", echo.addr)]), "1s"),
+        admin,
+    );
+    let mut tunnel = connect_from(listen, None).unwrap();
+    assert!(echo_round_trip(&mut tunnel, b"x"));
+    let start = Instant::now();
+    g.signal(Signal::SIGTERM);
+    let status = g.proc.wait_exit(Duration::from_secs(10));
+    let took = start.elapsed();
+    let seen = read_outcome(&mut tunnel, Duration::from_secs(2));
+    println!("lifecycle: drain_timeout 1s, exited after {took:?} with {status:?}; client saw {seen:?}");
+    let status = status.expect("gatehouse did not exit after the drain deadline");
+    assert!(status.success(), "exit status {status:?}");
+    assert!(took >= Duration::from_millis(900), "exited before the deadline");
+    assert!(took < Duration::from_secs(5), "exited long after the deadline");
+    assert!(
+        matches!(seen, Seen::Eof | Seen::Reset),
+        "client sees the close, saw {seen:?}"
+    );
+}
+
+#[test]
+fn global_connection_limit_holds_the_fourth_client() {
+    let srv = NameServer::start("n");
+    let (admin, listen) = addrs();
+    let g = Gatehouse::start(
+        &config_full(
+            admin,
+            listen,
+            2,
+            "max_connections = 3",
+            "",
+            "",
+            &[("n", srv.addr, "")],
+        ),
+        admin,
+    );
+    let mut held: Vec<_> = (0..3)
+        .map(|_| who_answers(listen, None).expect("served").1)
+        .collect();
+    let mut fourth = connect_from(listen, None).expect("the kernel completes the handshake");
+    let seen = read_outcome(&mut fourth, Duration::from_secs(1));
+    println!("lifecycle: max_connections 3, the 4th client saw {seen:?} within 1 s");
+    assert_eq!(
+        seen,
+        Seen::Silent,
+        "the 4th client got service (or was closed) at the limit"
+    );
+    held.pop();
+    let start = Instant::now();
+    let seen = read_outcome(&mut fourth, Duration::from_secs(5));
+    println!(
+        "lifecycle: after one of 3 closed, the 4th client saw {seen:?} after {:?}; pauses {}",
+        start.elapsed(),
+        g.metric("gatehouse_accept_pauses_total{reason=\"connection_limit\"}")
+    );
+    assert_eq!(
+        seen,
+        Seen::Data(b"n\n".to_vec()),
+        "the 4th client is served once a slot frees"
+    );
+}
+
+#[test]
+fn per_source_limit_closes_the_third_from_one_address() {
+    let srv = NameServer::start("n");
+    let (admin, listen) = addrs();
+    let g = Gatehouse::start(
+        &simple_config(admin, listen, "", "max_per_source = 2", &[("n", srv.addr)]),
+        admin,
+    );
+    let one = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1));
+    let _a = who_answers(listen, Some(one)).expect("1st from 127.0.0.1 served");
+    let _b = who_answers(listen, Some(one)).expect("2nd from 127.0.0.1 served");
+    let mut third = connect_from(listen, Some(one)).unwrap();
+    let start = Instant::now();
+    let seen = read_outcome(&mut third, Duration::from_secs(3));
+    let took = start.elapsed();
+    println!("lifecycle: 3rd from 127.0.0.1 saw {seen:?} after {took:?}");
+    assert!(
+        matches!(seen, Seen::Eof | Seen::Reset),
+        "3rd closed, saw {seen:?}"
+    );
+    assert!(took < Duration::from_secs(1), "closed at once");
+    assert_eq!(
+        g.wait_metric(
+            "gatehouse_connections_closed_total{reason=\"source_limit\"}",
+            1.0,
+            Duration::from_secs(2)
+        ),
+        1.0
+    );
+    let other = who_answers(listen, Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2))));
+    assert!(other.is_some(), "a client from 127.0.0.2 is served");
+    drop((_a, _b));
+    assert!(
+        wait_until(Duration::from_secs(3), || who_answers(listen, Some(one))
+            .is_some()),
+        "127.0.0.1 gets its slots back once its connections close"
+    );
+    drop(other);
+    g.assert_nothing_held();
+}
+
+#[test]
+fn tiny_ulimit_pauses_accepting_without_spinning() {
+    let srv = NameServer::start("n");
+    let (admin, listen) = addrs();
+    let config = simple_config(admin, listen, "", "", &[("n", srv.addr)]);
+    let g = Gatehouse::start_with(&config, admin, |cmd| {
+        // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, 64, 64)
+                    .map_err(std::io::Error::from)
+            });
+        }
+    });
+    let clients: Vec<_> = (0..100).filter_map(|_| connect_from(listen, None).ok()).collect();
+    println!(
+        "lifecycle: ulimit -n 64, {} client connections open",
+        clients.len()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let cpu0 = g.proc.cpu_seconds();
+    std::thread::sleep(Duration::from_secs(2));
+    let cpu = g.proc.cpu_seconds() - cpu0;
+    println!(
+        "lifecycle: CPU over 2 s at the fd limit: {cpu:.2} s, {} fds open",
+        open_fds(&g)
+    );
+    assert!(
+        cpu < 0.5,
+        "gatehouse spins at the fd limit: {cpu:.2} CPU-s in 2 s"
+    );
+    drop(clients);
+    assert!(
+        wait_until(Duration::from_secs(5), || who_answers(listen, None).is_some()),
+        "a new connection is served after the clients closed"
+    );
+    let pauses = g.metric("gatehouse_accept_pauses_total{reason=\"out_of_files\"}");
+    println!(
+        "lifecycle: accept pauses out_of_files {pauses}, closed out_of_files {}",
+        g.closed("out_of_files")
+    );
+    assert!(pauses > 0.0, "out-of-files accept pauses counted");
+    g.assert_nothing_held();
+}

@@ -1,0 +1,194 @@
+//! Reload under traffic: SIGHUP with an established tunnel pumping bytes, a new listener,
+//! and a bad config refused while the old one serves on.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use rand::{RngCore, SeedableRng};
+use sha2::{Digest, Sha256};
+
+use crate::common::*;
+
+fn second_listener(name: &str, bind: SocketAddr, extra: &str) -> String {
+    format!("\n[[halb.listener]]\nname = \"{name}\"\nbind = \"{bind}\"\npool = \"p\"\n{extra}")
+}
+
+#[test]
+fn sighup_under_traffic_adds_a_listener_and_refuses_a_bad_file() {
+    let echo = EchoServer::start(None);
+    let (admin, listen) = addrs();
+    let base = simple_config(admin, listen, "", "", &[("echo", echo.addr)]);
+    let g = Gatehouse::start(&base, admin);
+
+    // A tunnel pumping bytes continuously.
+    let stream = connect_from(listen, None).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let received = Arc::new(AtomicU64::new(0));
+    let stop_w = stop.clone();
+    let sender = std::thread::spawn(move || {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(99);
+        let mut hash = Sha256::new();
+        let mut chunk = vec![0u8; 16 * 1024];
+        let mut sent = 0u64;
+        while !stop_w.load(Ordering::Acquire) {
+            rng.fill_bytes(&mut chunk);
+            hash.update(&chunk);
+            writer.write_all(&chunk).expect("tunnel write");
+            sent += chunk.len() as u64;
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        writer.shutdown(Shutdown::Write).unwrap();
+        (sent, hash.finalize().to_vec())
+    });
+    let received_r = received.clone();
+    let mut reader = stream;
+    let receiver = std::thread::spawn(move || {
+        let mut hash = Sha256::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    hash.update(&buf[..n]);
+                    received_r.fetch_add(n as u64, Ordering::AcqRel);
+                }
+                Err(e) => panic!("tunnel read: {e}"),
+            }
+        }
+        hash.finalize().to_vec()
+    });
+    let flowing = |what: &str| {
+        let before = received.load(Ordering::Acquire);
+        let ok = wait_until(Duration::from_secs(3), || {
+            received.load(Ordering::Acquire) > before + 64 * 1024
+        });
+        println!(
+            "reload: tunnel {what}: {} bytes echoed so far",
+            received.load(Ordering::Acquire)
+        );
+        assert!(ok, "tunnel stopped flowing {what}");
+    };
+    flowing("before the reload");
+
+    // A good reload: a second listener.
+    let listen2: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let good = format!("{base}{}", second_listener("second", listen2, ""));
+    g.rewrite_config(&good);
+    let start = Instant::now();
+    g.signal(Signal::SIGHUP);
+    let ok = g.wait_metric(
+        "gatehouse_reloads_total{result=\"ok\"}",
+        1.0,
+        Duration::from_secs(5),
+    );
+    assert_eq!(ok, 1.0, "reload counted ok; log:\n{}", g.log());
+    assert!(
+        wait_until(Duration::from_secs(5), || echo_once(listen2)),
+        "the new listener serves"
+    );
+    println!("reload: new listener serving {:?} after SIGHUP", start.elapsed());
+    flowing("after the good reload");
+    assert!(echo_once(listen), "the old listener still serves");
+
+    // A bad reload: an unknown key, at a known line.
+    let bad_tail = second_listener(
+        "third",
+        format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+        "bogus_key = 1\n",
+    );
+    let bad = format!("{good}{bad_tail}");
+    let bad_line = bad.lines().position(|l| l.starts_with("bogus_key")).unwrap() + 1;
+    g.rewrite_config(&bad);
+    g.signal(Signal::SIGHUP);
+    let refused = g.wait_metric(
+        "gatehouse_reloads_total{result=\"refused\"}",
+        1.0,
+        Duration::from_secs(5),
+    );
+    assert_eq!(refused, 1.0, "bad reload counted refused");
+    let want = format!("{}:{bad_line}", g.config_path.display());
+    assert!(
+        wait_until(Duration::from_secs(2), || g.log().contains(&want)),
+        "log names {want}; log:\n{}",
+        g.log()
+    );
+    let line = g
+        .log()
+        .lines()
+        .find(|l| l.contains(&want))
+        .unwrap_or_default()
+        .to_string();
+    println!("reload: refused with: {line}");
+    assert!(line.contains("bogus_key"), "the log line names the key");
+    assert!(
+        echo_once(listen),
+        "the first listener serves on after a refused reload"
+    );
+    assert!(
+        echo_once(listen2),
+        "the second listener serves on after a refused reload"
+    );
+    assert_eq!(g.metric("gatehouse_reloads_total{result=\"ok\"}"), 1.0);
+    flowing("after the refused reload");
+
+    // The same through the admin API.
+    let (status, body) = http(admin, "POST", "/api/v1/reload", "").expect("admin reload");
+    println!(
+        "reload: POST /api/v1/reload with a bad file -> {status} {}",
+        body.trim()
+    );
+    assert_eq!(status, 422);
+    assert!(body.contains("bogus_key"), "the answer names the key: {body}");
+    g.rewrite_config(&good);
+    let (status, body) = http(admin, "POST", "/api/v1/reload", "").expect("admin reload");
+    assert_eq!(status, 200, "{body}");
+    flowing("after the API reload");
+
+    stop.store(true, Ordering::Release);
+    let (sent, sent_sha) = sender.join().expect("sender");
+    let received_sha = receiver.join().expect("receiver");
+    println!(
+        "reload: tunnel carried {sent} bytes across three reloads; echoed {}",
+        received.load(Ordering::Acquire)
+    );
+    assert_eq!(received.load(Ordering::Acquire), sent, "every byte echoed");
+    assert_eq!(sent_sha, received_sha, "bytes intact");
+}
+
+#[test]
+fn reload_removing_a_listener_keeps_its_tunnels() {
+    let echo = EchoServer::start(None);
+    let (admin, listen) = addrs();
+    let base = simple_config(admin, listen, "", "", &[("echo", echo.addr)]);
+    let listen2: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let g = Gatehouse::start(
+        &format!("{base}{}", second_listener("second", listen2, "")),
+        admin,
+    );
+    let mut tunnel = connect_from(listen2, None).unwrap();
+    assert!(echo_round_trip(&mut tunnel, b"before"));
+    g.rewrite_config(&base);
+    g.signal(Signal::SIGHUP);
+    assert_eq!(
+        g.wait_metric(
+            "gatehouse_reloads_total{result=\"ok\"}",
+            1.0,
+            Duration::from_secs(5)
+        ),
+        1.0
+    );
+    let gone = wait_until(Duration::from_secs(3), || connect_from(listen2, None).is_err());
+    println!("reload: removed listener refuses connections: {gone}");
+    assert!(gone, "the removed listener still accepts");
+    assert!(
+        echo_round_trip(&mut tunnel, b"after the listener left"),
+        "a tunnel through the removed listener keeps working"
+    );
+    assert!(echo_once(listen), "the remaining listener serves");
+}

@@ -1,0 +1,400 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark of gatehouse and HAProxy on this machine (bench issue, engine issue).
+#
+# The proxy under test runs alone on CPU 0 (taskset -c 0, one worker / nbthread 1); the
+# stand-in backends and the load generator (gatehouse-bench) run on CPU 1. gatehouse and
+# HAProxy alternate within each A/B pair (the order flips every pair), and every figure is
+# quoted as the ratio gatehouse/HAProxy within a pair, then the median with min and max over
+# the pairs: CPU figures drift 16-40% between runs on a shared machine, so only within-pair
+# ratios mean anything.
+#
+# Scenarios, per proxy and pair:
+#   throughput    --direction both, CPU-s per GB moved (splice off, and on with --splice)
+#   connect-rate  connect, 64-byte echo, close: CPU-us per connection
+#   idle          5,000 idle tunnels: RSS bytes per tunnel
+#
+# Writes the table and the exact command between the markers
+# <!-- bench-vs-haproxy:begin --> and <!-- bench-vs-haproxy:end --> of BENCHMARKS.md.
+#
+# Usage: scripts/bench-vs-haproxy.sh [--pairs N] [--only haproxy|gatehouse] [--splice on|off|both]
+#          [--idle-connections N] [--connections N] [--bytes-per-stream B] [--no-write]
+#          [--gatehouse PATH]   (a prebuilt gatehouse binary; default: build target/release/gatehouse)
+set -euo pipefail
+
+usage() {
+    sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
+}
+
+PAIRS=5
+ONLY=both
+SPLICE=both
+IDLE_CONNS=5000
+CR_CONNS=20000
+TP_STREAMS=2
+TP_BYTES=$((256 * 1024 * 1024))
+WRITE=1
+GATEHOUSE_BIN=
+ORIG_CMD="scripts/bench-vs-haproxy.sh${*:+ $*}"
+
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --pairs) PAIRS=$2; shift 2 ;;
+        --only) ONLY=$2; shift 2 ;;
+        --splice) SPLICE=$2; shift 2 ;;
+        --idle-connections) IDLE_CONNS=$2; shift 2 ;;
+        --connections) CR_CONNS=$2; shift 2 ;;
+        --bytes-per-stream) TP_BYTES=$2; shift 2 ;;
+        --no-write) WRITE=0; shift ;;
+        --gatehouse) GATEHOUSE_BIN=$2; shift 2 ;;
+        -h|--help) usage; exit 0 ;;
+        *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
+    esac
+done
+case "$ONLY" in both|haproxy|gatehouse) ;; *) echo "--only takes haproxy or gatehouse" >&2; exit 2 ;; esac
+case "$SPLICE" in on|off|both) ;; *) echo "--splice takes on, off or both" >&2; exit 2 ;; esac
+if ! [[ "$PAIRS" =~ ^[0-9]+$ ]] || [[ "$PAIRS" -lt 1 ]]; then
+    echo "--pairs takes a positive number" >&2; exit 2
+fi
+if [[ "$ONLY" == both && "$PAIRS" -lt 3 ]]; then
+    echo "warning: fewer than 3 A/B pairs; the bench issue asks for at least 3 (5 for a verdict)" >&2
+fi
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+BENCH=$TARGET_DIR/release/gatehouse-bench
+GATEHOUSE=${GATEHOUSE_BIN:-$TARGET_DIR/release/gatehouse}
+WORK=$(mktemp -d /tmp/bench-vs-haproxy.XXXXXX)
+STARTED_PIDS=()
+
+cleanup() {
+    local pid
+    for pid in "${STARTED_PIDS[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in "${STARTED_PIDS[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+log() { printf '[bench-vs-haproxy] %s\n' "$*" >&2; }
+
+if [[ $(nproc) -lt 2 ]]; then
+    echo "needs at least 2 CPUs (proxy on CPU 0, load on CPU 1)" >&2
+    exit 1
+fi
+
+proxies=()
+case "$ONLY" in
+    both) proxies=(gatehouse haproxy) ;;
+    *) proxies=("$ONLY") ;;
+esac
+
+# --- dependencies and binaries -------------------------------------------------------------
+if [[ "$ONLY" != gatehouse ]] && ! command -v haproxy >/dev/null; then
+    log "installing haproxy from Debian"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy >/dev/null
+fi
+for tool in jq taskset ss; do
+    command -v "$tool" >/dev/null || { echo "missing $tool" >&2; exit 1; }
+done
+log "building release binaries into $TARGET_DIR"
+if [[ "$ONLY" == haproxy || -n "$GATEHOUSE_BIN" ]]; then
+    (cd "$ROOT" && cargo build --release -q -p gatehouse-bench)
+else
+    (cd "$ROOT" && cargo build --release -q -p gatehouse-bench -p gatehouse)
+fi
+
+# --- helpers -------------------------------------------------------------------------------
+free_port() {
+    local port
+    while :; do
+        port=$((20000 + RANDOM % 30000))
+        if ! ss -Htan "sport = :$port" | grep -q .; then
+            echo "$port"
+            return
+        fi
+    done
+}
+
+wait_port() {
+    local port=$1 pid=$2 i
+    for i in $(seq 1 100); do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            echo "process $pid exited before listening on $port" >&2
+            return 1
+        fi
+        if ss -Htln "sport = :$port" | grep -q .; then
+            return 0
+        fi
+        sleep 0.05
+    done
+    echo "nothing listens on port $port after 5 s" >&2
+    return 1
+}
+
+# start_standin KIND -> sets STANDIN_PORT (not in a subshell: the pid must be remembered)
+start_standin() {
+    local kind=$1 out=$WORK/standin-$1.out
+    taskset -c 1 "$BENCH" standin --kind "$kind" --listen 127.0.0.1:0 >"$out" 2>&1 &
+    STARTED_PIDS+=("$!")
+    local i
+    for i in $(seq 1 100); do
+        if grep -q 'listening on' "$out"; then
+            STANDIN_PORT=$(sed -n 's/.*listening on 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$out" | head -1)
+            return
+        fi
+        sleep 0.05
+    done
+    echo "stand-in $kind did not start: $(cat "$out")" >&2
+    return 1
+}
+
+write_haproxy_conf() {
+    local conf=$1 port=$2 backend=$3 splice=$4
+    {
+        echo "global"
+        echo "    nbthread 1"
+        echo "    maxconn $((IDLE_CONNS + 2000))"
+        echo "    log stderr format raw local0 err"
+        echo "defaults"
+        echo "    mode tcp"
+        echo "    timeout connect 5s"
+        echo "    timeout client 1h"
+        echo "    timeout server 1h"
+        if [[ "$splice" == on ]]; then
+            # Forced splice both ways (the reference figures were measured so).
+            echo "    option splice-request"
+            echo "    option splice-response"
+        fi
+        echo "frontend bench"
+        echo "    bind 127.0.0.1:$port"
+        echo "    default_backend hosts"
+        echo "backend hosts"
+        echo "    server h1 127.0.0.1:$backend"
+    } >"$conf"
+}
+
+write_gatehouse_conf() {
+    local conf=$1 port=$2 backend=$3 splice=$4
+    local flag=false
+    [[ "$splice" == on ]] && flag=true
+    cat >"$conf" <<EOF
+[node]
+workers = 1
+
+[halb]
+[[halb.listener]]
+name = "bench"
+bind = "127.0.0.1:$port"
+pool = "hosts"
+splice = $flag
+idle_timeout = "1h"
+
+[[halb.pool]]
+name = "hosts"
+algorithm = "round-robin"
+backends = [ { name = "h1", address = "127.0.0.1:$backend" } ]
+EOF
+}
+
+# start_proxy NAME BACKEND_PORT SPLICE -> sets PROXY_PID and PROXY_PORT
+start_proxy() {
+    local name=$1 backend=$2 splice=$3
+    PROXY_PORT=$(free_port)
+    local conf=$WORK/$name.conf
+    if [[ "$name" == haproxy ]]; then
+        write_haproxy_conf "$conf" "$PROXY_PORT" "$backend" "$splice"
+        taskset -c 0 haproxy -db -f "$conf" >"$WORK/$name.log" 2>&1 &
+    else
+        write_gatehouse_conf "$conf" "$PROXY_PORT" "$backend" "$splice"
+        taskset -c 0 "$GATEHOUSE" run -c "$conf" >"$WORK/$name.log" 2>&1 &
+    fi
+    PROXY_PID=$!
+    STARTED_PIDS+=("$PROXY_PID")
+    if ! wait_port "$PROXY_PORT" "$PROXY_PID"; then
+        echo "$name failed to start; its log:" >&2
+        cat "$WORK/$name.log" >&2
+        exit 1
+    fi
+}
+
+stop_proxy() {
+    kill "$PROXY_PID" 2>/dev/null || true
+    wait "$PROXY_PID" 2>/dev/null || true
+}
+
+# run_load OUT_JSON ARGS... : the load generator on CPU 1
+run_load() {
+    local out=$1
+    shift
+    if ! taskset -c 1 "$BENCH" "$@" --json >"$out" 2>"$out.err"; then
+        echo "load run failed: $BENCH $*" >&2
+        cat "$out.err" >&2
+        exit 1
+    fi
+}
+
+# Metric table: one line per measurement "metric proxy pair value" in $WORK/values.
+record() { echo "$1 $2 $3 $4" >>"$WORK/values"; }
+
+splice_modes=()
+case "$SPLICE" in
+    both) splice_modes=(off on) ;;
+    *) splice_modes=("$SPLICE") ;;
+esac
+# connect-rate and idle run with the first splice mode: splice on both or neither.
+BASE_SPLICE=${splice_modes[0]}
+
+measure() {
+    local proxy=$1 pair=$2 mode port out
+    for mode in "${splice_modes[@]}"; do
+        start_proxy "$proxy" "$SINK_PORT" "$mode"
+        out=$WORK/$proxy-$pair-throughput-$mode.json
+        run_load "$out" throughput --target "127.0.0.1:$PROXY_PORT" --pid "$PROXY_PID" \
+            --streams "$TP_STREAMS" --direction both --bytes-per-stream "$TP_BYTES" --duration 120s
+        record "cpu_s_per_gb_splice_$mode" "$proxy" "$pair" "$(jq -r .derived.cpu_s_per_gb "$out")"
+        stop_proxy
+    done
+
+    start_proxy "$proxy" "$ECHO_PORT" "$BASE_SPLICE"
+    out=$WORK/$proxy-$pair-connect-rate.json
+    run_load "$out" connect-rate --target "127.0.0.1:$PROXY_PORT" --pid "$PROXY_PID" \
+        --connections "$CR_CONNS" --concurrency 8 --payload 64 --sources 8 --warmup 1s --duration 120s
+    record cpu_us_per_connection "$proxy" "$pair" "$(jq -r .derived.cpu_us_per_connection "$out")"
+    stop_proxy
+
+    start_proxy "$proxy" "$ECHO_PORT" "$BASE_SPLICE"
+    out=$WORK/$proxy-$pair-idle.json
+    run_load "$out" idle --target "127.0.0.1:$PROXY_PORT" --pid "$PROXY_PID" \
+        --connections "$IDLE_CONNS" --hold 3s --sources 8 --concurrency 8
+    local alive
+    alive=$(jq -r .results.alive_after_hold "$out")
+    if [[ "$alive" != "$IDLE_CONNS" ]]; then
+        echo "$proxy kept only $alive of $IDLE_CONNS idle tunnels" >&2
+        exit 1
+    fi
+    record rss_bytes_per_idle_tunnel "$proxy" "$pair" "$(jq -r .derived.rss_bytes_per_connection "$out")"
+    stop_proxy
+}
+
+# --- run -----------------------------------------------------------------------------------
+ulimit -n "$(ulimit -Hn)"
+start_standin echo
+ECHO_PORT=$STANDIN_PORT
+start_standin sink
+SINK_PORT=$STANDIN_PORT
+log "stand-ins on CPU 1: echo 127.0.0.1:$ECHO_PORT, sink 127.0.0.1:$SINK_PORT"
+: >"$WORK/values"
+started=$(date +%s)
+for pair in $(seq 1 "$PAIRS"); do
+    order=("${proxies[@]}")
+    if [[ ${#proxies[@]} -eq 2 && $((pair % 2)) -eq 0 ]]; then
+        order=("${proxies[1]}" "${proxies[0]}")
+    fi
+    for proxy in "${order[@]}"; do
+        log "pair $pair/$PAIRS: $proxy"
+        measure "$proxy" "$pair"
+    done
+done
+elapsed=$(($(date +%s) - started))
+
+# --- summary -------------------------------------------------------------------------------
+# stats VALUES... -> "median min max"
+stats() {
+    printf '%s\n' "$@" | sort -g | awk 'NF { v[++n] = $1 } END {
+        if (n == 0) { print "- - -"; exit }
+        m = (n % 2) ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
+        printf "%.4g %.4g %.4g\n", m, v[1], v[n] }'
+}
+values_of() { awk -v m="$1" -v p="$2" '$1 == m && $2 == p { print $4 }' "$WORK/values"; }
+value_at() { awk -v m="$1" -v p="$2" -v n="$3" '$1 == m && $2 == p && $3 == n { print $4 }' "$WORK/values"; }
+
+goal_of() {
+    case "$1" in
+        cpu_s_per_gb_*) echo "<= 0.8x" ;;
+        cpu_us_per_connection) echo "<= 0.7x" ;;
+        rss_bytes_per_idle_tunnel) echo "<= 1,536 B" ;;
+    esac
+}
+label_of() {
+    case "$1" in
+        cpu_s_per_gb_splice_off) echo "CPU-s per GB, splice off" ;;
+        cpu_s_per_gb_splice_on) echo "CPU-s per GB, splice on (forced)" ;;
+        cpu_us_per_connection) echo "CPU-us per connection (64 B echo)" ;;
+        rss_bytes_per_idle_tunnel) echo "RSS bytes per idle tunnel ($IDLE_CONNS)" ;;
+    esac
+}
+
+metrics=()
+for mode in "${splice_modes[@]}"; do metrics+=("cpu_s_per_gb_splice_$mode"); done
+metrics+=(cpu_us_per_connection rss_bytes_per_idle_tunnel)
+
+table=$WORK/table.md
+{
+    echo "| figure | HAProxy median (min-max) | gatehouse median (min-max) | gatehouse/HAProxy per pair | ratio median (min-max) | goal |"
+    echo "| --- | --- | --- | --- | --- | --- |"
+    for m in "${metrics[@]}"; do
+        cols=()
+        for proxy in haproxy gatehouse; do
+            # shellcheck disable=SC2046
+            read -r med lo hi <<<"$(stats $(values_of "$m" "$proxy"))"
+            if [[ "$med" == - ]]; then cols+=("-"); else cols+=("$med ($lo-$hi)"); fi
+        done
+        ratios=()
+        if [[ "$ONLY" == both ]]; then
+            for pair in $(seq 1 "$PAIRS"); do
+                g=$(value_at "$m" gatehouse "$pair")
+                h=$(value_at "$m" haproxy "$pair")
+                ratios+=("$(awk -v g="$g" -v h="$h" 'BEGIN { if (h > 0) printf "%.3f", g / h; else print "nan" }')")
+            done
+            read -r rmed rlo rhi <<<"$(stats "${ratios[@]}")"
+            echo "| $(label_of "$m") | ${cols[0]} | ${cols[1]} | ${ratios[*]} | $rmed ($rlo-$rhi) | $(goal_of "$m") |"
+        else
+            echo "| $(label_of "$m") | ${cols[0]} | ${cols[1]} | - | - | $(goal_of "$m") |"
+        fi
+    done
+} >"$table"
+
+haproxy_version=$(haproxy -v 2>/dev/null | head -1 | awk '{print $3}' || true)
+section=$WORK/section.md
+{
+    echo "<!-- bench-vs-haproxy:begin -->"
+    echo "## gatehouse vs HAProxy (scripts/bench-vs-haproxy.sh)"
+    echo
+    echo "Command: \`$ORIG_CMD\` ($PAIRS pair(s), ${elapsed} s, $(date -u +%Y-%m-%dT%H:%MZ))."
+    echo "Machine: $(nproc) CPUs, $(uname -r), HAProxy ${haproxy_version:-not used}. Proxy alone on CPU 0"
+    echo "(\`taskset -c 0\`, one worker / \`nbthread 1\`, timeouts connect 5s / idle 1h); stand-ins and"
+    echo "gatehouse-bench on CPU 1. Throughput: $TP_STREAMS streams both ways, $TP_BYTES bytes each way per"
+    echo "stream. Connect-rate: $CR_CONNS connections, 8 at a time, 64-byte echo, 8 source addresses."
+    echo "Idle: $IDLE_CONNS tunnels held 3 s, RSS growth of the proxy per tunnel. CPU is utime+stime of"
+    echo "the proxy from /proc/PID/stat over the measured window. Ratios are gatehouse/HAProxy within"
+    echo "each pair; the verdict is their median."
+    echo
+    cat "$table"
+    echo "<!-- bench-vs-haproxy:end -->"
+} >"$section"
+
+echo
+cat "$table"
+echo
+log "done in ${elapsed} s"
+
+if [[ "$WRITE" -eq 1 ]]; then
+    md=$ROOT/BENCHMARKS.md
+    if [[ ! -f "$md" ]]; then
+        printf '# Benchmarks\n\nFigures measured on this kind of machine, with the commands that produced them.\n\n' >"$md"
+    fi
+    if grep -q '<!-- bench-vs-haproxy:begin -->' "$md" && grep -q '<!-- bench-vs-haproxy:end -->' "$md"; then
+        awk -v sec="$section" '
+            /<!-- bench-vs-haproxy:begin -->/ { while ((getline line < sec) > 0) print line; skip = 1; next }
+            /<!-- bench-vs-haproxy:end -->/ { skip = 0; next }
+            !skip { print }' "$md" >"$WORK/md.new"
+        cat "$WORK/md.new" >"$md"
+    else
+        { echo; cat "$section"; } >>"$md"
+    fi
+    log "wrote the section into $md"
+fi

@@ -63,15 +63,17 @@ impl AdminServer {
                     continue;
                 }
                 clients.fetch_add(1, Ordering::AcqRel);
-                let (shared, commands, clients) = (shared.clone(), commands.clone(), clients.clone());
+                let (shared, commands, slot) = (shared.clone(), commands.clone(), clients.clone());
                 let spawned = std::thread::Builder::new()
                     .name("admin-client".into())
                     .spawn(move || {
                         let _ = serve(stream, &shared, &commands);
-                        clients.fetch_sub(1, Ordering::AcqRel);
+                        slot.fetch_sub(1, Ordering::AcqRel);
                     });
-                if spawned.is_err() {
-                    // The closure (and its counter decrement) never ran.
+                if let Err(e) = spawned {
+                    // The closure never ran: give its slot back here.
+                    clients.fetch_sub(1, Ordering::AcqRel);
+                    tracing::warn!("admin: cannot start a client thread: {e}");
                 }
             }
         })?;

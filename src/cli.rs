@@ -1,4 +1,4 @@
-//! The command line: `gatehouse run | check | demo | standin`.
+//! The command line: `gatehouse run | check | demo | standin | cert`.
 //!
 //! Owns argument parsing, logging set-up and exit codes; every command delegates to the
 //! module that does the work.
@@ -57,6 +57,9 @@ enum Cmd {
         #[arg(long, default_value = "127.0.0.1:3389")]
         listen: std::net::SocketAddr,
     },
+    // tls (issue 3): certificate commands, implemented in crate::tls::cli.
+    /// Certificates: self-signed, CSR, import (PEM or PFX), show, shared ticket keys.
+    Cert(crate::tls::cli::CertArgs),
 }
 
 /// Parses the command line and runs it.
@@ -120,6 +123,8 @@ pub fn main() -> ExitCode {
                 }
             }
         }
+        // tls (issue 3)
+        Cmd::Cert(args) => crate::tls::cli::run(args),
         Cmd::Standin { kind, listen } => {
             let kind = match kind.parse::<gatehouse_bench::standin::Kind>() {
                 Ok(k) => k,

@@ -20,3 +20,4 @@ pub mod proxy_protocol;
 pub mod runtime;
 pub mod sd_notify;
 pub mod shared;
+pub mod tls;

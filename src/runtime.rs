@@ -234,6 +234,14 @@ impl Node {
             }
         };
         let old = self.shared.config();
+        if let Err(e) = check_new_listeners(&old, &new) {
+            self.shared
+                .metrics
+                .reloads_failed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::error!("reload refused: {e}; the previous configuration keeps serving");
+            return Err(e);
+        }
         let mut notes = Vec::new();
         if old.worker_count() != new.worker_count() {
             notes.push("node.workers changes at the next restart");
@@ -286,10 +294,18 @@ impl Node {
                 tracing::warn!("drain deadline passed: closing remaining sessions");
                 break;
             }
-            // A second SIGTERM/SIGINT stops at once.
-            if let Ok(Command::Shutdown) = cmd_rx.recv_timeout(Duration::from_millis(20)) {
-                tracing::warn!("second stop request: closing remaining sessions now");
-                break;
+            match cmd_rx.recv_timeout(Duration::from_millis(20)) {
+                // A second SIGTERM/SIGINT stops at once.
+                Ok(Command::Shutdown) => {
+                    tracing::warn!("second stop request: closing remaining sessions now");
+                    break;
+                }
+                Ok(Command::Reload(reply)) => {
+                    if let Some(reply) = reply {
+                        let _ = reply.send(Err("the node is draining; reload refused".into()));
+                    }
+                }
+                Err(_) => {}
             }
         }
         self.shared.set_lifecycle(Lifecycle::Stopping);
@@ -304,6 +320,27 @@ impl Node {
         }
         tracing::info!(elapsed_ms = start.elapsed().as_millis() as u64, "stopped");
     }
+}
+
+/// Binds (and releases) every listener that a reload adds or changes, so that an address
+/// in use is a refused reload rather than a listener that silently disappears.
+fn check_new_listeners(old: &Config, new: &Config) -> Result<(), String> {
+    let key =
+        |l: &crate::config::ListenerConfig| (l.name.clone(), l.bind, l.backlog, l.freebind, l.tcp_keepalive);
+    let old_keys: Vec<_> = old.halb.iter().flat_map(|h| h.listener.iter().map(key)).collect();
+    for l in new.halb.iter().flat_map(|h| h.listener.iter()) {
+        if old_keys.contains(&key(l)) {
+            continue;
+        }
+        let spec = BindSpec {
+            address: l.bind,
+            backlog: l.backlog,
+            freebind: l.freebind,
+            keepalive: l.tcp_keepalive.get(),
+        };
+        crate::engine::listener::bind(&spec).map_err(|e| format!("listener {:?}: {e}", l.name))?;
+    }
+    Ok(())
 }
 
 fn forward_signals(commands: Sender<Command>) -> Result<(), String> {
@@ -392,9 +429,8 @@ fn start_health(shared: &Arc<Shared>) -> Option<Checks> {
         };
         let spec = Arc::new(spec);
         for b in &plan.backends {
-            if b.admin == crate::config::AdminState::Maintenance {
-                continue;
-            }
+            // Backends in maintenance are checked too: when an operator sets them up again
+            // their verdict must already be known (eligibility excludes them meanwhile).
             targets.push(Target {
                 id: names.len(),
                 name: format!("{}/{}", plan.name, b.name),

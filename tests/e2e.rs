@@ -21,5 +21,7 @@ mod lifecycle;
 mod proxy;
 #[path = "e2e/reload.rs"]
 mod reload;
+#[path = "e2e/review.rs"]
+mod review;
 #[path = "e2e/timeouts.rs"]
 mod timeouts;

@@ -9,6 +9,10 @@ use std::time::Duration;
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 
+/// The longest duration accepted: far enough for any timeout, short enough that adding it
+/// to a clock reading can never overflow.
+const MAX: Duration = Duration::from_secs(10 * 365 * 86_400);
+
 /// A duration written as a string of number+unit groups (`ms`, `s`, `m`, `h`, `d`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct HumanDuration(pub Duration);
@@ -77,6 +81,9 @@ impl FromStr for HumanDuration {
                 _ => return Err(bad(&format!("unknown unit {unit:?}"))),
             };
             total = total.checked_add(part).ok_or_else(|| bad("too large"))?;
+        }
+        if total > MAX {
+            return Err(bad("longer than 10 years"));
         }
         Ok(HumanDuration(total))
     }
@@ -158,7 +165,17 @@ mod tests {
 
     #[test]
     fn refuses_bad_strings() {
-        for bad in ["", "30", "s", "3x", "1.5s", "-1s", "99999999999999999999s"] {
+        for bad in [
+            "",
+            "30",
+            "s",
+            "3x",
+            "1.5s",
+            "-1s",
+            "99999999999999999999s",
+            "18446744073709551615s",
+            "3651d",
+        ] {
             assert!(bad.parse::<HumanDuration>().is_err(), "{bad:?} accepted");
         }
     }

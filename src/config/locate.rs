@@ -123,13 +123,18 @@ fn step<'d>(cur: Walk<'d>, seg: &Segment, best: &mut Option<Range<usize>>) -> Op
     };
     match (cur, seg) {
         (Walk::Table(t), Segment::Key(k)) => {
-            let (key, item) = t.get_key_value(k)?;
+            let (key, item) = t.get_key_value(k).or_else(|| t.get_key_value(alias_of(k)?))?;
             if let Some(s) = key.span() {
                 *best = Some(s);
             }
             Some(Walk::Item(item))
         }
         (Walk::Value(Value::InlineTable(t)), Segment::Key(k)) => {
+            let k = if t.contains_key(k) {
+                k.as_str()
+            } else {
+                alias_of(k).unwrap_or(k)
+            };
             let v = t.get(k)?;
             if let Some(s) = t.key(k).and_then(|key| key.span()).or_else(|| v.span()) {
                 *best = Some(s);
@@ -150,6 +155,14 @@ fn step<'d>(cur: Walk<'d>, seg: &Segment, best: &mut Option<Range<usize>>) -> Op
             }
             Some(Walk::Value(v))
         }
+        _ => None,
+    }
+}
+
+/// The other spelling a key may have in the file (serde aliases of the schema).
+fn alias_of(key: &str) -> Option<&'static str> {
+    match key {
+        "backends" => Some("backend"),
         _ => None,
     }
 }

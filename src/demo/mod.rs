@@ -114,10 +114,14 @@ fn print_summary(endpoints: &[Endpoint]) {
     let find = |role: &str| endpoints.iter().find(|e| e.role == role).map(|e| e.address);
     let _ = writeln!(out, "\nTry:");
     if let Some(halb) = find("halb") {
-        let _ = writeln!(out, "  xfreerdp /v:{halb} /u:USER     # an RDP client through the balancer (stand-in hosts answer the X.224 handshake)");
         let _ = writeln!(
             out,
-            "  gatehouse-bench rdp-profile --target {halb} --sessions 50 --duration 10s"
+            "  xfreerdp /v:{halb} /u:USER    # reaches a stand-in host, which answers the X.224 handshake only"
+        );
+        let _ = writeln!(
+            out,
+            "  {} rdp-profile --target {halb} --sessions 50 --duration 10s",
+            bench_command()
         );
     }
     if let Some(admin) = find("admin") {
@@ -127,6 +131,15 @@ fn print_summary(endpoints: &[Endpoint]) {
     }
     let _ = writeln!(out, "\nCtrl-C stops the demo.");
     let _ = out.flush();
+}
+
+/// How to run the load-test harness from here: the binary next to this one, or cargo.
+fn bench_command() -> String {
+    let sibling = std::env::current_exe().ok().and_then(|exe| {
+        let bench = exe.with_file_name("gatehouse-bench");
+        bench.exists().then(|| bench.display().to_string())
+    });
+    sibling.unwrap_or_else(|| "cargo run --release -p gatehouse-bench --".to_string())
 }
 
 fn write_ready_file(path: &Path, endpoints: &[Endpoint]) -> Result<(), String> {

@@ -25,6 +25,9 @@ pub struct Ready {
     pub writable: bool,
     /// The peer's FIN (or an error) was reported: reads must go on until they return 0.
     pub read_closed: bool,
+    /// The poller reported an error (a reset): the session asks the socket which one, even
+    /// when no read or write is pending on it (a RST after a half-close).
+    pub error: bool,
 }
 
 /// One socket of a flow with its readiness.

@@ -38,6 +38,8 @@ pub fn bind(spec: &BindSpec) -> io::Result<TcpListener> {
             socket.set_freebind(true)?;
         }
     }
+    socket.set_nodelay(true)?;
+    socket.set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(spec.keepalive))?;
     socket
         .bind(&spec.address.into())
         .map_err(|e| io::Error::new(e.kind(), format!("cannot bind {}: {e}", spec.address)))?;

@@ -230,7 +230,14 @@ impl Session {
     }
 
     /// Records readiness from a poller event on one of the session's sockets.
-    pub fn on_ready(&mut self, backend_side: bool, readable: bool, writable: bool, read_closed: bool) {
+    pub fn on_ready(
+        &mut self,
+        backend_side: bool,
+        readable: bool,
+        writable: bool,
+        read_closed: bool,
+        error: bool,
+    ) {
         let ready = if backend_side {
             match &mut self.phase {
                 Phase::Connecting(c) => &mut c.ready,
@@ -243,6 +250,7 @@ impl Session {
         ready.readable |= readable;
         ready.writable |= writable;
         ready.read_closed |= read_closed;
+        ready.error |= error;
     }
 
     /// Drives the state machine as far as readiness allows.
@@ -334,19 +342,17 @@ impl Session {
             ReadMode::ExpectProxy => MAX_PROXY_HEADER,
             ReadMode::RefuseProxy => SIGNATURE.len(),
         };
+        let mut eof = false;
         while self.client_ready.readable && r.buf.len() < limit {
             let mut chunk = [0u8; 512];
             let want = (limit - r.buf.len()).min(chunk.len());
             match (&self.client).read(&mut chunk[..want]) {
                 Ok(0) => {
-                    return (
-                        Phase::Closed,
-                        Step::Close(
-                            CloseReason::Done,
-                            format!("client closed after {} bytes, before routing", r.buf.len()),
-                        ),
-                        false,
-                    )
+                    // A request followed by FIN: route what was read; the tunnel reads this
+                    // EOF again (readiness stays set) and carries the half-close.
+                    eof = true;
+                    self.client_ready.read_closed = true;
+                    break;
                 }
                 Ok(n) => r.buf.extend_from_slice(&chunk[..n]),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.client_ready.readable = false,
@@ -360,9 +366,21 @@ impl Session {
                 }
             }
         }
+        if eof && r.buf.is_empty() {
+            let step = Step::Close(CloseReason::Done, "client closed before sending anything".into());
+            return (Phase::Closed, step, false);
+        }
         match r.mode {
             ReadMode::ExpectProxy => match proxy_protocol::parse_with_limit(&r.buf, MAX_PROXY_HEADER) {
                 Ok(Parsed::Incomplete { .. }) => {
+                    if eof {
+                        let detail = format!("client closed after {} bytes of a PROXY header", r.buf.len());
+                        return (
+                            Phase::Closed,
+                            Step::Close(CloseReason::ProxyHeaderInvalid, detail),
+                            false,
+                        );
+                    }
                     if r.buf.len() >= MAX_PROXY_HEADER {
                         let step =
                             Step::Close(CloseReason::ProxyHeaderInvalid, "PROXY header too long".into());
@@ -405,7 +423,7 @@ impl Session {
                         ),
                     );
                     return (Phase::Closed, step, false);
-                } else {
+                } else if !eof {
                     // Could still become a signature; wait (bounded by the handshake timeout).
                     return (Phase::Reading(r), Step::Continue, false);
                 }
@@ -509,6 +527,7 @@ impl Session {
                     );
                 }
                 Err(e) => {
+                    backend.runtime.active.fetch_sub(1, Ordering::Relaxed);
                     note_failure(&self.pool, &backend, &e.to_string(), ctx);
                     tried.push(index);
                     if tried.len() > self.pool.retries as usize {
@@ -593,6 +612,18 @@ impl Session {
 
     fn drive_tunnel(&mut self, mut t: Tunnel, ctx: &mut Ctx<'_>) -> (Phase, Step, bool) {
         let splice = self.settings.splice;
+        // A reported error (a RST) ends the tunnel even if neither flow would touch that
+        // socket again (its direction already finished): carry it to the other side now.
+        if std::mem::take(&mut self.client_ready.error) {
+            if let Some(e) = socket_error(&self.client) {
+                return self.tunnel_error(t, source_error(e), true, ctx);
+            }
+        }
+        if std::mem::take(&mut t.backend_ready.error) {
+            if let Some(e) = socket_error(&t.backend_sock) {
+                return self.tunnel_error(t, source_error(e), false, ctx);
+            }
+        }
         loop {
             let up = t.up.pump(
                 End {
@@ -745,6 +776,26 @@ pub fn retain_balancers(pools: &[Arc<PoolPlan>]) {
         b.borrow_mut()
             .retain(|name, _| pools.iter().any(|p| &p.name == name))
     });
+}
+
+/// The pending error of a socket (SO_ERROR), if any.
+fn socket_error(sock: &TcpStream) -> Option<io::Error> {
+    match sock.take_error() {
+        Ok(Some(e)) | Err(e) => Some(e),
+        Ok(None) => None,
+    }
+}
+
+/// An error found on a socket, as if reading it had failed.
+fn source_error(e: io::Error) -> FlowError {
+    if matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionAborted
+    ) {
+        FlowError::SourceReset
+    } else {
+        FlowError::Source(e)
+    }
 }
 
 fn reserve(runtime: &BackendRuntime, max: u32) -> bool {

@@ -26,7 +26,11 @@ pub struct TimerEntry {
 pub struct TimerWheel {
     origin: Instant,
     slots: Vec<Vec<TimerEntry>>,
-    occupied: [u64; SLOTS / 64],
+    /// Earliest tick held by each slot (`u64::MAX` when empty): a slot may hold entries of
+    /// later turns of the wheel, which must not count as due this turn.
+    slot_min: Vec<u64>,
+    /// Earliest tick of all entries (`u64::MAX` when empty); the poll timeout comes from it.
+    next: u64,
     current: u64,
     len: usize,
 }
@@ -37,7 +41,8 @@ impl TimerWheel {
         TimerWheel {
             origin,
             slots: (0..SLOTS).map(|_| Vec::new()).collect(),
-            occupied: [0; SLOTS / 64],
+            slot_min: vec![u64::MAX; SLOTS],
+            next: u64::MAX,
             current: 0,
             len: 0,
         }
@@ -50,7 +55,10 @@ impl TimerWheel {
     }
 
     fn at(&self, tick: u64) -> Instant {
-        self.origin + Duration::from_millis(tick.saturating_mul(TICK.as_millis() as u64))
+        let d = Duration::from_millis(tick.saturating_mul(TICK.as_millis() as u64));
+        self.origin
+            .checked_add(d)
+            .unwrap_or(self.origin + Duration::from_secs(86_400 * 365 * 30))
     }
 
     /// Schedules an entry; returns its tick.
@@ -58,7 +66,8 @@ impl TimerWheel {
         let tick = self.tick_of(deadline).max(self.current);
         let slot = (tick as usize) % SLOTS;
         self.slots[slot].push(TimerEntry { tick, key, serial });
-        self.occupied[slot / 64] |= 1 << (slot % 64);
+        self.slot_min[slot] = self.slot_min[slot].min(tick);
+        self.next = self.next.min(tick);
         self.len += 1;
         tick
     }
@@ -75,60 +84,46 @@ impl TimerWheel {
 
     /// Moves the wheel to `now`, appending every due entry to `due`.
     pub fn advance(&mut self, now: Instant, due: &mut Vec<TimerEntry>) {
-        let target = self.tick_of(now);
         // `tick_of` rounds up; an entry at tick t is due once now >= origin + t*TICK.
-        let target = if self.at(target) > now {
-            target.saturating_sub(1)
-        } else {
-            target
-        };
-        if self.len == 0 {
+        let mut target = self.tick_of(now);
+        if self.at(target) > now {
+            target = target.saturating_sub(1);
+        }
+        if self.next > target {
             self.current = target.max(self.current);
             return;
         }
         let steps = (target.saturating_sub(self.current) as usize + 1).min(SLOTS);
         for i in 0..steps {
-            let tick = self.current + i as u64;
-            let slot = (tick as usize) % SLOTS;
-            if self.occupied[slot / 64] & (1 << (slot % 64)) == 0 {
+            let slot = ((self.current + i as u64) as usize) % SLOTS;
+            if self.slot_min[slot] > target {
                 continue;
             }
             let entries = &mut self.slots[slot];
             let before = entries.len();
+            let mut min = u64::MAX;
             let mut j = 0;
             while j < entries.len() {
                 if entries[j].tick <= target {
                     due.push(entries.swap_remove(j));
                 } else {
+                    min = min.min(entries[j].tick);
                     j += 1;
                 }
             }
+            self.slot_min[slot] = min;
             self.len -= before - entries.len();
-            if entries.is_empty() {
-                self.occupied[slot / 64] &= !(1 << (slot % 64));
-            }
         }
         self.current = target.max(self.current);
+        self.next = self.slot_min.iter().copied().min().unwrap_or(u64::MAX);
     }
 
-    /// How long the event loop may sleep before the next occupied slot comes due.
+    /// How long the event loop may sleep before the earliest entry comes due.
     pub fn timeout(&self, now: Instant) -> Option<Duration> {
-        if self.len == 0 {
+        if self.next == u64::MAX {
             return None;
         }
-        let start = (self.current as usize) % SLOTS;
-        for step in 0..SLOTS {
-            let slot = (start + step) % SLOTS;
-            let word = self.occupied[slot / 64];
-            if word == 0 {
-                continue;
-            }
-            if word & (1 << (slot % 64)) != 0 {
-                let tick = self.current + step as u64;
-                return Some(self.at(tick).saturating_duration_since(now));
-            }
-        }
-        Some(TICK * SLOTS as u32)
+        Some(self.at(self.next).saturating_duration_since(now))
     }
 }
 
@@ -168,6 +163,20 @@ mod tests {
             t >= Duration::from_millis(90) && t <= Duration::from_millis(110),
             "{t:?}"
         );
+    }
+
+    #[test]
+    fn far_entries_do_not_make_the_loop_spin() {
+        let t0 = Instant::now();
+        let mut w = TimerWheel::new(t0);
+        // An idle timer hours away shares its slot with the current tick.
+        w.insert(t0 + TICK * SLOTS as u32 * 3, 1, 1);
+        let t = w.timeout(t0).unwrap();
+        assert!(t >= TICK * SLOTS as u32 * 3 - TICK, "{t:?}");
+        let mut due = Vec::new();
+        w.advance(t0 + Duration::from_millis(5), &mut due);
+        assert!(due.is_empty());
+        assert!(w.timeout(t0 + Duration::from_millis(5)).unwrap() > Duration::from_secs(30));
     }
 
     #[test]

@@ -30,6 +30,8 @@ const LISTENER_BASE: usize = 1 << 48;
 const ACCEPT_TIMER: usize = usize::MAX;
 const MIN_BACKOFF: Duration = Duration::from_millis(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// How often a worker paused at `node.max_connections` looks for a free slot.
+const LIMIT_RETRY: Duration = Duration::from_millis(20);
 
 /// A listener as one worker holds it.
 struct WorkerListener {
@@ -82,6 +84,7 @@ struct Worker {
     pipes: PipePool,
     candidates: Vec<crate::balance::Candidate>,
     accept_paused: bool,
+    pause_streak: Option<PauseReason>,
     backoff: Duration,
     draining: bool,
 }
@@ -103,6 +106,7 @@ impl Worker {
             pipes: PipePool::new(4096, 256),
             candidates: Vec::new(),
             accept_paused: false,
+            pause_streak: None,
             backoff: MIN_BACKOFF,
             draining: false,
         }
@@ -182,6 +186,7 @@ impl Worker {
                         readable,
                         writable,
                         event.is_read_closed() || event.is_error(),
+                        event.is_error(),
                     );
                     ready.push(key);
                 }
@@ -295,19 +300,29 @@ impl Worker {
     }
 
     fn pause_accept(&mut self, reason: PauseReason, detail: &str, now: Instant) {
-        if !self.accept_paused {
+        // Count and log a pause once per streak, not at every retry.
+        if self.pause_streak != Some(reason) {
+            self.pause_streak = Some(reason);
             self.shared.metrics.count_pause(reason);
-            if self.backoff == MIN_BACKOFF {
-                tracing::warn!(
-                    worker = self.id,
-                    reason = reason.label(),
-                    "accept paused: {detail}; retrying with back-off"
-                );
-            }
+            tracing::warn!(
+                worker = self.id,
+                reason = reason.label(),
+                "accept paused: {detail}; retrying"
+            );
         }
         self.accept_paused = true;
-        self.timers.insert(now + self.backoff, ACCEPT_TIMER, 0);
-        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+        match reason {
+            // Out of descriptors: back off exponentially, the kernel will not free any soon.
+            PauseReason::OutOfFiles => {
+                self.timers.insert(now + self.backoff, ACCEPT_TIMER, 0);
+                self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+            }
+            // At the node's limit: a slot freed on another worker does not wake this one, so
+            // look again soon (cheap: one atomic load).
+            PauseReason::ConnectionLimit => {
+                self.timers.insert(now + LIMIT_RETRY, ACCEPT_TIMER, 0);
+            }
+        }
     }
 
     fn accept(&mut self, idx: usize, now: Instant) {
@@ -335,6 +350,7 @@ impl Worker {
             match listener.socket.accept() {
                 Ok((stream, peer)) => {
                     self.backoff = MIN_BACKOFF;
+                    self.pause_streak = None;
                     self.shared.metrics.accepted.fetch_add(1, Ordering::Relaxed);
                     let held = self.shared.connections.fetch_add(1, Ordering::AcqRel) + 1;
                     if held > max {
@@ -501,39 +517,29 @@ impl Worker {
             return;
         }
         let snapshot = self.snapshot.clone();
-        // Drop listeners that are gone or changed.
-        let mut keep: HashMap<String, usize> = HashMap::new();
-        let ids: Vec<usize> = self.listeners.keys().copied().collect();
-        for idx in ids {
-            let l = &self.listeners[&idx];
-            let wanted = snapshot.listeners.iter().position(|p| {
-                p.config.name == l.name
-                    && (
-                        p.config.bind,
-                        p.config.backlog,
-                        p.config.freebind,
-                        p.config.tcp_keepalive.get(),
-                    ) == l.spec
-            });
-            match wanted {
-                Some(pi) => {
-                    keep.insert(l.name.clone(), idx);
-                    if let Some(l) = self.listeners.get_mut(&idx) {
-                        l.plan_index = pi;
-                    }
-                }
-                None => {
-                    if let Some(mut l) = self.listeners.remove(&idx) {
-                        let _ = self.poll.registry().deregister(&mut l.socket);
-                        tracing::info!(worker = self.id, listener = %l.name, "listener removed by reload");
-                    }
-                }
+        let spec_of =
+            |c: &crate::config::ListenerConfig| (c.bind, c.backlog, c.freebind, c.tcp_keepalive.get());
+        // 1. Listeners that stay as they are follow their plan's new index.
+        let mut kept = std::collections::HashSet::new();
+        for l in self.listeners.values_mut() {
+            let same = snapshot
+                .listeners
+                .iter()
+                .position(|p| p.config.name == l.name && spec_of(&p.config) == l.spec);
+            if let Some(pi) = same {
+                l.plan_index = pi;
+                kept.insert(l.name.clone());
             }
         }
-        for plan in &snapshot.listeners {
-            if keep.contains_key(&plan.config.name) {
-                continue;
-            }
+        // 2. Bind new and changed listeners before closing anything, so a failed bind leaves
+        //    the old socket serving.
+        let mut bound = Vec::new();
+        let mut failed = std::collections::HashSet::new();
+        for plan in snapshot
+            .listeners
+            .iter()
+            .filter(|p| !kept.contains(&p.config.name))
+        {
             let spec = BindSpec {
                 address: plan.config.bind,
                 backlog: plan.config.backlog,
@@ -541,14 +547,38 @@ impl Worker {
                 keepalive: plan.config.tcp_keepalive.get(),
             };
             match bind(&spec) {
-                Ok(socket) => {
-                    tracing::info!(worker = self.id, listener = %plan.config.name, address = %plan.config.bind, "listener added by reload");
-                    self.adopt_listener(plan.config.name.clone(), socket);
-                }
+                Ok(socket) => bound.push((plan.config.name.clone(), socket)),
                 Err(e) => {
-                    tracing::error!(worker = self.id, listener = %plan.config.name, "reload cannot bind: {e}")
+                    tracing::error!(worker = self.id, listener = %plan.config.name, "reload cannot bind: {e}");
+                    failed.insert(plan.config.name.clone());
                 }
             }
+        }
+        // 3. Close listeners that are gone or replaced; keep an old one whose replacement
+        //    could not be bound (it serves on with its old settings).
+        let ids: Vec<usize> = self.listeners.keys().copied().collect();
+        for idx in ids {
+            let name = self.listeners[&idx].name.clone();
+            if kept.contains(&name) {
+                continue;
+            }
+            if failed.contains(&name) {
+                if let Some(pi) = snapshot.listeners.iter().position(|p| p.config.name == name) {
+                    if let Some(l) = self.listeners.get_mut(&idx) {
+                        l.plan_index = pi;
+                    }
+                    tracing::warn!(worker = self.id, listener = %name, "keeping the old socket");
+                    continue;
+                }
+            }
+            if let Some(mut l) = self.listeners.remove(&idx) {
+                let _ = self.poll.registry().deregister(&mut l.socket);
+                tracing::info!(worker = self.id, listener = %l.name, "listener closed by reload");
+            }
+        }
+        for (name, socket) in bound {
+            tracing::info!(worker = self.id, listener = %name, "listener bound by reload");
+            self.adopt_listener(name, socket);
         }
     }
 }

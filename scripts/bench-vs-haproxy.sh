@@ -12,12 +12,19 @@
 #   throughput    --direction both, CPU-s per GB moved (splice off, and on with --splice)
 #   connect-rate  connect, 64-byte echo, close: CPU-us per connection
 #   idle          5,000 idle tunnels: RSS bytes per tunnel
+#   rr-latency    ping-pong of 32-byte messages at 2,000/s on one connection, directly to the
+#                 echo stand-in and then through the proxy, back to back: added p50 and p99
+#                 (proxy minus direct) in microseconds
+#
+# Neither proxy logs per connection (HAProxy logs errors only here; gatehouse runs with
+# log_level = "warn", so its per-connection info lines are off).
 #
 # Writes the table and the exact command between the markers
 # <!-- bench-vs-haproxy:begin --> and <!-- bench-vs-haproxy:end --> of BENCHMARKS.md.
 #
 # Usage: scripts/bench-vs-haproxy.sh [--pairs N] [--only haproxy|gatehouse] [--splice on|off|both]
 #          [--idle-connections N] [--connections N] [--bytes-per-stream B] [--no-write]
+#          [--rr-rate R] [--rr-duration D]   (rr-latency: default 2000/s for 4s after 1s warmup)
 #          [--gatehouse PATH]   (a prebuilt gatehouse binary; default: build target/release/gatehouse)
 set -euo pipefail
 
@@ -34,6 +41,8 @@ TP_STREAMS=2
 TP_BYTES=$((256 * 1024 * 1024))
 WRITE=1
 GATEHOUSE_BIN=
+RR_RATE=2000
+RR_DURATION=4s
 ORIG_CMD="scripts/bench-vs-haproxy.sh${*:+ $*}"
 
 while [[ $# -gt 0 ]]; do
@@ -46,6 +55,8 @@ while [[ $# -gt 0 ]]; do
         --bytes-per-stream) TP_BYTES=$2; shift 2 ;;
         --no-write) WRITE=0; shift ;;
         --gatehouse) GATEHOUSE_BIN=$2; shift 2 ;;
+        --rr-rate) RR_RATE=$2; shift 2 ;;
+        --rr-duration) RR_DURATION=$2; shift 2 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -184,6 +195,7 @@ write_gatehouse_conf() {
     cat >"$conf" <<EOF
 [node]
 workers = 1
+log_level = "warn"
 
 [halb]
 [[halb.listener]]
@@ -278,6 +290,22 @@ measure() {
     fi
     record rss_bytes_per_idle_tunnel "$proxy" "$pair" "$(jq -r .derived.rss_bytes_per_connection "$out")"
     stop_proxy
+
+    # Added latency: direct to the echo stand-in, then through the proxy, back to back.
+    start_proxy "$proxy" "$ECHO_PORT" "$BASE_SPLICE"
+    local direct=$WORK/$proxy-$pair-rr-direct.json
+    out=$WORK/$proxy-$pair-rr.json
+    run_load "$direct" rr-latency --target "127.0.0.1:$ECHO_PORT" \
+        --rate "$RR_RATE" --connections 1 --message 32 --warmup 1s --duration "$RR_DURATION"
+    run_load "$out" rr-latency --target "127.0.0.1:$PROXY_PORT" --pid "$PROXY_PID" \
+        --rate "$RR_RATE" --connections 1 --message 32 --warmup 1s --duration "$RR_DURATION"
+    local q
+    for q in p50 p99; do
+        record "added_${q}_us" "$proxy" "$pair" "$(jq -r --slurpfile d "$direct" \
+            ".results.latency_us.$q - \$d[0].results.latency_us.$q" "$out")"
+        record "direct_${q}_us" "$proxy" "$pair" "$(jq -r ".results.latency_us.$q" "$direct")"
+    done
+    stop_proxy
 }
 
 # --- run -----------------------------------------------------------------------------------
@@ -317,6 +345,8 @@ goal_of() {
         cpu_s_per_gb_*) echo "<= 0.8x" ;;
         cpu_us_per_connection) echo "<= 0.7x" ;;
         rss_bytes_per_idle_tunnel) echo "<= 1,536 B" ;;
+        added_p50_us|added_p99_us) echo "<= 0.8x" ;;
+        direct_*) echo "(baseline)" ;;
     esac
 }
 label_of() {
@@ -325,12 +355,16 @@ label_of() {
         cpu_s_per_gb_splice_on) echo "CPU-s per GB, splice on (forced)" ;;
         cpu_us_per_connection) echo "CPU-us per connection (64 B echo)" ;;
         rss_bytes_per_idle_tunnel) echo "RSS bytes per idle tunnel ($IDLE_CONNS)" ;;
+        added_p50_us) echo "added latency p50, us ($RR_RATE/s)" ;;
+        added_p99_us) echo "added latency p99, us ($RR_RATE/s)" ;;
+        direct_p50_us) echo "direct p50, us (no proxy, same pair)" ;;
+        direct_p99_us) echo "direct p99, us (no proxy, same pair)" ;;
     esac
 }
 
 metrics=()
 for mode in "${splice_modes[@]}"; do metrics+=("cpu_s_per_gb_splice_$mode"); done
-metrics+=(cpu_us_per_connection rss_bytes_per_idle_tunnel)
+metrics+=(cpu_us_per_connection rss_bytes_per_idle_tunnel added_p50_us added_p99_us direct_p50_us direct_p99_us)
 
 table=$WORK/table.md
 {
@@ -370,8 +404,13 @@ section=$WORK/section.md
     echo "gatehouse-bench on CPU 1. Throughput: $TP_STREAMS streams both ways, $TP_BYTES bytes each way per"
     echo "stream. Connect-rate: $CR_CONNS connections, 8 at a time, 64-byte echo, 8 source addresses."
     echo "Idle: $IDLE_CONNS tunnels held 3 s, RSS growth of the proxy per tunnel. CPU is utime+stime of"
-    echo "the proxy from /proc/PID/stat over the measured window. Ratios are gatehouse/HAProxy within"
-    echo "each pair; the verdict is their median."
+    echo "the proxy from /proc/PID/stat over the measured window. Added latency: rr-latency, 32-byte"
+    echo "ping-pongs at $RR_RATE/s on one connection for $RR_DURATION after 1 s warmup (open loop, from the"
+    echo "intended send time), run directly against the echo stand-in and then through the proxy back"
+    echo "to back; added = proxy minus direct of the same pair (the direct rows are the baselines"
+    echo "measured next to each proxy). Neither proxy logs per connection: HAProxy logs errors only,"
+    echo "gatehouse runs with \`log_level = \"warn\"\`. Ratios are gatehouse/HAProxy within each pair;"
+    echo "the verdict is their median."
     echo
     cat "$table"
     echo "<!-- bench-vs-haproxy:end -->"

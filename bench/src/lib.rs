@@ -5,14 +5,18 @@
 //! - [`scenario`]: the load scenarios (`throughput`, `connect-rate`, `rr-latency`, `idle`,
 //!   `rdp-profile`), each returning a [`report::Report`];
 //! - [`wire`]: the byte formats the scenarios and stand-ins share (no I/O);
-//! - [`procstat`]: CPU and memory of the process under test from /proc.
+//! - [`procstat`]: CPU and memory of the process under test from /proc;
+//! - [`capacity`]: the capacity ramp over `rdp-profile`, with multi-process load;
+//! - [`plot`]: latency-against-load plots as SVG.
 //!
 //! This crate must not depend on gatehouse: gatehouse depends on it.
 
 use std::fmt;
 use std::net::SocketAddr;
 
+pub mod capacity;
 pub mod net;
+pub mod plot;
 pub mod procstat;
 pub mod report;
 pub mod scenario;

@@ -1,12 +1,15 @@
 //! `gatehouse-bench`: runs a stand-in session host or a load scenario and reports.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use gatehouse_bench::net::{parse_duration, raise_nofile_limit};
+use gatehouse_bench::capacity::{self, NodeSize, Ramp};
+use gatehouse_bench::net::{parse_duration, parse_size, raise_nofile_limit};
+use gatehouse_bench::plot::{LatencyPlot, Series};
 use gatehouse_bench::report::Report;
 use gatehouse_bench::scenario::{connect_rate, idle, rdp_profile, rr_latency, throughput, Common};
 use gatehouse_bench::standin::{Kind, StandIn};
@@ -76,6 +79,12 @@ enum Command {
         /// Message size in bytes (>= 16).
         #[arg(long, default_value_t = 32)]
         message: usize,
+        /// A sweep: run once per rate of this list (comma-separated) instead of --rate.
+        #[arg(long, value_delimiter = ',')]
+        rates: Vec<f64>,
+        /// Write an SVG plot of p50/p99 against the rate.
+        #[arg(long)]
+        plot: Option<PathBuf>,
     },
     /// Hold N idle connections (each checked with one echo); RSS per connection with --pid.
     Idle {
@@ -98,37 +107,141 @@ enum Command {
         /// Concurrent sessions.
         #[arg(long, default_value_t = 100)]
         sessions: usize,
-        /// Input events per second per session.
-        #[arg(long, default_value_t = 10.0)]
-        input_rate: f64,
-        /// Bytes per input event.
-        #[arg(long, default_value_t = 80)]
-        input_bytes: u32,
-        /// Mean screen update in bytes.
-        #[arg(long, default_value_t = 1200)]
-        update_mean: u32,
-        /// Smallest update.
-        #[arg(long, default_value_t = 200)]
-        update_min: u32,
-        /// Largest update.
-        #[arg(long, default_value_t = 4000)]
-        update_max: u32,
-        /// Burst size in bytes (0: no bursts).
-        #[arg(long, default_value_t = 61_440)]
-        burst_bytes: u32,
-        /// Time between bursts of a session.
-        #[arg(long, default_value = "30s", value_parser = parse_duration)]
-        burst_interval: Duration,
-        /// Sessions start evenly over this span.
-        #[arg(long, default_value = "1s", value_parser = parse_duration)]
-        stagger: Duration,
-        /// Event-loop threads.
-        #[arg(long, default_value_t = 1)]
-        threads: usize,
-        /// Seed of sizes and burst phases.
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
+        #[command(flatten)]
+        profile: ProfileArgs,
     },
+    /// Ramps rdp-profile sessions until the added p99 passes an SLO or a machine limit;
+    /// reports sessions held, CPU per session-second, memory per session and the capacity of
+    /// a node of a given size.
+    Capacity {
+        /// The proxy under test.
+        #[arg(long)]
+        target: SocketAddr,
+        /// The stand-in behind the target: each step also runs directly against it and the
+        /// SLO applies to target minus direct (without it, to the latency through the target).
+        #[arg(long)]
+        direct: Option<SocketAddr>,
+        /// Process(es) under test; the first one's open-files limit caps the ramp.
+        #[arg(long = "pid", value_delimiter = ',')]
+        pids: Vec<u32>,
+        /// Largest added p99 latency a step may show.
+        #[arg(long, default_value = "10ms", value_parser = parse_duration)]
+        slo: Duration,
+        /// Explicit session counts (comma-separated) instead of the geometric ramp.
+        #[arg(long, value_delimiter = ',')]
+        steps: Vec<usize>,
+        /// First session count of the geometric ramp.
+        #[arg(long, default_value_t = 250)]
+        start: usize,
+        /// Factor between steps of the geometric ramp.
+        #[arg(long, default_value_t = 2.0)]
+        growth: f64,
+        /// Largest session count tried.
+        #[arg(long, default_value_t = 100_000)]
+        max_sessions: usize,
+        /// Bisection steps between the last passing and the first failing count.
+        #[arg(long, default_value_t = 2)]
+        refine: u32,
+        /// Re-runs of a step that failed on the SLO alone before it counts as failing.
+        #[arg(long, default_value_t = 1)]
+        confirm: u32,
+        /// Load before each measured window (>= --stagger).
+        #[arg(long, default_value = "2s", value_parser = parse_duration)]
+        warmup: Duration,
+        /// Measured window of each run.
+        #[arg(long, default_value = "5s", value_parser = parse_duration)]
+        duration: Duration,
+        /// Local source addresses 127.0.0.1..=N.
+        #[arg(long, default_value_t = 8)]
+        sources: usize,
+        /// Sockets the target holds per session (2 for a proxy).
+        #[arg(long, default_value_t = 2)]
+        target_fds_per_session: u64,
+        /// Most sessions per client process (default: what its open-files limit allows);
+        /// more sessions are spread over copies of this binary.
+        #[arg(long)]
+        sessions_per_process: Option<usize>,
+        /// CPUs of the node to extrapolate to (with --node-mem).
+        #[arg(long)]
+        node_cpus: Option<f64>,
+        /// Memory of the node to extrapolate to, e.g. 2GiB (with --node-cpus).
+        #[arg(long, value_parser = parse_size)]
+        node_mem: Option<u64>,
+        /// Share of the node's CPUs the proxy may keep busy.
+        #[arg(long, default_value_t = 0.8)]
+        cpu_budget: f64,
+        /// Share of the node's memory the proxy may use.
+        #[arg(long, default_value_t = 0.8)]
+        mem_budget: f64,
+        #[command(flatten)]
+        profile: ProfileArgs,
+        /// Write an SVG plot of latency against sessions.
+        #[arg(long)]
+        plot: Option<PathBuf>,
+        /// Print the JSON report instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One client process of a multi-process capacity step (started by `capacity`).
+    #[command(hide = true)]
+    CapacityWorker {
+        /// The worker spec as JSON.
+        #[arg(long)]
+        spec: String,
+    },
+}
+
+/// The rdp-profile session behaviour (defaults: the office profile).
+#[derive(Args, Debug)]
+struct ProfileArgs {
+    /// Input events per second per session.
+    #[arg(long, default_value_t = 10.0)]
+    input_rate: f64,
+    /// Bytes per input event.
+    #[arg(long, default_value_t = 80)]
+    input_bytes: u32,
+    /// Mean screen update in bytes.
+    #[arg(long, default_value_t = 1200)]
+    update_mean: u32,
+    /// Smallest update.
+    #[arg(long, default_value_t = 200)]
+    update_min: u32,
+    /// Largest update.
+    #[arg(long, default_value_t = 4000)]
+    update_max: u32,
+    /// Burst size in bytes (0: no bursts).
+    #[arg(long, default_value_t = 61_440)]
+    burst_bytes: u32,
+    /// Time between bursts of a session.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    burst_interval: Duration,
+    /// Sessions start evenly over this span.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    stagger: Duration,
+    /// Event-loop threads per client process.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Seed of sizes and burst phases.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+impl ProfileArgs {
+    fn params(&self, sessions: usize) -> rdp_profile::Params {
+        rdp_profile::Params {
+            sessions,
+            input_rate: self.input_rate,
+            input_bytes: self.input_bytes,
+            update_mean: self.update_mean,
+            update_min: self.update_min,
+            update_max: self.update_max,
+            burst_bytes: self.burst_bytes,
+            burst_interval: self.burst_interval,
+            stagger: self.stagger,
+            threads: self.threads,
+            seed: self.seed,
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -165,46 +278,142 @@ impl CommonArgs {
     }
 }
 
+/// What a command prints.
+enum Output {
+    /// One scenario report.
+    Report(Box<Report>, bool),
+    /// An rr-latency sweep.
+    Sweep(Vec<Report>, bool),
+    /// A capacity ramp.
+    Capacity(Box<capacity::CapacityReport>, bool),
+    /// A worker's outcome (JSON, always).
+    Worker(capacity::WorkerOutcome),
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     raise_nofile_limit();
-    let (report, json) = match run(cli.command) {
-        Ok(Some(r)) => r,
+    let output = match run(cli.command) {
+        Ok(Some(o)) => o,
         Ok(None) => return ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("gatehouse-bench: {e}");
             return ExitCode::FAILURE;
         }
     };
-    if json {
-        match serde_json::to_string_pretty(&report) {
-            Ok(s) => println!("{s}"),
-            Err(e) => {
-                eprintln!("gatehouse-bench: {e}");
-                return ExitCode::FAILURE;
-            }
+    let (text, reports): (Result<String, serde_json::Error>, Vec<Report>) = match output {
+        Output::Report(r, true) => (serde_json::to_string_pretty(&r), vec![*r]),
+        Output::Report(r, false) => (Ok(r.to_table()), vec![*r]),
+        Output::Sweep(rs, json) => {
+            let text = if json {
+                serde_json::to_string_pretty(&serde_json::json!({
+                    "schema": "gatehouse-bench/sweep-1",
+                    "scenario": "rr-latency-sweep",
+                    "steps": rs,
+                }))
+            } else {
+                Ok(rs.iter().map(Report::to_table).collect::<Vec<_>>().join("\n"))
+            };
+            (text, rs)
         }
-    } else {
-        print!("{}", report.to_table());
+        Output::Capacity(c, json) => {
+            let text = if json {
+                serde_json::to_string_pretty(&c)
+            } else {
+                Ok(c.to_table())
+            };
+            (text, Vec::new())
+        }
+        Output::Worker(w) => (serde_json::to_string(&w), Vec::new()),
+    };
+    match text {
+        Ok(t) if t.ends_with('\n') => print!("{t}"),
+        Ok(t) => println!("{t}"),
+        Err(e) => {
+            eprintln!("gatehouse-bench: {e}");
+            return ExitCode::FAILURE;
+        }
     }
-    if report.results.bytes_match == Some(false) {
-        eprintln!(
-            "gatehouse-bench: byte counts through {} did not match what was sent",
-            report.target
-        );
-        return ExitCode::FAILURE;
-    }
-    if report.results.errors > 0 {
-        eprintln!(
-            "gatehouse-bench: {} operations failed against {}",
-            report.results.errors, report.target
-        );
+    for report in &reports {
+        if report.results.bytes_match == Some(false) {
+            eprintln!(
+                "gatehouse-bench: byte counts through {} did not match what was sent",
+                report.target
+            );
+            return ExitCode::FAILURE;
+        }
+        if report.results.errors > 0 {
+            eprintln!(
+                "gatehouse-bench: {} operations failed against {}",
+                report.results.errors, report.target
+            );
+        }
     }
     ExitCode::SUCCESS
 }
 
-fn run(command: Command) -> Result<Option<(Report, bool)>, Box<dyn std::error::Error>> {
-    let (report, json) = match command {
+fn write_plot(path: &PathBuf, plot: &LatencyPlot) -> Result<(), BenchError> {
+    std::fs::write(path, plot.to_svg())
+        .map_err(|e| BenchError::Usage(format!("writing the plot {}: {e}", path.display())))?;
+    eprintln!("gatehouse-bench: wrote {}", path.display());
+    Ok(())
+}
+
+fn rr_plot(target: SocketAddr, reports: &[Report]) -> LatencyPlot {
+    let mut pts: Vec<(f64, f64, f64)> = reports
+        .iter()
+        .filter_map(|r| {
+            let rate = r.parameters["rate"].as_f64()?;
+            let l = r.results.latency_us?;
+            Some((rate, l.p50, l.p99))
+        })
+        .collect();
+    pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+    LatencyPlot {
+        title: format!("rr-latency through {target}"),
+        x_label: "ping-pongs per second".into(),
+        series: vec![
+            Series {
+                name: "p50".into(),
+                points: pts.iter().map(|p| (p.0, p.1)).collect(),
+            },
+            Series {
+                name: "p99".into(),
+                points: pts.iter().map(|p| (p.0, p.2)).collect(),
+            },
+        ],
+        limit_us: None,
+    }
+}
+
+fn capacity_plot(c: &capacity::CapacityReport, slo: Duration) -> LatencyPlot {
+    let mut steps: Vec<&capacity::Step> = c.steps.iter().collect();
+    steps.sort_by_key(|s| s.sessions);
+    let series = |name: &str, f: &dyn Fn(&capacity::Step) -> Option<f64>| Series {
+        name: name.into(),
+        points: steps
+            .iter()
+            .filter_map(|s| Some((s.sessions as f64, f(s)?)))
+            .collect(),
+    };
+    let mut all = vec![
+        series("p50 through target", &|s| s.latency_us.map(|l| l.p50)),
+        series("p99 through target", &|s| s.latency_us.map(|l| l.p99)),
+    ];
+    if c.direct.is_some() {
+        all.push(series("p99 direct", &|s| s.direct_latency_us.map(|l| l.p99)));
+        all.push(series("added p99", &|s| s.added_p99_us));
+    }
+    LatencyPlot {
+        title: format!("capacity ramp through {} (held {})", c.target, c.held_sessions),
+        x_label: "concurrent sessions (office profile)".into(),
+        series: all,
+        limit_us: Some(slo.as_secs_f64() * 1e6),
+    }
+}
+
+fn run(command: Command) -> Result<Option<Output>, Box<dyn std::error::Error>> {
+    let output = match command {
         Command::Standin { kind, listen } => {
             let standin = StandIn::bind(kind, listen)
                 .map_err(|e| BenchError::Usage(format!("cannot listen on {listen}: {e}")))?;
@@ -223,7 +432,7 @@ fn run(command: Command) -> Result<Option<(Report, bool)>, Box<dyn std::error::E
                 direction,
                 bytes_per_stream,
             };
-            (throughput::run(&common.common(), &p)?, common.json)
+            Output::Report(Box::new(throughput::run(&common.common(), &p)?), common.json)
         }
         Command::ConnectRate {
             common,
@@ -236,20 +445,42 @@ fn run(command: Command) -> Result<Option<(Report, bool)>, Box<dyn std::error::E
                 concurrency,
                 payload,
             };
-            (connect_rate::run(&common.common(), &p)?, common.json)
+            Output::Report(Box::new(connect_rate::run(&common.common(), &p)?), common.json)
         }
         Command::RrLatency {
             common,
             rate,
             connections,
             message,
+            rates,
+            plot,
         } => {
-            let p = rr_latency::Params {
-                rate,
-                connections,
-                message,
-            };
-            (rr_latency::run(&common.common(), &p)?, common.json)
+            let sweep = !rates.is_empty();
+            let rates = if sweep { rates } else { vec![rate] };
+            let mut reports = Vec::new();
+            for rate in rates {
+                let p = rr_latency::Params {
+                    rate,
+                    connections,
+                    message,
+                };
+                let r = rr_latency::run(&common.common(), &p)?;
+                if sweep {
+                    if let Some(l) = r.results.latency_us {
+                        eprintln!("rr-latency: {rate}/s p50 {:.0} us p99 {:.0} us", l.p50, l.p99);
+                    }
+                }
+                reports.push(r);
+            }
+            if let Some(path) = &plot {
+                write_plot(path, &rr_plot(common.target, &reports))?;
+            }
+            if sweep {
+                Output::Sweep(reports, common.json)
+            } else {
+                let r = reports.pop().expect("one rate gives one report");
+                Output::Report(Box::new(r), common.json)
+            }
         }
         Command::Idle {
             common,
@@ -262,37 +493,90 @@ fn run(command: Command) -> Result<Option<(Report, bool)>, Box<dyn std::error::E
                 hold,
                 concurrency,
             };
-            (idle::run(&common.common(), &p)?, common.json)
+            Output::Report(Box::new(idle::run(&common.common(), &p)?), common.json)
         }
         Command::RdpProfile {
             common,
             sessions,
-            input_rate,
-            input_bytes,
-            update_mean,
-            update_min,
-            update_max,
-            burst_bytes,
-            burst_interval,
-            stagger,
-            threads,
-            seed,
+            profile,
         } => {
-            let p = rdp_profile::Params {
-                sessions,
-                input_rate,
-                input_bytes,
-                update_mean,
-                update_min,
-                update_max,
-                burst_bytes,
-                burst_interval,
-                stagger,
-                threads,
-                seed,
+            let p = profile.params(sessions);
+            Output::Report(Box::new(rdp_profile::run(&common.common(), &p)?), common.json)
+        }
+        Command::Capacity {
+            target,
+            direct,
+            pids,
+            slo,
+            steps,
+            start,
+            growth,
+            max_sessions,
+            refine,
+            confirm,
+            warmup,
+            duration,
+            sources,
+            target_fds_per_session,
+            sessions_per_process,
+            node_cpus,
+            node_mem,
+            cpu_budget,
+            mem_budget,
+            profile,
+            plot,
+            json,
+        } => {
+            let node = match (node_cpus, node_mem) {
+                (Some(cpus), Some(mem_bytes)) => Some(NodeSize {
+                    cpus,
+                    mem_bytes,
+                    cpu_budget,
+                    mem_budget,
+                }),
+                (None, None) => None,
+                _ => return Err(BenchError::Usage("--node-cpus and --node-mem go together".into()).into()),
             };
-            (rdp_profile::run(&common.common(), &p)?, common.json)
+            if !(growth > 1.0 && growth.is_finite()) {
+                return Err(BenchError::Usage("--growth must be > 1".into()).into());
+            }
+            let ramp = if steps.is_empty() {
+                Ramp::Geometric {
+                    start,
+                    growth,
+                    max: max_sessions,
+                }
+            } else {
+                Ramp::List(steps)
+            };
+            let p = capacity::Params {
+                target,
+                direct,
+                pids,
+                profile: profile.params(1),
+                ramp,
+                refine,
+                confirm,
+                slo,
+                warmup,
+                duration,
+                sources: sources.max(1),
+                target_fds_per_session,
+                sessions_per_process,
+                worker_exe: None,
+                node,
+            };
+            let report = capacity::run(&p, &mut |line| eprintln!("{line}"))?;
+            if let Some(path) = &plot {
+                write_plot(path, &capacity_plot(&report, slo))?;
+            }
+            Output::Capacity(Box::new(report), json)
+        }
+        Command::CapacityWorker { spec } => {
+            let spec: capacity::WorkerSpec =
+                serde_json::from_str(&spec).map_err(|e| BenchError::Usage(format!("worker spec: {e}")))?;
+            Output::Worker(capacity::run_worker(&spec)?)
         }
     };
-    Ok(Some((report, json)))
+    Ok(Some(output))
 }

@@ -93,6 +93,11 @@ impl FirstError {
         }
     }
 
+    /// The first error, if any.
+    pub fn first(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     /// The first error, or a default text.
     pub fn take(&self) -> String {
         let g = self.0.lock().unwrap_or_else(|p| p.into_inner());

@@ -23,7 +23,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 
-use super::{finish, require_progress, Common, FirstError};
+use super::{finish, Common, FirstError};
 use crate::net::{probe, SourcePool};
 use crate::report::{new_histogram, Percentiles, Report, Results};
 use crate::wire::rdp::{
@@ -161,7 +161,7 @@ struct UpdateReader {
     body_left: u32,
 }
 
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct Tally {
     hist: Option<Histogram<u64>>,
     burst_hist: Option<Histogram<u64>>,
@@ -180,8 +180,141 @@ struct Plan {
     p: Params,
 }
 
-/// Runs the scenario.
-pub fn run(common: &Common, p: &Params) -> Result<Report, BenchError> {
+/// When a run's load starts and which part of it counts: shared by every process of a
+/// multi-process run so their windows line up.
+#[derive(Clone, Copy, Debug)]
+pub struct Schedule {
+    /// Session 0 starts here; the other sessions follow over `stagger`.
+    pub base: Instant,
+    /// Load before the measured window.
+    pub warmup: Duration,
+    /// The measured window.
+    pub duration: Duration,
+}
+
+impl Schedule {
+    /// Start of the measured window.
+    pub fn window_start(&self) -> Instant {
+        self.base + self.warmup
+    }
+
+    /// End of the measured window.
+    pub fn end(&self) -> Instant {
+        self.window_start() + self.duration
+    }
+}
+
+/// Which sessions of a run this process drives: session `i` belongs to shard `i % count`,
+/// so every shard starts its sessions spread over the whole stagger.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shard {
+    /// This shard, `0..count`.
+    pub index: usize,
+    /// Shards in the run.
+    pub count: usize,
+}
+
+impl Shard {
+    /// The whole run in one process.
+    pub const WHOLE: Shard = Shard { index: 0, count: 1 };
+
+    /// Sessions of `total` this shard drives.
+    pub fn sessions(&self, total: usize) -> usize {
+        (self.index..total).step_by(self.count.max(1)).count()
+    }
+}
+
+/// What one shard measured, before any report: histograms (nanoseconds) and counts.
+#[derive(Debug)]
+pub struct Outcome {
+    /// Input event to last byte of its update, events intended inside the window.
+    pub hist: Histogram<u64>,
+    /// The same for bursts.
+    pub burst_hist: Histogram<u64>,
+    /// Sessions whose Connection Confirm arrived.
+    pub connected: u64,
+    /// Events intended inside the window.
+    pub sent_in_window: u64,
+    /// Of those, events whose update arrived.
+    pub done_in_window: u64,
+    /// Failed sessions plus events of the window left unanswered.
+    pub errors: u64,
+    /// Bytes sent in the window.
+    pub bytes_up: u64,
+    /// Bytes received in the window.
+    pub bytes_down: u64,
+    /// The first error any session met.
+    pub first_error: Option<String>,
+}
+
+impl Outcome {
+    /// An empty outcome to merge others into.
+    pub fn empty() -> Outcome {
+        Outcome {
+            hist: new_histogram(),
+            burst_hist: new_histogram(),
+            connected: 0,
+            sent_in_window: 0,
+            done_in_window: 0,
+            errors: 0,
+            bytes_up: 0,
+            bytes_down: 0,
+            first_error: None,
+        }
+    }
+
+    /// Adds `other` (another thread or process of the same run).
+    pub fn merge(&mut self, other: &Outcome) {
+        self.hist.add(&other.hist).expect("histograms share bounds");
+        self.burst_hist
+            .add(&other.burst_hist)
+            .expect("histograms share bounds");
+        self.connected += other.connected;
+        self.sent_in_window += other.sent_in_window;
+        self.done_in_window += other.done_in_window;
+        self.errors += other.errors;
+        self.bytes_up += other.bytes_up;
+        self.bytes_down += other.bytes_down;
+        if self.first_error.is_none() {
+            self.first_error.clone_from(&other.first_error);
+        }
+    }
+}
+
+/// A shard whose event loops are running; [`Running::join`] waits for the end of the window
+/// (plus a grace period for late updates) and returns its [`Outcome`].
+#[derive(Debug)]
+pub struct Running {
+    workers: Vec<std::thread::JoinHandle<Tally>>,
+    first: Arc<FirstError>,
+}
+
+impl Running {
+    /// Waits for every event loop and merges their tallies.
+    pub fn join(self) -> Outcome {
+        let mut out = Outcome::empty();
+        for w in self.workers {
+            let t = w.join().expect("rdp-profile loops do not panic");
+            let part = Outcome {
+                hist: t.hist.unwrap_or_else(new_histogram),
+                burst_hist: t.burst_hist.unwrap_or_else(new_histogram),
+                connected: t.connected,
+                sent_in_window: t.sent_in_window,
+                done_in_window: t.done_in_window,
+                errors: t.errors,
+                bytes_up: t.bytes_up,
+                bytes_down: t.bytes_down,
+                first_error: None,
+            };
+            out.merge(&part);
+        }
+        out.first_error = self.first.first();
+        out
+    }
+}
+
+/// Checks the parameters of a run.
+pub fn validate(p: &Params) -> Result<(), BenchError> {
     if p.sessions == 0
         || !(p.input_rate.is_finite() && p.input_rate > 0.0)
         || !(INPUT_HEADER_LEN as u32..=MAX_INPUT_LEN as u32).contains(&p.input_bytes)
@@ -195,59 +328,82 @@ pub fn run(common: &Common, p: &Params) -> Result<Report, BenchError> {
              bursts {UPDATE_HEADER_LEN}..={MAX_UPDATE_LEN} bytes"
         )));
     }
-    probe(common.target)?;
-    crate::net::raise_nofile_limit();
-    let sources = Arc::new(SourcePool::new(common.target, common.sources));
+    Ok(())
+}
+
+/// Starts the event loops of one shard of a run (no probe, no report): the building block of
+/// [`run`] and of the multi-process `capacity` ramp.
+pub fn start_shard(
+    target: SocketAddr,
+    sources: usize,
+    p: &Params,
+    schedule: Schedule,
+    shard: Shard,
+) -> Result<Running, BenchError> {
+    validate(p)?;
+    let sources = Arc::new(SourcePool::new(target, sources));
     let first = Arc::new(FirstError::default());
-    let base = Instant::now() + Duration::from_millis(20);
-    let window_start = base + common.warmup;
-    let end = window_start + common.duration;
-    let threads = p.threads.clamp(1, p.sessions);
-    let workers: Vec<_> = (0..threads)
+    let mine: Vec<usize> = (shard.index..p.sessions).step_by(shard.count.max(1)).collect();
+    if mine.is_empty() {
+        return Ok(Running {
+            workers: Vec::new(),
+            first,
+        });
+    }
+    let threads = p.threads.clamp(1, mine.len());
+    let workers = (0..threads)
         .map(|t| {
             let plan = Plan {
-                target: common.target,
-                window_start,
-                end,
+                target,
+                window_start: schedule.window_start(),
+                end: schedule.end(),
                 p: p.clone(),
             };
             let (sources, first) = (sources.clone(), first.clone());
-            let starts: Vec<Instant> = (t..p.sessions)
+            let starts: Vec<Instant> = mine[t..]
+                .iter()
                 .step_by(threads)
-                .map(|i| base + p.stagger.mul_f64(i as f64 / p.sessions as f64))
+                .map(|&i| schedule.base + p.stagger.mul_f64(i as f64 / p.sessions as f64))
                 .collect();
-            std::thread::spawn(move || event_loop(&plan, &starts, &sources, &first, t as u64))
+            let id = (shard.index * threads + t) as u64;
+            std::thread::spawn(move || event_loop(&plan, &starts, &sources, &first, id))
         })
         .collect();
-    std::thread::sleep(window_start.saturating_duration_since(Instant::now()));
+    Ok(Running { workers, first })
+}
+
+/// Runs the scenario.
+pub fn run(common: &Common, p: &Params) -> Result<Report, BenchError> {
+    validate(p)?;
+    probe(common.target)?;
+    crate::net::raise_nofile_limit();
+    let schedule = Schedule {
+        base: Instant::now() + Duration::from_millis(20),
+        warmup: common.warmup,
+        duration: common.duration,
+    };
+    let running = start_shard(common.target, common.sources, p, schedule, Shard::WHOLE)?;
+    std::thread::sleep(schedule.window_start().saturating_duration_since(Instant::now()));
     let window = common.open_window()?;
-    super::wait_with_progress("rdp-profile", window_start, end);
+    super::wait_with_progress("rdp-profile", schedule.window_start(), schedule.end());
     let elapsed_s = window.elapsed_s();
     let processes = common.close_window(&window)?;
-    let tallies: Vec<Tally> = workers
-        .into_iter()
-        .map(|w| w.join().expect("rdp-profile loops do not panic"))
-        .collect();
-    let (mut hist, mut burst_hist) = (new_histogram(), new_histogram());
-    for t in &tallies {
-        if let Some(h) = &t.hist {
-            hist.add(h).expect("histograms share bounds");
-        }
-        if let Some(h) = &t.burst_hist {
-            burst_hist.add(h).expect("histograms share bounds");
-        }
+    let out = running.join();
+    if out.done_in_window == 0 {
+        return Err(BenchError::NoProgress {
+            target: common.target,
+            detail: out.first_error.unwrap_or_else(|| "no error recorded".into()),
+        });
     }
-    let done: u64 = tallies.iter().map(|t| t.done_in_window).sum();
-    require_progress(common.target, done, &first)?;
     let results = Results {
         elapsed_s,
-        connections: tallies.iter().map(|t| t.connected).sum(),
-        operations: done,
-        errors: tallies.iter().map(|t| t.errors).sum(),
-        bytes_up: tallies.iter().map(|t| t.bytes_up).sum(),
-        bytes_down: tallies.iter().map(|t| t.bytes_down).sum(),
-        latency_us: Percentiles::from_histogram(&hist),
-        burst_latency_us: Percentiles::from_histogram(&burst_hist),
+        connections: out.connected,
+        operations: out.done_in_window,
+        errors: out.errors,
+        bytes_up: out.bytes_up,
+        bytes_down: out.bytes_down,
+        latency_us: Percentiles::from_histogram(&out.hist),
+        burst_latency_us: Percentiles::from_histogram(&out.burst_hist),
         ..Results::default()
     };
     let extra = json!({
@@ -260,7 +416,7 @@ pub fn run(common: &Common, p: &Params) -> Result<Report, BenchError> {
         "burst_bytes": p.burst_bytes,
         "burst_interval_s": p.burst_interval.as_secs_f64(),
         "stagger_s": p.stagger.as_secs_f64(),
-        "threads": threads,
+        "threads": p.threads.clamp(1, p.sessions),
         "seed": p.seed,
     });
     Ok(finish("rdp-profile", common, extra, results, processes, false))
@@ -278,6 +434,7 @@ fn event_loop(
         burst_hist: Some(new_histogram()),
         ..Tally::default()
     };
+    set_fine_timer_slack();
     let mut poll = match Poll::new() {
         Ok(p) => p,
         Err(e) => {
@@ -322,8 +479,20 @@ fn event_loop(
         }
         let next_timer = timers.peek().map(|Reverse((t, _, _))| *t);
         let wake = next_timer.unwrap_or(grace_end).min(grace_end);
-        let timeout = wake.saturating_duration_since(now);
-        if let Err(e) = poll.poll(&mut events, Some(timeout)) {
+        // epoll waits in whole milliseconds (mio rounds up), which would send events up to
+        // 1 ms late: wait whole milliseconds, then the last stretch in short sleeps between
+        // non-blocking polls so sends and receive timestamps stay within ~50 us.
+        let left = wake.saturating_duration_since(now);
+        let timeout = if left >= Duration::from_millis(1) {
+            Duration::from_millis(left.as_millis() as u64)
+        } else {
+            Duration::ZERO
+        };
+        let polled = poll.poll(&mut events, Some(timeout));
+        if polled.is_ok() && events.is_empty() && timeout.is_zero() && !left.is_zero() {
+            std::thread::sleep(left.min(Duration::from_micros(50)));
+        }
+        if let Err(e) = polled {
             if e.kind() != ErrorKind::Interrupted {
                 first.note(|| format!("poll: {e}"));
                 break;
@@ -466,10 +635,12 @@ fn pump(s: &mut Session, plan: &Plan, tally: &mut Tally, scratch: &mut [u8]) -> 
         let mut data = &scratch[..n];
         if let Phase::AwaitConfirm { got } = &mut s.phase {
             got.extend_from_slice(data);
-            if got.len() > MAX_CONNECTION_REQUEST {
-                return Err("oversized connection confirm".into());
-            }
+            // Updates may follow the confirm in the same read (events are sent open-loop
+            // before it arrives): parse first, and bound only a confirm still incomplete.
             match parse_connection_confirm(got) {
+                Ok(None) if got.len() > MAX_CONNECTION_REQUEST => {
+                    return Err("oversized connection confirm".into());
+                }
                 Ok(None) => continue,
                 Ok(Some((len, _))) => {
                     let rest = got.split_off(len);
@@ -533,6 +704,14 @@ fn take_updates(
         }
     }
     Ok(())
+}
+
+/// Sleeps end within microseconds of their deadline (default timer slack is 50 us).
+fn set_fine_timer_slack() {
+    // SAFETY: PR_SET_TIMERSLACK takes an integer argument and affects this thread only.
+    unsafe {
+        libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong);
+    }
 }
 
 #[cfg(test)]

@@ -10,11 +10,14 @@
 //! - [`message`]: the typed JSON bodies carried in frames and the refusal reasons.
 //! - [`ticket`]: launch tickets (HMAC-SHA256 under a rotating farm key) and the nonce ledger
 //!   that makes each ticket single use.
+//! - [`broker`]: the broker's sans-IO core: farm model, local users, login throttling,
+//!   session directory and least-loaded choice, audit records, and the request handler.
 //!
 //! The wire format is written down in `control/PROTOCOL.md`; keep the two in step.
 
 #![warn(missing_docs)]
 
+pub mod broker;
 pub mod frame;
 pub mod message;
 pub mod ticket;

@@ -8,7 +8,7 @@ mod refusal;
 mod reply;
 mod request;
 mod secret;
-mod validate;
+pub(crate) mod validate;
 
 use std::fmt;
 

@@ -25,3 +25,6 @@ mod reload;
 mod review;
 #[path = "e2e/timeouts.rs"]
 mod timeouts;
+
+#[path = "e2e/privdrop.rs"]
+mod privdrop;

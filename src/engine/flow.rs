@@ -11,10 +11,7 @@ use std::os::fd::{AsRawFd, RawFd};
 
 use mio::net::TcpStream;
 
-use super::buffers::{BufferPool, Pipe, PipePool, BUF_SIZE};
-
-/// Largest chunk moved by one splice(2) call (the default pipe capacity).
-const SPLICE_CHUNK: usize = 64 * 1024;
+use super::buffers::{BufferPool, Pipe, PipePool, BUF_SIZE, PIPE_SIZE};
 
 /// Readiness of one socket as last reported by the (edge-triggered) poller.
 #[derive(Clone, Copy, Debug, Default)]
@@ -205,7 +202,7 @@ impl Flow {
                 }
                 if let Some(pipe) = &self.pipe {
                     // The pipe is empty here, so EAGAIN can only mean the socket has no data.
-                    match splice_fds(src.as_raw_fd(), pipe.write.as_raw_fd(), SPLICE_CHUNK) {
+                    match splice_fds(src.as_raw_fd(), pipe.write.as_raw_fd(), PIPE_SIZE) {
                         Ok(0) => {
                             self.eof = true;
                             if let Some(p) = self.pipe.take() {

@@ -44,6 +44,9 @@ reasons! {
         GlobalLimit => "global_limit",
         OutOfFiles => "out_of_files",
         Shutdown => "shutdown",
+        TlsRefused => "tls_refused",
+        TlsError => "tls_error",
+        BackendTlsError => "backend_tls_error",
     }
 }
 
@@ -75,7 +78,7 @@ impl<const N: usize> ReasonCounters<N> {
     }
 }
 
-const CLOSE_N: usize = 15;
+const CLOSE_N: usize = 18;
 const PAUSE_N: usize = 2;
 
 /// Process-wide counters.
@@ -99,6 +102,9 @@ pub struct Metrics {
     pub reloads_failed: AtomicU64,
     /// Backend health transitions.
     pub health_transitions: AtomicU64,
+    /// TLS clients refused before a tunnel, by reason (`not_tls`, `unknown_sni`,
+    /// `handshake_timeout`, ...). Refusals are rare, so a lock is fine here.
+    pub tls_refused: parking_lot::Mutex<std::collections::BTreeMap<&'static str, u64>>,
 }
 
 impl Metrics {
@@ -112,6 +118,16 @@ impl Metrics {
     pub fn closed_count(&self, reason: CloseReason) -> u64 {
         let i = CloseReason::ALL.iter().position(|r| *r == reason).unwrap_or(0);
         self.closed.get(i)
+    }
+
+    /// Counts one refused TLS client.
+    pub fn count_tls_refused(&self, reason: &'static str) {
+        *self.tls_refused.lock().entry(reason).or_insert(0) += 1;
+    }
+
+    /// Refused TLS clients for one reason.
+    pub fn tls_refused_count(&self, reason: &str) -> u64 {
+        self.tls_refused.lock().get(reason).copied().unwrap_or(0)
     }
 
     /// Counts one accept pause.
@@ -208,6 +224,15 @@ impl Metrics {
             "Backend health state changes.",
             load(&self.health_transitions),
         );
+        header(
+            &mut out,
+            "gatehouse_tls_refused_total",
+            "counter",
+            "TLS clients refused before a tunnel, by reason.",
+        );
+        for (reason, n) in self.tls_refused.lock().iter() {
+            let _ = writeln!(out, "gatehouse_tls_refused_total{{reason=\"{reason}\"}} {n}");
+        }
         snapshot.render_metrics(&mut out);
         out.push_str(extra);
         out

@@ -16,12 +16,13 @@ use serde::Serialize;
 use crate::admin::AdminServer;
 use crate::config::{self, Config, HealthConfig};
 use crate::engine::listener::{bind_group, BindSpec};
+use crate::engine::tls_setup;
 use crate::engine::worker::{self, WorkerHandle};
 use crate::health::{
     CheckKind, CheckSpec, HealthChecker, HealthEvent, PassiveReporter, ProbeFailure, StatusMatch, Target,
     TlsVerify,
 };
-use crate::shared::{ControlEvent, Lifecycle, Shared};
+use crate::shared::{ControlEvent, Lifecycle, Shared, TlsState};
 
 /// An address the node serves, for `--ready-file` and the start-up summary.
 #[derive(Clone, Debug, Serialize)]
@@ -59,6 +60,8 @@ pub struct Node {
     health: Option<Checks>,
     /// The VRRP role (issue 6); stopped first on shutdown so the VIP moves before the drain.
     vrrp: Option<crate::halb_vrrp::VrrpRole>,
+    // broker (issue 4): broker and host agent; stopped at the start of the drain.
+    control_roles: Option<crate::broker_role::ControlRoles>,
     events: Receiver<ControlEvent>,
     commands: (Sender<Command>, Receiver<Command>),
     options: NodeOptions,
@@ -111,9 +114,19 @@ impl Node {
             }
             None => None,
         };
+        // broker (issue 4): binds 20002/20003 and reads its keys before the privilege drop.
+        let control_roles = Some(crate::broker_role::ControlRoles::start(
+            &mut config,
+            &mut endpoints,
+        )?);
+        // Certificates are read before the privilege drop (key files are often root's only).
+        let tls = build_listener_tls(&config)?;
         crate::privdrop::drop_privileges(config.node.user.as_deref(), config.node.group.as_deref())?;
 
         let (shared, events) = Shared::new(config);
+        if !tls.listeners.is_empty() || !tls.pools.is_empty() {
+            shared.set_tls(tls);
+        }
         let commands = crossbeam_channel::unbounded();
         let mut workers = Vec::new();
         for (id, listeners) in per_worker.into_iter().enumerate() {
@@ -145,6 +158,7 @@ impl Node {
             admin,
             health,
             vrrp,
+            control_roles,
             events,
             commands,
             options,
@@ -242,6 +256,17 @@ impl Node {
             tracing::error!("reload refused: {e}; the previous configuration keeps serving");
             return Err(e);
         }
+        let tls = match build_listener_tls(&new) {
+            Ok(t) => t,
+            Err(e) => {
+                self.shared
+                    .metrics
+                    .reloads_failed
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::error!("reload refused: {e}; the previous configuration keeps serving");
+                return Err(e);
+            }
+        };
         let mut notes = Vec::new();
         if old.worker_count() != new.worker_count() {
             notes.push("node.workers changes at the next restart");
@@ -258,7 +283,7 @@ impl Node {
         if let Some(h) = self.health.take() {
             h.stop();
         }
-        self.shared.replace_config(new);
+        self.shared.replace_config_and_tls(new, tls);
         self.health = start_health(&self.shared);
         self.shared
             .metrics
@@ -279,6 +304,10 @@ impl Node {
         // Hand the VIP over first (priority-0 advert), then drain (issue 6).
         if let Some(v) = self.vrrp.take() {
             v.shutdown();
+        }
+        // broker (issue 4): tell gateways to move on, stop the host agent.
+        if let Some(c) = self.control_roles.take() {
+            c.stop();
         }
         let deadline = self.shared.config().node.drain_timeout.get();
         crate::sd_notify::notify("STOPPING=1");
@@ -320,6 +349,28 @@ impl Node {
         }
         tracing::info!(elapsed_ms = start.elapsed().as_millis() as u64, "stopped");
     }
+}
+
+/// The server configurations of the terminating listeners and the client configurations
+/// of the re-encrypting pools of `config`.
+fn build_listener_tls(config: &Config) -> Result<TlsState, String> {
+    let mut out = TlsState::default();
+    let node_name = config.node_name();
+    let now = std::time::SystemTime::now();
+    for l in config.halb.iter().flat_map(|h| h.listener.iter()) {
+        if l.tls.terminates() {
+            let tls = tls_setup::build(l, &config.node, &node_name, now)
+                .map_err(|e| format!("listener {:?}: TLS: {e}", l.name))?;
+            out.listeners.insert(l.name.clone(), Arc::new(tls));
+        }
+    }
+    for p in config.halb.iter().flat_map(|h| h.pool.iter()) {
+        if let Some(t) = &p.tls {
+            let tls = tls_setup::build_backend(t).map_err(|e| format!("pool {:?}: TLS: {e}", p.name))?;
+            out.pools.insert(p.name.clone(), Arc::new(tls));
+        }
+    }
+    Ok(out)
 }
 
 /// Binds (and releases) every listener that a reload adds or changes, so that an address

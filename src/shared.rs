@@ -18,8 +18,20 @@ use parking_lot::{Mutex, RwLock};
 use crate::balance::{backend_key, Algorithm, Candidate};
 use crate::cidr::Cidr;
 use crate::config::{AdminState, Config, ListenerConfig};
+use crate::engine::tls_setup::BackendTls;
 use crate::health::Health;
 use crate::metrics::{label, Metrics};
+use crate::tls::server::ServerTls;
+
+/// TLS state built from files by the runtime (certificates, CA bundles) and put into every
+/// snapshot by name.
+#[derive(Default)]
+pub struct TlsState {
+    /// Server configurations of terminating listeners, by listener name.
+    pub listeners: HashMap<String, Arc<ServerTls>>,
+    /// Client configurations of re-encrypting pools, by pool name.
+    pub pools: HashMap<String, Arc<BackendTls>>,
+}
 
 /// One immutable view of what the node serves. Workers hold an `Arc` and compare generations.
 pub struct Snapshot {
@@ -41,6 +53,10 @@ pub struct ListenerPlan {
     pub pool: usize,
     /// Sources that must (and alone may) send a PROXY v2 header.
     pub trusted_proxies: Vec<Cidr>,
+    /// The server configuration of a terminating (`offload`, `auto`) listener.
+    pub tls: Option<Arc<ServerTls>>,
+    /// Passthrough routes: (server-name pattern, index into `Snapshot::pools`), in order.
+    pub sni_routes: Vec<(String, usize)>,
 }
 
 impl ListenerPlan {
@@ -64,6 +80,8 @@ pub struct PoolPlan {
     pub passive_fall: u32,
     /// Whether the pool has active health checks (passive marking needs them to recover).
     pub health_checked: bool,
+    /// TLS towards the backends (re-encryption).
+    pub tls: Option<Arc<BackendTls>>,
     /// Backends in configured order.
     pub backends: Vec<BackendPlan>,
 }
@@ -204,6 +222,8 @@ struct ControlState {
     config: Arc<Config>,
     status: HashMap<(String, String), BackendStatus>,
     runtimes: HashMap<(String, String), Arc<BackendRuntime>>,
+    /// TLS configurations (built by the runtime, which reads the files).
+    tls: TlsState,
 }
 
 /// Appends Prometheus text for a role's own counters.
@@ -235,6 +255,7 @@ impl Shared {
             config: Arc::new(config),
             status: HashMap::new(),
             runtimes: HashMap::new(),
+            tls: TlsState::default(),
         };
         let snapshot = build_snapshot(&mut control, 1);
         let shared = Shared {
@@ -308,6 +329,22 @@ impl Shared {
     pub fn replace_config(&self, config: Config) {
         let mut control = self.control.lock();
         control.config = Arc::new(config);
+        self.publish(&mut control);
+    }
+
+    /// Replaces the configuration and the listeners' TLS configurations in one publish (a
+    /// reload: certificates are re-read with the config; sessions keep what they started with).
+    pub fn replace_config_and_tls(&self, config: Config, tls: TlsState) {
+        let mut control = self.control.lock();
+        control.config = Arc::new(config);
+        control.tls = tls;
+        self.publish(&mut control);
+    }
+
+    /// Sets the TLS configurations (at start, before the workers run).
+    pub fn set_tls(&self, tls: TlsState) {
+        let mut control = self.control.lock();
+        control.tls = tls;
         self.publish(&mut control);
     }
 
@@ -395,12 +432,23 @@ fn build_snapshot(control: &mut ControlState, generation: u64) -> Snapshot {
                 retries: p.retries,
                 passive_fall: p.passive_fall,
                 health_checked: p.health.is_some(),
+                tls: control.tls.pools.get(&p.name).cloned(),
                 backends,
             }));
         }
         for l in &halb.listener {
             let pool = halb.pool.iter().position(|p| p.name == l.pool).unwrap_or(0);
+            let sni_routes = l
+                .sni_routes
+                .iter()
+                .flat_map(|r| {
+                    let pool = halb.pool.iter().position(|p| p.name == r.pool).unwrap_or(pool);
+                    r.names.iter().map(move |n| (n.clone(), pool))
+                })
+                .collect();
             listeners.push(ListenerPlan {
+                tls: control.tls.listeners.get(&l.name).cloned(),
+                sni_routes,
                 config: l.clone(),
                 pool,
                 trusted_proxies: l

@@ -25,6 +25,14 @@ mod reload;
 mod review;
 #[path = "e2e/timeouts.rs"]
 mod timeouts;
+#[path = "e2e/tls_offload.rs"]
+mod tls_offload;
+#[path = "e2e/tls_passthrough.rs"]
+mod tls_passthrough;
+#[path = "e2e/tls_reencrypt.rs"]
+mod tls_reencrypt;
+#[path = "e2e/tls_tunnel.rs"]
+mod tls_tunnel;
 
 #[path = "e2e/privdrop.rs"]
 mod privdrop;

@@ -31,6 +31,13 @@ pub struct Config {
     /// The HALB role: L4 listeners balancing over backend pools.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub halb: Option<HalbConfig>,
+    // broker (issue 4): the broker and host-agent roles, owned by crate::broker_role.
+    /// The broker role (publishing agent) on 20002/20003.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broker: Option<crate::broker_role::BrokerSection>,
+    /// The host-agent role: reports this host's load to the brokers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_agent: Option<crate::broker_role::HostAgentSection>,
 }
 
 /// Process-wide settings.
@@ -54,6 +61,9 @@ pub struct NodeConfig {
     /// Drop to this group after binding (default: the user's primary group).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
+    /// Where the node keeps what it generates (the self-signed certificate of an offloading
+    /// listener without one).
+    pub state_dir: PathBuf,
 }
 
 impl Default for NodeConfig {
@@ -66,6 +76,7 @@ impl Default for NodeConfig {
             log_level: "info".to_string(),
             user: None,
             group: None,
+            state_dir: PathBuf::from("/var/lib/gatehouse"),
         }
     }
 }
@@ -139,6 +150,96 @@ pub struct ListenerConfig {
     /// TCP keepalive idle time on both sockets, so a peer that vanished is noticed.
     #[serde(default = "default_keepalive")]
     pub tcp_keepalive: HumanDuration,
+    /// TLS on this listener: `off`, `offload`, `passthrough` or `auto`.
+    #[serde(default)]
+    pub tls: TlsMode,
+    /// Certificates of an offloading listener, chosen by SNI (absent with `pem` and `pfx`:
+    /// a self-signed one is generated into `node.state_dir`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certificates: Vec<CertificateConfig>,
+    /// One all-in-one PEM (key, certificate, intermediates in any order): the default
+    /// certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pem: Option<PathBuf>,
+    /// A PKCS#12/PFX file: the default certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pfx: Option<PathBuf>,
+    /// Environment variable holding the PFX password (absent: an empty password).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pfx_password_env: Option<String>,
+    /// Lowest TLS version offered: `"1.2"` or `"1.3"`.
+    #[serde(default = "default_min_tls")]
+    pub min_tls: String,
+    /// ALPN protocols in order of preference (empty: no ALPN).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alpn: Vec<String>,
+    /// Cipher suites by IANA name, in order of preference (empty: the provider's defaults).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ciphers: Vec<String>,
+    /// Key-exchange groups (`X25519`, `P-256`, `P-384`), in order of preference.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kx_groups: Vec<String>,
+    /// Shared session-ticket key file (nodes behind one HALB resume each other's sessions);
+    /// absent: keys of this process only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ticket_keys: Option<PathBuf>,
+    // ticket rotation (issue 3): src/tls/rotation.rs reads this.
+    /// How often this node rotates the `ticket_keys` file (`"6h"`); absent: the node only
+    /// re-reads the file that another node (or `gatehouse cert ticket-keys`) rotates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ticket_key_rotation: Option<HumanDuration>,
+    /// Passthrough routing by server name; `pool` takes the rest.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sni_routes: Vec<SniRoute>,
+}
+
+/// What a listener does with TLS.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// Bytes are carried as they come.
+    #[default]
+    Off,
+    /// TLS is terminated here; the backend gets plain bytes.
+    Offload,
+    /// The ClientHello is read (for `sni_routes`), the bytes go to the backend unchanged.
+    Passthrough,
+    /// A TLS record as first byte is offloaded, anything else is carried plain.
+    Auto,
+}
+
+impl TlsMode {
+    /// Whether the listener terminates TLS (needs certificates).
+    pub fn terminates(self) -> bool {
+        matches!(self, TlsMode::Offload | TlsMode::Auto)
+    }
+}
+
+/// One certificate of an offloading listener.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateConfig {
+    /// PEM certificate chain; with no `key`, an all-in-one PEM holding the key too.
+    pub cert: PathBuf,
+    /// PEM private key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
+    /// Server names it answers (empty: the DNS names of its subjectAltName).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<String>,
+    /// Served to clients whose server name no certificate has (or who send none).
+    #[serde(default)]
+    pub default: bool,
+}
+
+/// A passthrough route: ClientHellos for these names go to this pool.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SniRoute {
+    /// Server names; `*.example.com` matches one label under example.com.
+    pub names: Vec<String>,
+    /// The pool.
+    pub pool: String,
 }
 
 /// How a pool picks a backend.
@@ -162,9 +263,32 @@ pub struct PoolConfig {
     /// Active health checks; absent: backends are trusted to be up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<HealthConfig>,
+    /// Re-encryption: TLS towards the backends (absent: plain bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<BackendTlsConfig>,
     /// The backends (`backends = [...]` or `[[halb.pool.backend]]`).
     #[serde(default, alias = "backend")]
     pub backends: Vec<BackendConfig>,
+}
+
+/// TLS towards a pool's backends (re-encryption), verified against a CA bundle or a
+/// pinned certificate.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendTlsConfig {
+    /// CA bundle (PEM) that verifies the backends' certificates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// Name sent (SNI) and verified (default: the backend's IP address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    /// SHA-256 of the backend's certificate (DER), hex with or without colons, as
+    /// `openssl x509 -noout -fingerprint -sha256` prints it; replaces CA verification.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pin_sha256: Option<String>,
+    /// Accept any backend certificate. Only for labs: anyone in the path can impersonate.
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
 }
 
 /// One backend server of a pool.
@@ -271,6 +395,9 @@ fn default_backlog() -> u32 {
 }
 fn default_handshake_timeout() -> HumanDuration {
     HumanDuration::secs(10)
+}
+fn default_min_tls() -> String {
+    "1.2".to_string()
 }
 fn default_connect_timeout() -> HumanDuration {
     HumanDuration::secs(3)

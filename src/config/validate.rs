@@ -9,9 +9,10 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use super::locate::KeyPath;
-use super::{Config, HealthConfig, PoolConfig};
+use super::{Config, HealthConfig, ListenerConfig, PoolConfig, TlsMode};
 use crate::balance::Algorithm;
 use crate::cidr::Cidr;
+use crate::engine::tls_setup::{self, CertOrigin};
 use crate::health::StatusMatch;
 
 /// Relaxations used by callers that build configs themselves.
@@ -57,6 +58,12 @@ pub(super) fn validate(config: &mut Config, options: ValidateOptions) -> Problem
             ));
         }
         let pools: HashSet<String> = halb.pool.iter().map(|p| p.name.clone()).collect();
+        let tls_pools: HashSet<&str> = halb
+            .pool
+            .iter()
+            .filter(|p| p.tls.is_some())
+            .map(|p| p.name.as_str())
+            .collect();
         let mut names = HashSet::new();
         let mut binds = HashMap::new();
         for (i, l) in halb.listener.iter().enumerate() {
@@ -90,6 +97,7 @@ pub(super) fn validate(config: &mut Config, options: ValidateOptions) -> Problem
                     problems.push((at.key("accept_proxy_from").index(j), e.to_string()));
                 }
             }
+            validate_listener_tls(l, &at, &pools, &tls_pools, &mut problems);
             for (key, d) in [
                 ("handshake_timeout", l.handshake_timeout),
                 ("connect_timeout", l.connect_timeout),
@@ -114,7 +122,94 @@ pub(super) fn validate(config: &mut Config, options: ValidateOptions) -> Problem
         // [[halb.vrrp]] (issue 6): ranges, pools, interfaces of this host, VIP listeners.
         crate::halb_vrrp::validate(halb, &halb_path, &mut problems);
     }
+    // broker (issue 4): [broker] and [host_agent].
+    crate::broker_role::validate(config, &mut problems);
     problems
+}
+
+/// TLS keys of a listener: modes, routes, versions, and the certificates themselves (loaded
+/// here, so `gatehouse check` reports an expired or mismatched one at its key).
+fn validate_listener_tls(
+    l: &ListenerConfig,
+    at: &KeyPath,
+    pools: &HashSet<String>,
+    tls_pools: &HashSet<&str>,
+    problems: &mut Problems,
+) {
+    if let Err(e) = l.min_tls.parse::<crate::tls::server::MinVersion>() {
+        problems.push((at.key("min_tls"), e));
+    }
+    if !l.sni_routes.is_empty() && l.tls != TlsMode::Passthrough {
+        problems.push((
+            at.key("sni_routes"),
+            "sni_routes need tls = \"passthrough\" (an offloading listener picks certificates, not pools)"
+                .into(),
+        ));
+    }
+    for (i, r) in l.sni_routes.iter().enumerate() {
+        let rat = at.key("sni_routes").index(i);
+        if !pools.contains(&r.pool) {
+            problems.push((rat.key("pool"), format!("no pool named {:?}", r.pool)));
+        }
+        if r.names.is_empty() {
+            problems.push((rat.key("names"), "a route needs at least one server name".into()));
+        }
+    }
+    if l.tls == TlsMode::Passthrough {
+        let reencrypting: Vec<&str> = std::iter::once(&l.pool)
+            .chain(l.sni_routes.iter().map(|r| &r.pool))
+            .filter(|p| tls_pools.contains(p.as_str()))
+            .map(String::as_str)
+            .collect();
+        if let Some(p) = reencrypting.first() {
+            problems.push((
+                at.key("tls"),
+                format!("pool {p:?} re-encrypts, but a passthrough listener forwards TLS unchanged"),
+            ));
+        }
+    }
+    let has_certs = !l.certificates.is_empty() || l.pem.is_some() || l.pfx.is_some();
+    if !l.tls.terminates() {
+        if has_certs {
+            problems.push((
+                at.key("tls"),
+                format!(
+                    "certificates are set but tls = {:?} does not terminate TLS (use \"offload\" or \"auto\")",
+                    l.tls
+                ),
+            ));
+        }
+        return;
+    }
+    if l.certificates.iter().filter(|c| c.default).count() > 1 {
+        problems.push((
+            at.key("certificates"),
+            "more than one certificate has default = true".into(),
+        ));
+    }
+    if !l.ciphers.is_empty() || !l.kx_groups.is_empty() || !l.alpn.is_empty() {
+        // Names are checked by building a configuration with a throwaway certificate, so
+        // `check` and `run` agree on what rustls accepts.
+        if let Err((key, e)) = tls_setup::check_tls_parameters(l) {
+            problems.push((at.key(key), e));
+        }
+    }
+    let now = std::time::SystemTime::now();
+    for (origin, entry) in tls_setup::configured_certificates(l) {
+        let key = match origin {
+            CertOrigin::Listed(i) => at.key("certificates").index(i).key("cert"),
+            CertOrigin::Pem => at.key("pem"),
+            CertOrigin::Pfx => at.key("pfx"),
+        };
+        match entry {
+            Err(e) => problems.push((key, e.to_string())),
+            Ok(entry) => {
+                for p in tls_setup::certificate_problems(&entry, now) {
+                    problems.push((key.clone(), p));
+                }
+            }
+        }
+    }
 }
 
 fn validate_pool(p: &mut PoolConfig, at: &KeyPath, problems: &mut Problems) {
@@ -154,6 +249,29 @@ fn validate_pool(p: &mut PoolConfig, at: &KeyPath, problems: &mut Problems) {
     }
     if let Some(h) = &p.health {
         validate_health(h, &at.key("health"), problems);
+    }
+    if let Some(t) = &p.tls {
+        let tat = at.key("tls");
+        let ways = [
+            t.ca_file.is_some(),
+            t.pin_sha256.is_some(),
+            t.insecure_skip_verify,
+        ];
+        match ways.iter().filter(|w| **w).count() {
+            0 => problems.push((
+                tat.clone(),
+                "re-encryption needs ca_file or pin_sha256 to verify backends (or insecure_skip_verify = true)"
+                    .into(),
+            )),
+            1 => {}
+            _ => problems.push((
+                tat.clone(),
+                "choose one of ca_file, pin_sha256 and insecure_skip_verify".into(),
+            )),
+        }
+        if let Err(e) = tls_setup::build_backend(t) {
+            problems.push((tat, e));
+        }
     }
 }
 

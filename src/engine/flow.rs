@@ -81,11 +81,8 @@ impl Flow {
     pub fn with_early(early: &[u8], pools: &mut Pools<'_>) -> Flow {
         let mut flow = Flow::default();
         if !early.is_empty() {
-            let mut buf = pools.bufs.take();
-            let n = early.len().min(BUF_SIZE);
-            buf[..n].copy_from_slice(&early[..n]);
-            flow.buf = Some(buf);
-            flow.end = n;
+            flow.buf = Some(early_buffer(early, pools));
+            flow.end = early.len();
         }
         flow
     }
@@ -285,6 +282,18 @@ impl Flow {
     }
 }
 
+/// A pooled buffer holding `early`; a larger one (a ClientHello of up to 16 KiB after a
+/// PROXY header) replaces the pooled one, so no early byte is ever cut off.
+pub fn early_buffer(early: &[u8], pools: &mut Pools<'_>) -> super::buffers::Buf {
+    let mut buf = pools.bufs.take();
+    if early.len() > buf.len() {
+        buf = early.to_vec().into_boxed_slice();
+    } else {
+        buf[..early.len()].copy_from_slice(early);
+    }
+    buf
+}
+
 fn is_reset(e: &io::Error) -> bool {
     matches!(
         e.kind(),
@@ -326,5 +335,27 @@ fn splice_fds(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
         Err(io::Error::last_os_error())
     } else {
         Ok(n as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn early_bytes_larger_than_a_buffer_are_kept_whole() {
+        let mut bufs = BufferPool::new(4);
+        let mut pipes = PipePool::new(1, 1);
+        let mut pools = Pools {
+            bufs: &mut bufs,
+            pipes: &mut pipes,
+        };
+        let early: Vec<u8> = (0..BUF_SIZE + 100).map(|i| i as u8).collect();
+        let flow = Flow::with_early(&early, &mut pools);
+        assert_eq!(flow.end, early.len());
+        assert_eq!(&flow.buf.as_ref().unwrap()[..flow.end], &early[..]);
+        let small = Flow::with_early(b"hello", &mut pools);
+        assert_eq!(&small.buf.as_ref().unwrap()[..small.end], b"hello");
+        assert_eq!(pools.bufs.in_use, 2);
     }
 }

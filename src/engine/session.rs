@@ -2,10 +2,13 @@
 //!
 //! Owns the session's sockets and its pipeline state machine:
 //! `Reading` (a PROXY v2 header from a trusted forwarder, or a check that an untrusted client
-//! does not send one) -> `Connecting` (to a backend picked by the pool's balancer, retrying
-//! the next one within the budget) -> `Tunnel` (two [`Flow`]s). Each state holds only what it
-//! needs; a transition consumes the old one. The worker owns the event loop and calls in here
-//! with readiness and time; this module decides and moves bytes, nothing else.
+//! does not send one) -> on TLS listeners `Hello` (the ClientHello, read without
+//! terminating) and, when offloading, `Handshake` (rustls) -> `Connecting` (to a backend
+//! picked by the pool's balancer, retrying the next one within the budget) -> `Tunnel` (two
+//! [`Flow`]s, splice-capable) or `TlsTunnel` (two `TlsDirection`s, when the client or the
+//! backend speaks TLS). Each state holds only what it needs; a transition consumes the old
+//! one. The TLS phases live in `session_tls.rs`. The worker owns the event loop and calls in
+//! here with readiness and time; this module decides and moves bytes, nothing else.
 
 use std::io::{self, Read};
 use std::net::{IpAddr, SocketAddr};
@@ -15,13 +18,20 @@ use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
+use rustls::{Connection, ServerConnection};
 use socket2::SockRef;
 
 use super::flow::{End, Flow, FlowError, Pools, Ready};
+use super::tls_flow::TlsDirection;
 use crate::balance::{Balancer, Candidate};
+use crate::config::TlsMode;
 use crate::metrics::CloseReason;
 use crate::proxy_protocol::{self, Parsed, ProxyHeader, SIGNATURE};
 use crate::shared::{BackendRuntime, ControlEvent, ListenerPlan, PoolPlan, Shared};
+use crate::tls::server::ServerTls;
+
+#[path = "session_tls.rs"]
+mod tls_phases;
 
 /// Largest PROXY v2 header accepted (16-byte fixed part plus addresses and TLVs).
 pub const MAX_PROXY_HEADER: usize = 4096;
@@ -43,6 +53,13 @@ pub enum Phase {
     Connecting(Connecting),
     /// Moving bytes both ways.
     Tunnel(Tunnel),
+    /// Reading the ClientHello on a TLS listener: to route it (passthrough), to choose a
+    /// certificate (offload), or to tell TLS from plain bytes (auto).
+    Hello(Hello),
+    /// Terminating TLS: the handshake with the client.
+    Handshake(Handshake),
+    /// Moving bytes both ways, TLS records with the client, plain with the backend.
+    TlsTunnel(TlsTunnel),
     /// Being torn down (transient, while the worker closes it).
     Closed,
 }
@@ -82,6 +99,30 @@ pub struct Tunnel {
     down: Flow,
 }
 
+/// State while the ClientHello arrives.
+pub struct Hello {
+    buf: Vec<u8>,
+    deadline: Instant,
+}
+
+/// State while the TLS handshake with the client is under way.
+pub struct Handshake {
+    conn: Box<ServerConnection>,
+    deadline: Instant,
+}
+
+/// State of an established tunnel where the client (offload), the backend (re-encryption)
+/// or both speak TLS.
+pub struct TlsTunnel {
+    backend_sock: TcpStream,
+    backend_ready: Ready,
+    backend: BackendRef,
+    client_tls: Option<Box<Connection>>,
+    backend_tls: Option<Box<Connection>>,
+    up: TlsDirection,
+    down: TlsDirection,
+}
+
 /// The backend a session holds a slot on.
 #[derive(Clone)]
 pub struct BackendRef {
@@ -112,6 +153,12 @@ pub struct SessionSettings {
     pub splice: bool,
     /// Per-source limit (0: none).
     pub max_per_source: u32,
+    /// TLS mode of the listener.
+    pub tls: TlsMode,
+    /// Server configuration of a terminating listener (from the snapshot at accept).
+    pub server_tls: Option<Arc<ServerTls>>,
+    /// Passthrough routes: server-name pattern and pool, first match wins.
+    pub sni_routes: Vec<(String, Arc<PoolPlan>)>,
 }
 
 /// Worker resources a session step may use.
@@ -156,6 +203,9 @@ pub struct Session {
     pub bytes: (u64, u64),
     /// Name and address of the backend, once chosen (for the close log line).
     pub backend_label: Option<(String, SocketAddr)>,
+    /// The client's TLS connection between the end of its handshake and the tunnel: held
+    /// only while `Connecting` (which retries backends without knowing about TLS).
+    handshaken: Option<Box<ServerConnection>>,
 }
 
 /// Token of a session's client socket.
@@ -211,6 +261,7 @@ impl Session {
             armed_tick: None,
             bytes: (0, 0),
             backend_label: None,
+            handshaken: None,
         };
         let step = match mode {
             Some(mode) => {
@@ -222,7 +273,7 @@ impl Session {
                 Step::Continue
             }
             None => match session.take_source_slot(ctx) {
-                Step::Continue => session.start_connect(Vec::new(), Vec::new(), ctx),
+                Step::Continue => session.begin(Vec::new(), ctx),
                 close => close,
             },
         };
@@ -242,6 +293,7 @@ impl Session {
             match &mut self.phase {
                 Phase::Connecting(c) => &mut c.ready,
                 Phase::Tunnel(t) => &mut t.backend_ready,
+                Phase::TlsTunnel(t) => &mut t.backend_ready,
                 _ => return,
             }
         } else {
@@ -261,6 +313,9 @@ impl Session {
                 Phase::Reading(r) => self.drive_reading(r, ctx),
                 Phase::Connecting(c) => self.drive_connecting(c, ctx),
                 Phase::Tunnel(t) => self.drive_tunnel(t, ctx),
+                Phase::Hello(h) => self.drive_hello(h, ctx),
+                Phase::Handshake(h) => self.drive_handshake(h, ctx),
+                Phase::TlsTunnel(t) => self.drive_tls_tunnel(t, ctx),
                 Phase::Closed => (Phase::Closed, Step::Continue, false),
             };
             self.phase = phase;
@@ -275,7 +330,13 @@ impl Session {
         match &self.phase {
             Phase::Reading(r) => Some(r.deadline),
             Phase::Connecting(c) => Some(c.deadline),
-            Phase::Tunnel(_) => Some(self.last_activity + self.settings.idle_timeout),
+            Phase::Hello(h) => Some(h.deadline),
+            Phase::Handshake(h) => Some(h.deadline),
+            // A backend's TLS handshake is bounded like its connect.
+            Phase::TlsTunnel(t) if t.backend_handshaking() => {
+                Some(self.last_activity + self.settings.connect_timeout)
+            }
+            Phase::Tunnel(_) | Phase::TlsTunnel(_) => Some(self.last_activity + self.settings.idle_timeout),
             Phase::Closed => None,
         }
     }
@@ -290,7 +351,7 @@ impl Session {
                     // A client that says nothing is not sending a PROXY header: let the
                     // backend speak first if the protocol wants it.
                     return match self.take_source_slot(ctx) {
-                        Step::Continue => self.start_connect(Vec::new(), r.buf, ctx),
+                        Step::Continue => self.begin(r.buf, ctx),
                         close => close,
                     };
                 }
@@ -306,6 +367,44 @@ impl Session {
             Phase::Connecting(c) if now >= c.deadline => {
                 let detail = format!("connect timeout after {:?}", self.settings.connect_timeout);
                 self.connect_failed(c, detail, ctx)
+            }
+            Phase::Hello(h) if now >= h.deadline => {
+                ctx.shared.metrics.count_tls_refused("handshake_timeout");
+                Step::Close(
+                    CloseReason::HandshakeTimeout,
+                    format!(
+                        "no complete ClientHello after {:?} ({} bytes)",
+                        self.settings.handshake_timeout,
+                        h.buf.len()
+                    ),
+                )
+            }
+            Phase::Handshake(h) if now >= h.deadline => {
+                ctx.shared.metrics.count_tls_refused("handshake_timeout");
+                Step::Close(
+                    CloseReason::HandshakeTimeout,
+                    format!(
+                        "TLS handshake not finished after {:?}",
+                        self.settings.handshake_timeout
+                    ),
+                )
+            }
+            Phase::TlsTunnel(t)
+                if t.backend_handshaking() && now >= self.last_activity + self.settings.connect_timeout =>
+            {
+                let detail = format!(
+                    "TLS handshake with backend {} ({}) not finished after {:?}",
+                    t.backend.name, t.backend.address, self.settings.connect_timeout
+                );
+                self.phase = Phase::TlsTunnel(t);
+                Step::Close(CloseReason::BackendTlsError, detail)
+            }
+            Phase::TlsTunnel(t) if now >= self.last_activity + self.settings.idle_timeout => {
+                self.phase = Phase::TlsTunnel(t);
+                Step::Close(
+                    CloseReason::IdleTimeout,
+                    format!("no bytes either way for {:?}", self.settings.idle_timeout),
+                )
             }
             Phase::Tunnel(t) if now >= self.last_activity + self.settings.idle_timeout => {
                 self.phase = Phase::Tunnel(t);
@@ -397,7 +496,7 @@ impl Session {
                         Step::Continue => {}
                         close => return (Phase::Closed, close, false),
                     }
-                    let step = self.start_connect(Vec::new(), rest, ctx);
+                    let step = self.begin(rest, ctx);
                     let phase = std::mem::replace(&mut self.phase, Phase::Closed);
                     (phase, step, true)
                 }
@@ -431,15 +530,28 @@ impl Session {
                     Step::Continue => {}
                     close => return (Phase::Closed, close, false),
                 }
-                let step = self.start_connect(Vec::new(), r.buf, ctx);
+                let step = self.begin(r.buf, ctx);
                 let phase = std::mem::replace(&mut self.phase, Phase::Closed);
                 (phase, step, true)
             }
         }
     }
 
+    /// The first bytes a listener must read before routing are in (a PROXY header, or none):
+    /// TLS listeners read a ClientHello next, others connect. Sets `self.phase`.
+    fn begin(&mut self, early: Vec<u8>, ctx: &mut Ctx<'_>) -> Step {
+        if self.settings.tls == TlsMode::Off {
+            return self.start_connect(Vec::new(), early, ctx);
+        }
+        self.phase = Phase::Hello(Hello {
+            buf: early,
+            deadline: ctx.now + self.settings.handshake_timeout,
+        });
+        Step::Continue
+    }
+
     /// Picks a backend (skipping `tried`) and starts a connect; sets `self.phase`.
-    fn start_connect(&mut self, mut tried: Vec<usize>, early: Vec<u8>, ctx: &mut Ctx<'_>) -> Step {
+    pub(super) fn start_connect(&mut self, mut tried: Vec<usize>, early: Vec<u8>, ctx: &mut Ctx<'_>) -> Step {
         loop {
             self.pool.candidates(ctx.candidates);
             let picked = BALANCERS.with(|b| {
@@ -560,8 +672,11 @@ impl Session {
         // SO_ERROR is clear on a writable edge: connected. (A spurious edge would only make
         // the first write return EAGAIN, which the flow handles like any full socket.)
         c.backend.runtime.failures_in_row.store(0, Ordering::Relaxed);
-        let up = Flow::with_early(&c.early, &mut ctx.pools);
         self.last_activity = ctx.now;
+        if self.handshaken.is_some() || self.pool.tls.is_some() {
+            return self.start_tls_tunnel(c, ctx);
+        }
+        let up = Flow::with_early(&c.early, &mut ctx.pools);
         let tunnel = Tunnel {
             backend_sock: c.sock,
             backend_ready: c.ready,
@@ -684,10 +799,20 @@ impl Session {
         ctx: &mut Ctx<'_>,
     ) -> (Phase, Step, bool) {
         self.record_bytes(&t, ctx);
-        // Carry a reset through: the other side gets a RST, not a FIN.
-        let (reason, detail) = match (e, upstream) {
+        let (reason, detail) = self.carry_error(&t.backend_sock, e, upstream);
+        (Phase::Tunnel(t), Step::Close(reason, detail), false)
+    }
+
+    /// Carries a reset through (the other side gets a RST, not a FIN) and names the reason.
+    pub(super) fn carry_error(
+        &self,
+        backend_sock: &TcpStream,
+        e: FlowError,
+        upstream: bool,
+    ) -> (CloseReason, String) {
+        match (e, upstream) {
             (FlowError::SourceReset, true) | (FlowError::DestinationReset, false) => {
-                let _ = SockRef::from(&t.backend_sock).set_linger(Some(Duration::ZERO));
+                let _ = SockRef::from(backend_sock).set_linger(Some(Duration::ZERO));
                 (
                     CloseReason::ClientReset,
                     "client reset the connection".to_string(),
@@ -701,33 +826,38 @@ impl Session {
                 )
             }
             (FlowError::Source(e), true) | (FlowError::Destination(e), false) => {
-                let _ = SockRef::from(&t.backend_sock).set_linger(Some(Duration::ZERO));
+                let _ = SockRef::from(backend_sock).set_linger(Some(Duration::ZERO));
                 (CloseReason::ClientError, e.to_string())
             }
             (FlowError::Source(e), false) | (FlowError::Destination(e), true) => {
                 let _ = SockRef::from(&self.client).set_linger(Some(Duration::ZERO));
                 (CloseReason::BackendError, e.to_string())
             }
-        };
-        (Phase::Tunnel(t), Step::Close(reason, detail), false)
+        }
     }
 
     fn record_bytes(&mut self, t: &Tunnel, ctx: &mut Ctx<'_>) {
-        let up = t.up.bytes - self.bytes.0.min(t.up.bytes);
-        let down = t.down.bytes - self.bytes.1.min(t.down.bytes);
+        self.record_counts(t.up.bytes, t.down.bytes, t.up.spliced + t.down.spliced, ctx);
+    }
+
+    /// Adds the bytes carried since the last call to the node's counters.
+    pub(super) fn record_counts(&mut self, up_total: u64, down_total: u64, spliced: u64, ctx: &mut Ctx<'_>) {
+        let up = up_total - self.bytes.0.min(up_total);
+        let down = down_total - self.bytes.1.min(down_total);
         ctx.shared.metrics.bytes_up.fetch_add(up, Ordering::Relaxed);
         ctx.shared.metrics.bytes_down.fetch_add(down, Ordering::Relaxed);
         ctx.shared
             .metrics
             .spliced_bytes
-            .fetch_add(t.up.spliced + t.down.spliced, Ordering::Relaxed);
-        self.bytes = (t.up.bytes, t.down.bytes);
+            .fetch_add(spliced, Ordering::Relaxed);
+        self.bytes = (up_total, down_total);
     }
 
     /// Whether the session holds pooled buffers or pipes (false for an idle tunnel).
     pub fn holds_buffers(&self) -> bool {
         match &self.phase {
             Phase::Tunnel(t) => t.up.holds_resources() || t.down.holds_resources(),
+            Phase::TlsTunnel(t) => t.up.holds_resources() || t.down.holds_resources(),
             _ => false,
         }
     }
@@ -748,7 +878,15 @@ impl Session {
                 t.down.release(&mut ctx.pools);
                 t.backend.runtime.active.fetch_sub(1, Ordering::Relaxed);
             }
-            Phase::Reading(_) | Phase::Closed => {}
+            Phase::TlsTunnel(mut t) => {
+                if self.bytes != (t.up.bytes, t.down.bytes) {
+                    self.record_counts(t.up.bytes, t.down.bytes, 0, ctx);
+                }
+                t.up.release(&mut ctx.pools);
+                t.down.release(&mut ctx.pools);
+                t.backend.runtime.active.fetch_sub(1, Ordering::Relaxed);
+            }
+            Phase::Reading(_) | Phase::Hello(_) | Phase::Handshake(_) | Phase::Closed => {}
         }
         if let Some(ip) = self.source_slot.take() {
             ctx.shared.sources.release(ip);
@@ -779,7 +917,7 @@ pub fn retain_balancers(pools: &[Arc<PoolPlan>]) {
 }
 
 /// The pending error of a socket (SO_ERROR), if any.
-fn socket_error(sock: &TcpStream) -> Option<io::Error> {
+pub(super) fn socket_error(sock: &TcpStream) -> Option<io::Error> {
     match sock.take_error() {
         Ok(Some(e)) | Err(e) => Some(e),
         Ok(None) => None,
@@ -787,7 +925,7 @@ fn socket_error(sock: &TcpStream) -> Option<io::Error> {
 }
 
 /// An error found on a socket, as if reading it had failed.
-fn source_error(e: io::Error) -> FlowError {
+pub(super) fn source_error(e: io::Error) -> FlowError {
     if matches!(
         e.kind(),
         io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionAborted

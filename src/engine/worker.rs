@@ -396,6 +396,13 @@ impl Worker {
             keepalive: cfg.tcp_keepalive.get(),
             splice: cfg.splice,
             max_per_source: cfg.max_per_source,
+            tls: cfg.tls,
+            server_tls: plan.tls.clone(),
+            sni_routes: plan
+                .sni_routes
+                .iter()
+                .map(|(name, pool)| (name.clone(), snapshot.pools[*pool].clone()))
+                .collect(),
         };
         self.serial += 1;
         let serial = self.serial;

@@ -1,0 +1,338 @@
+//! One direction of a tunnel where a side speaks TLS: offload (TLS with the client through
+//! a `rustls::ServerConnection`), re-encryption (TLS with the backend through a
+//! `rustls::ClientConnection`), or both.
+//!
+//! Owns the plaintext in flight and the half-close bookkeeping: a close_notify (or a bare
+//! FIN) from the source becomes a FIN, or a close_notify then a FIN, at the destination.
+//! Plaintext waits in a pooled buffer only while a plain destination is slower than the
+//! source; records wait inside rustls only while a TLS destination is slower (the source
+//! is not read meanwhile), so an idle tunnel holds no pooled buffer. It never touches
+//! timers or the poller.
+
+use std::io::{self, Read, Write};
+use std::net::Shutdown;
+
+use rustls::Connection;
+
+use super::buffers::Buf;
+use super::flow::{End, FlowError, Pools};
+
+/// How a TLS tunnel failed.
+#[derive(Debug)]
+pub enum TlsFlowError {
+    /// A socket failed (`Source`/`Destination` as seen from the direction that failed).
+    Io(FlowError),
+    /// The source's TLS peer broke the protocol (a bad record, a failed MAC, an alert, a
+    /// backend certificate that does not verify).
+    SourceTls(rustls::Error),
+}
+
+/// One socket of a TLS tunnel: plain, or carrying TLS through a rustls connection.
+pub struct Side<'a> {
+    /// The socket and its readiness.
+    pub end: End<'a>,
+    /// The TLS connection over it (`None`: plain bytes).
+    pub tls: Option<&'a mut Connection>,
+}
+
+/// One direction of a tunnel where at least one side speaks TLS: plaintext from the source
+/// (read, or decrypted) to the destination (written, or encrypted).
+#[derive(Default)]
+pub struct TlsDirection {
+    /// Plaintext not yet delivered to a plain destination.
+    buf: Option<Buf>,
+    start: usize,
+    end: usize,
+    /// The source's stream ended (FIN, close_notify, or a FIN without close_notify).
+    pub eof: bool,
+    /// The source's TLS stream ended with a FIN but no close_notify (logged, carried).
+    pub truncated: bool,
+    /// close_notify was queued for a TLS destination.
+    close_notify_sent: bool,
+    /// The destination's write side was shut down (this direction is finished).
+    pub shut: bool,
+    /// Plaintext bytes delivered.
+    pub bytes: u64,
+}
+
+impl TlsDirection {
+    /// A direction that first delivers `early` raw (client bytes to a plain backend, or a
+    /// PROXY header that must precede a backend's TLS).
+    pub fn with_early(early: &[u8], pools: &mut Pools<'_>) -> TlsDirection {
+        let mut d = TlsDirection::default();
+        if !early.is_empty() {
+            d.buf = Some(super::flow::early_buffer(early, pools));
+            d.end = early.len();
+        }
+        d
+    }
+
+    /// Whether pooled buffers are held (false for an idle tunnel).
+    pub fn holds_resources(&self) -> bool {
+        self.buf.is_some()
+    }
+
+    /// Moves as much as readiness allows; returns whether anything moved.
+    pub fn pump(
+        &mut self,
+        src: Side<'_>,
+        dst: Side<'_>,
+        pools: &mut Pools<'_>,
+    ) -> Result<bool, TlsFlowError> {
+        let Side {
+            end: src_end,
+            tls: mut src_tls,
+        } = src;
+        let Side {
+            end: dst_end,
+            tls: mut dst_tls,
+        } = dst;
+        let mut progress = false;
+        loop {
+            // 1. What waits for the destination goes first: bytes in our buffer (plaintext for
+            //    a plain destination, or a PROXY header that precedes a backend's TLS).
+            if self.end > self.start {
+                if !dst_end.ready.writable {
+                    return Ok(progress);
+                }
+                let buf = self.buf.as_ref().expect("end > start implies a buffer");
+                match (&*dst_end.sock).write(&buf[self.start..self.end]) {
+                    Ok(0) => return Err(TlsFlowError::Io(FlowError::DestinationReset)),
+                    Ok(n) => {
+                        self.start += n;
+                        self.bytes += n as u64;
+                        progress = true;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        dst_end.ready.writable = false;
+                        return Ok(progress);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(TlsFlowError::Io(write_error(e))),
+                }
+                if self.start == self.end {
+                    self.start = 0;
+                    self.end = 0;
+                    if let Some(b) = self.buf.take() {
+                        pools.bufs.give(b);
+                    }
+                }
+                continue;
+            }
+            // Then records inside rustls (whatever produced them: data, handshake, alerts).
+            if let Some(conn) = dst_tls.as_deref_mut() {
+                if conn.wants_write() {
+                    if !dst_end.ready.writable {
+                        return Ok(progress);
+                    }
+                    match conn.write_tls(&mut WriteTo(dst_end.sock)) {
+                        Ok(0) => return Err(TlsFlowError::Io(FlowError::DestinationReset)),
+                        Ok(_) => progress = true,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            dst_end.ready.writable = false;
+                            return Ok(progress);
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(TlsFlowError::Io(write_error(e))),
+                    }
+                    continue;
+                }
+            }
+            // 2. The source ended and everything was delivered: close_notify (TLS), then FIN.
+            if self.eof {
+                if let Some(conn) = dst_tls.as_deref_mut() {
+                    if !self.close_notify_sent {
+                        conn.send_close_notify();
+                        self.close_notify_sent = true;
+                        progress = true;
+                        continue;
+                    }
+                }
+                if !self.shut {
+                    let _ = dst_end.sock.shutdown(Shutdown::Write);
+                    self.shut = true;
+                    progress = true;
+                }
+                return Ok(progress);
+            }
+            // A TLS destination takes plaintext only once its handshake is done (rustls
+            // would buffer it without bound before).
+            if dst_tls.as_deref().is_some_and(|c| c.is_handshaking()) {
+                return Ok(progress);
+            }
+            // 3. More plaintext from the source.
+            let mut buf = self.buf.take().unwrap_or_else(|| pools.bufs.take());
+            let got = match src_tls.as_deref_mut() {
+                Some(conn) => read_plaintext(conn, src_end.sock, src_end.ready, &mut buf[..]),
+                None => read_plain(src_end.sock, src_end.ready, &mut buf[..]),
+            };
+            match got {
+                Ok(Got::Bytes(n)) => {
+                    progress = true;
+                    match dst_tls.as_deref_mut() {
+                        Some(conn) => {
+                            // The buffer limit is lifted, so rustls takes all of it; step 1
+                            // sends it before anything more is read (backpressure).
+                            let written = conn.writer().write_all(&buf[..n]);
+                            pools.bufs.give(buf);
+                            written.map_err(|e| TlsFlowError::Io(FlowError::Destination(e)))?;
+                            self.bytes += n as u64;
+                        }
+                        None => {
+                            self.buf = Some(buf);
+                            self.start = 0;
+                            self.end = n;
+                        }
+                    }
+                }
+                Ok(Got::End { truncated }) => {
+                    pools.bufs.give(buf);
+                    self.eof = true;
+                    self.truncated = truncated;
+                    progress = true;
+                }
+                Ok(Got::Nothing { moved }) => {
+                    pools.bufs.give(buf);
+                    progress |= moved;
+                    if !moved {
+                        return Ok(progress);
+                    }
+                }
+                Err(e) => {
+                    pools.bufs.give(buf);
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// Returns pooled resources (the session is closing).
+    pub fn release(&mut self, pools: &mut Pools<'_>) {
+        if let Some(b) = self.buf.take() {
+            pools.bufs.give(b);
+        }
+        self.start = 0;
+        self.end = 0;
+    }
+}
+
+/// What one attempt to get plaintext from a source gave.
+enum Got {
+    /// Plaintext bytes in the buffer.
+    Bytes(usize),
+    /// The stream ended.
+    End {
+        /// TLS ended by a FIN without close_notify.
+        truncated: bool,
+    },
+    /// No plaintext now; `moved` says records were read (try again), else wait for readiness.
+    Nothing {
+        /// Records were read and processed.
+        moved: bool,
+    },
+}
+
+fn read_plain(
+    sock: &mio::net::TcpStream,
+    ready: &mut super::flow::Ready,
+    buf: &mut [u8],
+) -> Result<Got, TlsFlowError> {
+    if !ready.readable {
+        return Ok(Got::Nothing { moved: false });
+    }
+    match (&*sock).read(buf) {
+        Ok(0) => Ok(Got::End { truncated: false }),
+        Ok(n) => {
+            if n < buf.len() && !ready.read_closed {
+                ready.readable = false;
+            }
+            Ok(Got::Bytes(n))
+        }
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            ready.readable = false;
+            Ok(Got::Nothing { moved: false })
+        }
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(Got::Nothing { moved: true }),
+        Err(e) => Err(TlsFlowError::Io(read_error(e))),
+    }
+}
+
+fn read_plaintext(
+    conn: &mut Connection,
+    sock: &mio::net::TcpStream,
+    ready: &mut super::flow::Ready,
+    buf: &mut [u8],
+) -> Result<Got, TlsFlowError> {
+    match conn.reader().read(buf) {
+        // RFC 8446 §6.1: close_notify, the clean end of the peer's stream.
+        Ok(0) => return Ok(Got::End { truncated: false }),
+        Ok(n) => return Ok(Got::Bytes(n)),
+        // A FIN without close_notify: many peers end so; carried as a FIN.
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(Got::End { truncated: true }),
+        Err(_) => {} // WouldBlock: nothing decrypted yet.
+    }
+    // rustls refuses records while plaintext is pending, which was just drained.
+    if !ready.readable || !conn.wants_read() {
+        return Ok(Got::Nothing { moved: false });
+    }
+    match conn.read_tls(&mut ReadFrom(sock)) {
+        // EOF: the next reader() call sees close_notify or the truncation.
+        Ok(0) => ready.readable = false,
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            ready.readable = false;
+            return Ok(Got::Nothing { moved: false });
+        }
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(Got::Nothing { moved: true }),
+        Err(e) => return Err(TlsFlowError::Io(read_error(e))),
+    }
+    conn.process_new_packets().map_err(TlsFlowError::SourceTls)?;
+    Ok(Got::Nothing { moved: true })
+}
+
+/// Reads a socket through a shared reference (mio implements `Read` for `&TcpStream`).
+pub struct ReadFrom<'a>(pub &'a mio::net::TcpStream);
+
+impl Read for ReadFrom<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        (&*self.0).read(buf)
+    }
+}
+
+/// Writes a socket through a shared reference.
+pub struct WriteTo<'a>(pub &'a mio::net::TcpStream);
+
+impl Write for WriteTo<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        (&*self.0).write(buf)
+    }
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        (&*self.0).write_vectored(bufs)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn is_reset(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionAborted
+    )
+}
+
+fn read_error(e: io::Error) -> FlowError {
+    if is_reset(&e) {
+        FlowError::SourceReset
+    } else {
+        FlowError::Source(e)
+    }
+}
+
+fn write_error(e: io::Error) -> FlowError {
+    if is_reset(&e) {
+        FlowError::DestinationReset
+    } else {
+        FlowError::Destination(e)
+    }
+}

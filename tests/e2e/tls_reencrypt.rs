@@ -1,0 +1,352 @@
+//! Re-encryption end to end: `openssl s_server` backends reached over TLS verified against a
+//! CA bundle or a pinned certificate, behind an offloading listener (s_client and curl see
+//! our certificate) and behind a plain one.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use crate::common::*;
+use crate::tls_offload::{have_tool, s_client, subject, TestCa};
+
+/// An `openssl s_server` for `name` with extra arguments (`-rev`, `-WWW`), started in `cwd`.
+fn s_server(ca: &TestCa, name: &str, extra: &[&str], cwd: &Path) -> (Proc, SocketAddr, std::path::PathBuf) {
+    let (c, k) = ca.leaf(name);
+    let port = free_port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let child = Command::new("openssl")
+        .arg("s_server")
+        .arg("-accept")
+        .arg(addr.to_string())
+        .arg("-cert")
+        .arg(&c)
+        .arg("-key")
+        .arg(&k)
+        .args(extra)
+        .current_dir(cwd)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("openssl s_server");
+    let p = Proc { child };
+    assert!(
+        wait_until(Duration::from_secs(10), || TcpStream::connect(addr).is_ok()),
+        "s_server for {name} did not start"
+    );
+    (p, addr, c)
+}
+
+fn config(
+    admin: SocketAddr,
+    listen: SocketAddr,
+    backend: SocketAddr,
+    listener_extra: &str,
+    pool_tls: &str,
+    state: &Path,
+) -> String {
+    config_full(
+        admin,
+        listen,
+        1,
+        &format!("state_dir = \"{}\"", state.display()),
+        &format!("tls = {{ {pool_tls} }}"),
+        listener_extra,
+        &[("tlsbe", backend, "")],
+    )
+}
+
+fn certificate(ca: &TestCa, name: &str) -> String {
+    let (c, k) = ca.leaf(name);
+    format!(
+        "tls = \"offload\"\ncertificates = [ {{ cert = \"{}\", key = \"{}\", default = true }} ]",
+        c.display(),
+        k.display()
+    )
+}
+
+#[test]
+fn s_client_sees_our_certificate_and_the_backend_is_reached_over_tls() {
+    if !have_tool("openssl") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path(), "Reencrypt Test CA");
+    let (_server, backend, _) = s_server(&ca, "backend.test", &["-rev"], dir.path());
+    let (admin, listen) = addrs();
+    let pool_tls = format!(
+        "ca_file = \"{}\", server_name = \"backend.test\"",
+        ca.ca_file.display()
+    );
+    let g = Gatehouse::start(
+        &config(
+            admin,
+            listen,
+            backend,
+            &certificate(&ca, "front.test"),
+            &pool_tls,
+            dir.path(),
+        ),
+        admin,
+    );
+    let out = s_client(
+        listen,
+        &[
+            "-servername",
+            "front.test",
+            "-CAfile",
+            &ca.ca_file.display().to_string(),
+        ],
+        Some(b"reencrypted\n"),
+    );
+    assert!(
+        out.stdout.contains("Verify return code: 0 (ok)"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        subject(&out).contains("CN = front.test"),
+        "we terminate: {}",
+        subject(&out)
+    );
+    assert!(
+        out.stdout.contains("detpyrcneer"),
+        "the backend (s_server -rev) answered over TLS: {}\n{}",
+        out.stdout,
+        g.log()
+    );
+}
+
+#[test]
+fn curl_through_a_reencrypting_listener() {
+    if !have_tool("openssl") || !have_tool("curl") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let www = dir.path().join("www");
+    std::fs::create_dir(&www).unwrap();
+    std::fs::write(www.join("hello.txt"), "hello over two TLS hops\n").unwrap();
+    let ca = TestCa::new(dir.path(), "Curl Reencrypt CA");
+    let (_server, backend, _) = s_server(&ca, "backend.test", &["-WWW"], &www);
+    let (admin, listen) = addrs();
+    let pool_tls = format!(
+        "ca_file = \"{}\", server_name = \"backend.test\"",
+        ca.ca_file.display()
+    );
+    let _g = Gatehouse::start(
+        &config(
+            admin,
+            listen,
+            backend,
+            &certificate(&ca, "front.test"),
+            &pool_tls,
+            dir.path(),
+        ),
+        admin,
+    );
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "--cacert"])
+        .arg(&ca.ca_file)
+        .arg("--resolve")
+        .arg(format!("front.test:{}:127.0.0.1", listen.port()))
+        .arg(format!("https://front.test:{}/hello.txt", listen.port()))
+        .output()
+        .expect("curl");
+    assert!(
+        out.status.success(),
+        "curl failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello over two TLS hops\n");
+}
+
+#[test]
+fn pinned_certificate_is_required_and_enough() {
+    if !have_tool("openssl") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path(), "Pin Test CA");
+    let (_server, backend, cert) = s_server(&ca, "pinned.test", &["-rev"], dir.path());
+    let pem = std::fs::read(&cert).unwrap();
+    let der = rustls_pemfile::certs(&mut &pem[..]).next().unwrap().unwrap();
+    let pin: Vec<String> = Sha256::digest(der.as_ref())
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect();
+    let pin = pin.join(":");
+
+    // The right pin: a plain client reaches the TLS backend.
+    let (admin, listen) = addrs();
+    let g = Gatehouse::start(
+        &config(
+            admin,
+            listen,
+            backend,
+            "",
+            &format!("pin_sha256 = \"{pin}\""),
+            dir.path(),
+        ),
+        admin,
+    );
+    let mut c = connect_from(listen, None).unwrap();
+    c.write_all(b"abc\n").unwrap();
+    let mut back = [0u8; 4];
+    c.read_exact(&mut back).expect("the backend's answer");
+    assert_eq!(&back, b"cba\n");
+    drop(c);
+    drop(g);
+
+    // A wrong pin: refused at the backend's handshake, counted.
+    let (admin, listen) = addrs();
+    let wrong = "00".repeat(32);
+    let g = Gatehouse::start(
+        &config(
+            admin,
+            listen,
+            backend,
+            "",
+            &format!("pin_sha256 = \"{wrong}\""),
+            dir.path(),
+        ),
+        admin,
+    );
+    let mut c = connect_from(listen, None).unwrap();
+    let _ = c.write_all(b"abc\n");
+    let seen = read_outcome(&mut c, Duration::from_secs(5));
+    assert!(matches!(seen, Seen::Eof | Seen::Reset), "{seen:?}");
+    assert_eq!(
+        g.wait_metric(
+            "gatehouse_connections_closed_total{reason=\"backend_tls_error\"}",
+            1.0,
+            Duration::from_secs(3)
+        ),
+        1.0,
+        "{}",
+        g.log()
+    );
+    assert!(g.log().contains("pin_sha256"), "the log says why");
+}
+
+/// A TLS echo backend (rustls, one thread per connection) with a certificate for `name`;
+/// answers a close_notify with its own.
+fn tls_echo(ca: &TestCa, name: &str) -> SocketAddr {
+    let (c, k) = ca.leaf(name);
+    let certs: Vec<_> = rustls_pemfile::certs(&mut &std::fs::read(&c).unwrap()[..])
+        .map(|c| c.unwrap())
+        .collect();
+    let key = rustls_pemfile::private_key(&mut &std::fs::read(&k).unwrap()[..])
+        .unwrap()
+        .unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = std::sync::Arc::new(
+        rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap(),
+    );
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(sock) = conn else { continue };
+            let config = config.clone();
+            std::thread::spawn(move || {
+                let conn = rustls::ServerConnection::new(config).unwrap();
+                let mut s = rustls::StreamOwned::new(conn, sock);
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if s.write_all(&buf[..n]).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+                s.conn.send_close_notify();
+                let _ = s.flush();
+                let _ = s.sock.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn twenty_megabytes_each_way_through_offload_and_reencryption() {
+    const TOTAL: usize = 20 * 1024 * 1024;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path(), "Double TLS CA");
+    let backend = tls_echo(&ca, "echo.test");
+    let (admin, listen) = addrs();
+    let pool_tls = format!(
+        "ca_file = \"{}\", server_name = \"echo.test\"",
+        ca.ca_file.display()
+    );
+    let g = Gatehouse::start(
+        &config(
+            admin,
+            listen,
+            backend,
+            &certificate(&ca, "front.test"),
+            &pool_tls,
+            dir.path(),
+        ),
+        admin,
+    );
+    let start = std::time::Instant::now();
+    let (sent, got, received, clean) =
+        crate::tls_offload::tls_pump(listen, &ca.ca_file, "front.test", TOTAL, 11);
+    println!(
+        "offload + re-encryption integrity: {} MB each way in {:.2} s, gatehouse CPU {:.2} s",
+        TOTAL >> 20,
+        start.elapsed().as_secs_f64(),
+        g.proc.cpu_seconds()
+    );
+    assert_eq!(received, TOTAL, "bytes lost or added");
+    assert_eq!(sent, got, "checksums differ");
+    assert!(clean, "close_notify crossed both TLS hops");
+    assert_eq!(g.closed("done"), 1.0, "{}", g.log());
+    g.assert_nothing_held();
+}
+
+#[test]
+fn a_silent_tls_backend_is_bounded_by_the_connect_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    // Accepts, then never answers the ClientHello.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let backend = silent.local_addr().unwrap();
+    let held = std::thread::spawn(move || silent.accept().map(|(s, _)| s));
+    let (admin, listen) = addrs();
+    let g = Gatehouse::start(
+        &config(
+            admin,
+            listen,
+            backend,
+            "connect_timeout = \"300ms\"",
+            "insecure_skip_verify = true",
+            dir.path(),
+        ),
+        admin,
+    );
+    let start = std::time::Instant::now();
+    let mut c = connect_from(listen, None).unwrap();
+    c.write_all(b"anyone there?\n").unwrap();
+    let seen = read_outcome(&mut c, Duration::from_secs(5));
+    let waited = start.elapsed();
+    assert!(matches!(seen, Seen::Eof | Seen::Reset), "{seen:?}");
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
+    assert_eq!(g.closed("backend_tls_error"), 1.0, "{}", g.log());
+    drop(held);
+}

@@ -60,6 +60,13 @@ enum Cmd {
     // tls (issue 3): certificate commands, implemented in crate::tls::cli.
     /// Certificates: self-signed, CSR, import (PEM or PFX), show, shared ticket keys.
     Cert(crate::tls::cli::CertArgs),
+    // broker (issue 4): farm PKI, local users and the host-agent shortcut (crate::broker_role::cli).
+    /// The farm's trust: `farm init --dir D` (CA and ticket key), `farm issue NAME --dir D --role R`.
+    Farm(crate::broker_role::cli::FarmArgs),
+    /// The broker's local users: `user add|del|passwd|list -c BROKER_CONFIG`.
+    User(crate::broker_role::cli::UserArgs),
+    /// Run only a host agent reporting to the given brokers.
+    HostAgent(crate::broker_role::cli::HostAgentArgs),
 }
 
 /// Parses the command line and runs it.
@@ -125,6 +132,13 @@ pub fn main() -> ExitCode {
         }
         // tls (issue 3)
         Cmd::Cert(args) => crate::tls::cli::run(args),
+        // broker (issue 4)
+        Cmd::Farm(args) => crate::broker_role::cli::run_farm(args),
+        Cmd::User(args) => crate::broker_role::cli::run_user(args),
+        Cmd::HostAgent(args) => {
+            init_logging("info");
+            crate::broker_role::cli::run_host_agent(args)
+        }
         Cmd::Standin { kind, listen } => {
             let kind = match kind.parse::<gatehouse_bench::standin::Kind>() {
                 Ok(k) => k,

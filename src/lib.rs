@@ -7,6 +7,8 @@
 
 pub mod admin;
 pub mod balance;
+// broker (issue 4): broker, host agent and gateway control client shells.
+pub mod broker_role;
 pub mod cidr;
 pub mod cli;
 pub mod config;

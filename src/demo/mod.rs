@@ -73,12 +73,20 @@ pub fn run(options: DemoOptions) -> Result<(), String> {
         })
         .collect();
     endpoints.extend(node.endpoints.iter().cloned());
+    // broker (issue 4): a broker, and a host agent per stand-in host, in a throw-away farm.
+    let stand_ins: Vec<(String, SocketAddr)> =
+        hosts.iter().map(|(n, h)| (n.clone(), h.local_addr())).collect();
+    let farm_dir = std::env::temp_dir().join(format!("gatehouse-demo-farm-{}", std::process::id()));
+    let broker_ports = crate::broker_role::demo::demo_broker_ports(options.ephemeral);
+    let control = crate::broker_role::demo::DemoControlPlane::start(&farm_dir, &stand_ins, broker_ports)?;
+    endpoints.extend(control.endpoints());
     wait_accepting(&endpoints)?;
     print_summary(&endpoints);
     if let Some(path) = &options.ready_file {
         write_ready_file(path, &endpoints)?;
     }
     let result = node.run_until_stopped();
+    control.stop(); // broker (issue 4)
     for (_, h) in hosts {
         h.stop();
     }

@@ -1,0 +1,130 @@
+//! `gatehouse user add|del|passwd|list` against a broker config, the running broker picking
+//! up changes, and login throttling recorded in the audit log.
+
+use std::time::Duration;
+
+use super::common::{login, outcome, run_cli, Farm};
+
+#[test]
+fn user_cli_round_trip_with_a_running_broker() {
+    let farm = Farm::new();
+    let broker = farm.start_broker("broker-1");
+    let cfg = broker.config.to_str().unwrap();
+    let client = farm.client(&[broker.gw]);
+
+    let reloads = |n: usize| {
+        broker
+            .proc
+            .wait_log("users file reloaded", n, Duration::from_secs(5))
+    };
+    farm.add_user(&broker.config, "bob", "first");
+    let list = run_cli(&["user", "list", "-c", cfg], None);
+    let text = String::from_utf8_lossy(&list.stdout).to_string();
+    assert!(
+        text.contains("alice\tgroups=staff") && text.contains("bob\tgroups=staff"),
+        "{text}"
+    );
+    assert!(!text.contains("argon2"), "list must not print hashes");
+    // The broker reloads the users file within a second or so. (Logins are not polled:
+    // each refusal would count towards bob's lock-out.)
+    assert!(reloads(1), "{}", broker.proc.log_text());
+    assert_eq!(
+        outcome(&client.call(login("bob", "first")).unwrap().reply),
+        "login_ok"
+    );
+
+    let out = run_cli(&["user", "passwd", "bob", "-c", cfg], Some("second"));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(reloads(2));
+    assert_eq!(
+        outcome(&client.call(login("bob", "first")).unwrap().reply),
+        "wrong_password"
+    );
+    assert_eq!(
+        outcome(&client.call(login("bob", "second")).unwrap().reply),
+        "login_ok"
+    );
+
+    let out = run_cli(&["user", "del", "bob", "-c", cfg], None);
+    assert!(out.status.success());
+    let list = run_cli(&["user", "list", "-c", cfg], None);
+    assert!(!String::from_utf8_lossy(&list.stdout).contains("bob"));
+    assert!(reloads(3));
+    assert_eq!(
+        outcome(&client.call(login("bob", "second")).unwrap().reply),
+        "unknown_user"
+    );
+    // Without GATEHOUSE_PASSWORD and with no terminal, the password is read from stdin
+    // (empty here): refused, and never taken from the command line.
+    let out = run_cli(&["user", "add", "carol", "-c", cfg], None);
+    assert!(!out.status.success());
+}
+
+#[test]
+fn throttling_is_in_the_audit_log() {
+    let farm = Farm::new();
+    let broker = farm.start_broker("broker-1");
+    let client = farm.client(&[broker.gw]);
+    // user_max_failures = 3: three wrong guesses are checked, the fourth is refused unchecked,
+    // and so is the right password afterwards.
+    let mut seen = Vec::new();
+    for password in ["w1", "w2", "w3", "w4", "right"] {
+        seen.push(outcome(&client.call(login("alice", password)).unwrap().reply));
+    }
+    assert_eq!(
+        seen,
+        [
+            "wrong_password",
+            "wrong_password",
+            "wrong_password",
+            "user_locked",
+            "user_locked"
+        ]
+    );
+    let audit = std::fs::read_to_string(farm.path("broker-1-audit.log")).unwrap();
+    let lines: Vec<serde_json::Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|v: &serde_json::Value| v["action"] == "login")
+        .collect();
+    assert_eq!(lines.len(), 5, "{audit}");
+    assert_eq!(lines[0]["result"]["refused"], "wrong_password");
+    assert_eq!(lines[3]["result"]["refused"], "user_locked");
+    assert!(lines[3]["detail"]
+        .as_str()
+        .unwrap()
+        .contains("password not checked"));
+    assert_eq!(lines[4]["gateway"], "gw-a");
+    assert!(
+        !audit.contains("w1") && !audit.contains("right\""),
+        "credentials in the audit log"
+    );
+}
+
+#[test]
+fn check_reports_broken_broker_files_at_their_keys() {
+    let farm = Farm::new();
+    farm.issue("broker-1", "broker");
+    let config = farm.broker_config(
+        "broker-1",
+        "127.0.0.1:1".parse().unwrap(),
+        "127.0.0.1:2".parse().unwrap(),
+    );
+    let cfg = config.to_str().unwrap();
+    let out = run_cli(&["check", "-q", "-c", cfg], None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::write(farm.path("farm.toml"), "[[site]]\nname = \"a\"\nbogus = 1\n").unwrap();
+    std::fs::write(
+        farm.path("farm-keys.toml"),
+        "[[key]]\nid = 1\nsecret = \"00\"\ncurrent = true\n",
+    )
+    .unwrap();
+    let out = run_cli(&["check", "-q", "-c", cfg], None);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("broker.farm_file") && err.contains("bogus"), "{err}");
+    assert!(
+        err.contains("broker.farm_key_file") && err.contains("64 hex digits"),
+        "{err}"
+    );
+}

@@ -62,6 +62,8 @@ pub struct Node {
     vrrp: Option<crate::halb_vrrp::VrrpRole>,
     // broker (issue 4): broker and host agent; stopped at the start of the drain.
     control_roles: Option<crate::broker_role::ControlRoles>,
+    // ticket rotation (issue 3): re-reads and rotates the listeners' ticket key files.
+    ticket_keys: Option<crate::tls::rotation::TicketRotation>,
     events: Receiver<ControlEvent>,
     commands: (Sender<Command>, Receiver<Command>),
     options: NodeOptions,
@@ -141,6 +143,8 @@ impl Node {
             None => None,
         };
         let health = start_health(&shared);
+        // ticket rotation (issue 3): one timer for every listener's ticket key file.
+        let ticket_keys = Some(crate::tls::rotation::TicketRotation::start(shared.clone())?);
         // VRRP after the workers: the listeners (freebind on the VIP) serve as soon as it is ours.
         let vrrp = crate::halb_vrrp::VrrpRole::start(&shared)?;
         tracing::info!(
@@ -159,6 +163,7 @@ impl Node {
             health,
             vrrp,
             control_roles,
+            ticket_keys,
             events,
             commands,
             options,
@@ -343,6 +348,10 @@ impl Node {
         }
         if let Some(h) = self.health.take() {
             h.stop();
+        }
+        // ticket rotation (issue 3)
+        if let Some(t) = self.ticket_keys.take() {
+            t.stop();
         }
         if let Some(a) = self.admin.take() {
             a.stop();

@@ -31,6 +31,8 @@ mod tls_offload;
 mod tls_passthrough;
 #[path = "e2e/tls_reencrypt.rs"]
 mod tls_reencrypt;
+#[path = "e2e/tls_tickets.rs"]
+mod tls_tickets;
 #[path = "e2e/tls_tunnel.rs"]
 mod tls_tunnel;
 

@@ -19,8 +19,9 @@ use sha2::{Digest, Sha256};
 use crate::config::{BackendTlsConfig, ListenerConfig, NodeConfig};
 use crate::health::TlsVerify;
 use crate::tls::certs::{self, CertError, CertProblem, SelfSignedOutcome};
+use crate::tls::rotation;
 use crate::tls::server::{CertEntry, ServerTls, ServerTlsSettings, Tickets, TlsSetupError};
-use crate::tls::ticket_keys::{KeyFileRole, TicketKeyFile, TicketKeySchedule};
+use crate::tls::ticket_keys::KeyFileRole;
 
 /// Entries of the TLS 1.2 session-id / TLS 1.3 stateful resumption cache per listener.
 pub const SESSION_CACHE_SIZE: usize = 4096;
@@ -147,16 +148,25 @@ pub fn build(
             default: true,
         });
     }
-    let tickets = match &l.ticket_keys {
+    // ticket rotation (issue 3): the listener's role and schedule come from `rotation`.
+    if l.ticket_key_rotation.is_some() && l.ticket_keys.is_none() {
+        return Err("ticket_key_rotation needs ticket_keys (the file to rotate)".into());
+    }
+    if let Some(r) = l.ticket_key_rotation.filter(|r| r.get() < rotation::MIN_ROTATION) {
+        return Err(format!(
+            "ticket_key_rotation {:?} is shorter than {:?}",
+            r.get(),
+            rotation::MIN_ROTATION
+        ));
+    }
+    let tickets = match rotation::key_file(l) {
         None => Tickets::Local,
-        Some(path) => {
-            let file = TicketKeyFile {
-                path: path.clone(),
-                schedule: TicketKeySchedule::default(),
-                role: KeyFileRole::Rotate,
-            };
-            Tickets::Shared(file.open(now).map_err(|e| format!("ticket_keys: {e}"))?)
-        }
+        Some(file) => Tickets::Shared(file.open(now).map_err(|e| match file.role {
+            KeyFileRole::Follow => format!(
+                "ticket_keys: {e} (this node only reads the file: set ticket_key_rotation on the node that writes it, or run `gatehouse cert ticket-keys`)"
+            ),
+            KeyFileRole::Rotate => format!("ticket_keys: {e}"),
+        })?),
     };
     let settings = ServerTlsSettings {
         certificates,

@@ -9,6 +9,7 @@
 pub mod certs;
 pub mod cli;
 pub mod client_hello;
+pub mod rotation;
 pub mod server;
 pub mod ticket_keys;
 

@@ -97,6 +97,9 @@ pub struct ServerTls {
     pub config: Arc<ServerConfig>,
     /// The chooser inside `config`, for the engine to ask before handshaking (reasons).
     pub resolver: Arc<SniResolver>,
+    // ticket rotation (issue 3): the timer in `super::rotation` refreshes these keys.
+    /// The shared ticket keys inside `config` (a `ticket_keys` file), for the key timer.
+    pub shared_tickets: Option<Arc<SharedTicketer>>,
 }
 
 /// Why a listener's TLS settings cannot be used.
@@ -208,6 +211,10 @@ impl ServerTls {
         Ok(ServerTls {
             config: Arc::new(config),
             resolver,
+            shared_tickets: match &settings.tickets {
+                Tickets::Shared(t) => Some(t.clone()),
+                Tickets::Off | Tickets::Local => None,
+            },
         })
     }
 }

@@ -15,6 +15,13 @@
 #   rr-latency    ping-pong of 32-byte messages at 2,000/s on one connection, directly to the
 #                 echo stand-in and then through the proxy, back to back: added p50 and p99
 #                 (proxy minus direct) in microseconds
+# TLS part (--tls on, the default; --tls only runs just this part), the proxy terminating TLS
+# (gatehouse `tls = "offload"`, HAProxy `bind ... ssl crt`) in front of the stand-ins, with
+# the same certificates made here by openssl (ECDSA P-256, then RSA-2048), TLS 1.3, X25519:
+#   tls-handshake full handshakes, each followed by one 64-byte echo: CPU-us per handshake
+#                 (ECDSA and RSA); resumed handshakes (TLS 1.3 tickets, TLS 1.2): CPU-us each
+#   idle --tls    2,000 idle TLS tunnels: RSS bytes per tunnel
+#   throughput --tls  two streams (one up, one down) through offload: CPU-s per GB
 #
 # Neither proxy logs per connection (HAProxy logs errors only here; gatehouse runs with
 # log_level = "warn", so its per-connection info lines are off).
@@ -26,6 +33,8 @@
 #          [--idle-connections N] [--connections N] [--bytes-per-stream B] [--no-write]
 #          [--rr-rate R] [--rr-duration D]   (rr-latency: default 2000/s for 4s after 1s warmup)
 #          [--gatehouse PATH]   (a prebuilt gatehouse binary; default: build target/release/gatehouse)
+#          [--tls on|off|only] [--tls-handshakes N] [--tls-idle N] [--tls-bytes B]
+#          (--tls only rewrites just the TLS rows inside the section, keeping the others)
 set -euo pipefail
 
 usage() {
@@ -43,6 +52,10 @@ WRITE=1
 GATEHOUSE_BIN=
 RR_RATE=2000
 RR_DURATION=4s
+TLS=on
+TLS_HS=5000
+TLS_IDLE=2000
+TLS_BYTES=$((256 * 1024 * 1024))
 ORIG_CMD="scripts/bench-vs-haproxy.sh${*:+ $*}"
 
 while [[ $# -gt 0 ]]; do
@@ -57,12 +70,17 @@ while [[ $# -gt 0 ]]; do
         --gatehouse) GATEHOUSE_BIN=$2; shift 2 ;;
         --rr-rate) RR_RATE=$2; shift 2 ;;
         --rr-duration) RR_DURATION=$2; shift 2 ;;
+        --tls) TLS=$2; shift 2 ;;
+        --tls-handshakes) TLS_HS=$2; shift 2 ;;
+        --tls-idle) TLS_IDLE=$2; shift 2 ;;
+        --tls-bytes) TLS_BYTES=$2; shift 2 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
 done
 case "$ONLY" in both|haproxy|gatehouse) ;; *) echo "--only takes haproxy or gatehouse" >&2; exit 2 ;; esac
 case "$SPLICE" in on|off|both) ;; *) echo "--splice takes on, off or both" >&2; exit 2 ;; esac
+case "$TLS" in on|off|only) ;; *) echo "--tls takes on, off or only" >&2; exit 2 ;; esac
 if ! [[ "$PAIRS" =~ ^[0-9]+$ ]] || [[ "$PAIRS" -lt 1 ]]; then
     echo "--pairs takes a positive number" >&2; exit 2
 fi
@@ -108,7 +126,7 @@ if [[ "$ONLY" != gatehouse ]] && ! command -v haproxy >/dev/null; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy >/dev/null
 fi
-for tool in jq taskset ss; do
+for tool in jq taskset ss openssl; do
     command -v "$tool" >/dev/null || { echo "missing $tool" >&2; exit 1; }
 done
 log "building release binaries into $TARGET_DIR"
@@ -164,11 +182,11 @@ start_standin() {
 }
 
 write_haproxy_conf() {
-    local conf=$1 port=$2 backend=$3 splice=$4
+    local conf=$1 port=$2 backend=$3 splice=$4 cert=${5:-}
     {
         echo "global"
         echo "    nbthread 1"
-        echo "    maxconn $((IDLE_CONNS + 2000))"
+        echo "    maxconn $((IDLE_CONNS + TLS_IDLE + 2000))"
         echo "    log stderr format raw local0 err"
         echo "defaults"
         echo "    mode tcp"
@@ -181,7 +199,12 @@ write_haproxy_conf() {
             echo "    option splice-response"
         fi
         echo "frontend bench"
-        echo "    bind 127.0.0.1:$port"
+        if [[ -n "$cert" ]]; then
+            # The same certificate and key as gatehouse's, in one PEM.
+            echo "    bind 127.0.0.1:$port ssl crt $WORK/$cert.pem"
+        else
+            echo "    bind 127.0.0.1:$port"
+        fi
         echo "    default_backend hosts"
         echo "backend hosts"
         echo "    server h1 127.0.0.1:$backend"
@@ -189,9 +212,13 @@ write_haproxy_conf() {
 }
 
 write_gatehouse_conf() {
-    local conf=$1 port=$2 backend=$3 splice=$4
-    local flag=false
+    local conf=$1 port=$2 backend=$3 splice=$4 cert=${5:-}
+    local flag=false tls=
     [[ "$splice" == on ]] && flag=true
+    if [[ -n "$cert" ]]; then
+        tls="tls = \"offload\"
+certificates = [ { cert = \"$WORK/$cert.crt\", key = \"$WORK/$cert.key\", default = true } ]"
+    fi
     cat >"$conf" <<EOF
 [node]
 workers = 1
@@ -204,6 +231,7 @@ bind = "127.0.0.1:$port"
 pool = "hosts"
 splice = $flag
 idle_timeout = "1h"
+$tls
 
 [[halb.pool]]
 name = "hosts"
@@ -212,16 +240,17 @@ backends = [ { name = "h1", address = "127.0.0.1:$backend" } ]
 EOF
 }
 
-# start_proxy NAME BACKEND_PORT SPLICE -> sets PROXY_PID and PROXY_PORT
+# start_proxy NAME BACKEND_PORT SPLICE [CERT] -> sets PROXY_PID and PROXY_PORT (CERT: ec or
+# rsa terminates TLS with that certificate)
 start_proxy() {
-    local name=$1 backend=$2 splice=$3
+    local name=$1 backend=$2 splice=$3 cert=${4:-}
     PROXY_PORT=$(free_port)
     local conf=$WORK/$name.conf
     if [[ "$name" == haproxy ]]; then
-        write_haproxy_conf "$conf" "$PROXY_PORT" "$backend" "$splice"
+        write_haproxy_conf "$conf" "$PROXY_PORT" "$backend" "$splice" "$cert"
         taskset -c 0 haproxy -db -f "$conf" >"$WORK/$name.log" 2>&1 &
     else
-        write_gatehouse_conf "$conf" "$PROXY_PORT" "$backend" "$splice"
+        write_gatehouse_conf "$conf" "$PROXY_PORT" "$backend" "$splice" "$cert"
         taskset -c 0 "$GATEHOUSE" run -c "$conf" >"$WORK/$name.log" 2>&1 &
     fi
     PROXY_PID=$!
@@ -308,12 +337,83 @@ measure() {
     stop_proxy
 }
 
+# make_cert NAME OPENSSL-NEWKEY-ARGS... : a leaf for localhost signed by $WORK/ca.crt (made
+# on first use): NAME.crt, NAME.key and NAME.pem (both, for HAProxy) in $WORK
+make_cert() {
+    local name=$1
+    shift
+    if [[ ! -f "$WORK/ca.crt" ]]; then
+        openssl req -x509 -nodes -days 2 -subj "/CN=bench-vs-haproxy CA" -newkey ec \
+            -pkeyopt ec_paramgen_curve:prime256v1 -keyout "$WORK/ca.key" -out "$WORK/ca.crt" 2>/dev/null
+    fi
+    printf '%s\n' "subjectAltName=DNS:localhost" "basicConstraints=critical,CA:FALSE" \
+        "keyUsage=critical,digitalSignature,keyEncipherment" "extendedKeyUsage=serverAuth" >"$WORK/leaf.ext"
+    openssl req -new -nodes -subj /CN=localhost "$@" -keyout "$WORK/$name.key" -out "$WORK/$name.csr" 2>/dev/null
+    openssl x509 -req -in "$WORK/$name.csr" -CA "$WORK/ca.crt" -CAkey "$WORK/ca.key" -CAcreateserial \
+        -days 2 -extfile "$WORK/leaf.ext" -out "$WORK/$name.crt" 2>/dev/null
+    cat "$WORK/$name.crt" "$WORK/$name.key" >"$WORK/$name.pem"
+}
+
+# tls_load OUT_JSON SCENARIO CERT ARGS... : a TLS scenario against the proxy, verifying its
+# certificate against the script's CA
+tls_load() {
+    local out=$1 scenario=$2
+    shift 3
+    run_load "$out" "$scenario" --target "127.0.0.1:$PROXY_PORT" --pid "$PROXY_PID" \
+        --ca "$WORK/ca.crt" --server-name localhost "$@"
+}
+
+measure_tls() {
+    local proxy=$1 pair=$2 out base=$WORK/$1-$2-tls
+    start_proxy "$proxy" "$ECHO_PORT" off ec
+    tls_load "$base-full-ec.json" tls-handshake ec --mode full --connections "$TLS_HS" \
+        --concurrency 8 --payload 64 --sources 8 --warmup 1s --duration 120s
+    record tls_full_ecdsa_cpu_us "$proxy" "$pair" "$(jq -r .derived.cpu_us_per_connection "$base-full-ec.json")"
+    record tls_full_ecdsa_per_s "$proxy" "$pair" "$(jq -r .parameters.handshakes_per_s "$base-full-ec.json")"
+    tls_load "$base-res13.json" tls-handshake ec --mode resumed --connections "$TLS_HS" \
+        --concurrency 8 --payload 64 --sources 8 --warmup 1s --duration 120s
+    record tls_resumed13_cpu_us "$proxy" "$pair" "$(jq -r .derived.cpu_us_per_connection "$base-res13.json")"
+    tls_load "$base-res12.json" tls-handshake ec --mode resumed --tls-version 1.2 --connections "$TLS_HS" \
+        --concurrency 8 --payload 64 --sources 8 --warmup 1s --duration 120s
+    record tls_resumed12_cpu_us "$proxy" "$pair" "$(jq -r .derived.cpu_us_per_connection "$base-res12.json")"
+    stop_proxy
+
+    start_proxy "$proxy" "$ECHO_PORT" off ec
+    out=$base-idle.json
+    tls_load "$out" idle ec --tls --connections "$TLS_IDLE" --hold 3s --sources 8 --concurrency 8
+    local alive
+    alive=$(jq -r .results.alive_after_hold "$out")
+    if [[ "$alive" != "$TLS_IDLE" ]]; then
+        echo "$proxy kept only $alive of $TLS_IDLE idle TLS tunnels" >&2
+        exit 1
+    fi
+    record tls_rss_bytes_per_idle_tunnel "$proxy" "$pair" "$(jq -r .derived.rss_bytes_per_connection "$out")"
+    stop_proxy
+
+    start_proxy "$proxy" "$SINK_PORT" off ec
+    out=$base-throughput.json
+    tls_load "$out" throughput ec --tls --streams 2 --direction both --bytes-per-stream "$TLS_BYTES" --duration 120s
+    record tls_cpu_s_per_gb "$proxy" "$pair" "$(jq -r .derived.cpu_s_per_gb "$out")"
+    stop_proxy
+
+    start_proxy "$proxy" "$ECHO_PORT" off rsa
+    out=$base-full-rsa.json
+    tls_load "$out" tls-handshake rsa --mode full --connections "$TLS_HS" \
+        --concurrency 8 --payload 64 --sources 8 --warmup 1s --duration 120s
+    record tls_full_rsa_cpu_us "$proxy" "$pair" "$(jq -r .derived.cpu_us_per_connection "$out")"
+    stop_proxy
+}
+
 # --- run -----------------------------------------------------------------------------------
 ulimit -n "$(ulimit -Hn)"
 start_standin echo
 ECHO_PORT=$STANDIN_PORT
 start_standin sink
 SINK_PORT=$STANDIN_PORT
+if [[ "$TLS" != off ]]; then
+    make_cert ec -newkey ec -pkeyopt ec_paramgen_curve:prime256v1
+    make_cert rsa -newkey rsa:2048
+fi
 log "stand-ins on CPU 1: echo 127.0.0.1:$ECHO_PORT, sink 127.0.0.1:$SINK_PORT"
 : >"$WORK/values"
 started=$(date +%s)
@@ -324,7 +424,8 @@ for pair in $(seq 1 "$PAIRS"); do
     fi
     for proxy in "${order[@]}"; do
         log "pair $pair/$PAIRS: $proxy"
-        measure "$proxy" "$pair"
+        if [[ "$TLS" != only ]]; then measure "$proxy" "$pair"; fi
+        if [[ "$TLS" != off ]]; then measure_tls "$proxy" "$pair"; fi
     done
 done
 elapsed=$(($(date +%s) - started))
@@ -347,6 +448,12 @@ goal_of() {
         rss_bytes_per_idle_tunnel) echo "<= 1,536 B" ;;
         added_p50_us|added_p99_us) echo "<= 0.8x" ;;
         direct_*) echo "(baseline)" ;;
+        tls_full_ecdsa_cpu_us) echo "<= 0.333x" ;;
+        tls_full_rsa_cpu_us) echo "<= 0.6x" ;;
+        tls_resumed*) echo "(measured, compared)" ;;
+        tls_full_ecdsa_per_s) echo "(rate, closed loop)" ;;
+        tls_rss_bytes_per_idle_tunnel) echo "<= 8,192 B" ;;
+        tls_cpu_s_per_gb) echo "<= 0.8x" ;;
     esac
 }
 label_of() {
@@ -359,18 +466,27 @@ label_of() {
         added_p99_us) echo "added latency p99, us ($RR_RATE/s)" ;;
         direct_p50_us) echo "direct p50, us (no proxy, same pair)" ;;
         direct_p99_us) echo "direct p99, us (no proxy, same pair)" ;;
+        tls_full_ecdsa_cpu_us) echo "TLS 1.3 CPU-us per full handshake, ECDSA P-256" ;;
+        tls_full_rsa_cpu_us) echo "TLS 1.3 CPU-us per full handshake, RSA-2048" ;;
+        tls_full_ecdsa_per_s) echo "TLS 1.3 full ECDSA handshakes per second (8 in flight)" ;;
+        tls_resumed13_cpu_us) echo "TLS 1.3 CPU-us per resumed handshake (ticket)" ;;
+        tls_resumed12_cpu_us) echo "TLS 1.2 CPU-us per resumed handshake" ;;
+        tls_rss_bytes_per_idle_tunnel) echo "RSS bytes per idle TLS tunnel ($TLS_IDLE)" ;;
+        tls_cpu_s_per_gb) echo "CPU-s per GB through TLS offload" ;;
     esac
 }
 
 metrics=()
 for mode in "${splice_modes[@]}"; do metrics+=("cpu_s_per_gb_splice_$mode"); done
 metrics+=(cpu_us_per_connection rss_bytes_per_idle_tunnel added_p50_us added_p99_us direct_p50_us direct_p99_us)
+tls_metrics=(tls_full_ecdsa_cpu_us tls_full_rsa_cpu_us tls_resumed13_cpu_us tls_resumed12_cpu_us
+    tls_full_ecdsa_per_s tls_rss_bytes_per_idle_tunnel tls_cpu_s_per_gb)
 
-table=$WORK/table.md
-{
+# emit_table METRICS... : the markdown table of these figures
+emit_table() {
     echo "| figure | HAProxy median (min-max) | gatehouse median (min-max) | gatehouse/HAProxy per pair | ratio median (min-max) | goal |"
     echo "| --- | --- | --- | --- | --- | --- |"
-    for m in "${metrics[@]}"; do
+    for m in "$@"; do
         cols=()
         for proxy in haproxy gatehouse; do
             # shellcheck disable=SC2046
@@ -390,7 +506,27 @@ table=$WORK/table.md
             echo "| $(label_of "$m") | ${cols[0]} | ${cols[1]} | - | - | $(goal_of "$m") |"
         fi
     done
-} >"$table"
+}
+
+table=$WORK/table.md
+tls_block=$WORK/tls.md
+: >"$table"
+if [[ "$TLS" != only ]]; then emit_table "${metrics[@]}" >"$table"; fi
+if [[ "$TLS" != off ]]; then
+    {
+        echo "<!-- bench-vs-haproxy:tls:begin -->"
+        echo "TLS offload. Command: \`$ORIG_CMD\` ($PAIRS pair(s), $(date -u +%Y-%m-%dT%H:%MZ)). The proxy terminates"
+        echo "TLS 1.3 (X25519) with the same openssl-made certificate (ECDSA P-256; RSA-2048 for its row)"
+        echo "in front of the echo stand-in (the sink for CPU per GB). Handshakes: gatehouse-bench"
+        echo "tls-handshake (rustls client, ring), $TLS_HS per run, 8 in flight, each followed by one"
+        echo "64-byte echo, CPU of the proxy per handshake; resumed runs: each client worker resumes its"
+        echo "own session (TLS 1.3 tickets; TLS 1.2). Idle: $TLS_IDLE TLS tunnels held 3 s. CPU per GB:"
+        echo "two TLS streams, one up and one down, $TLS_BYTES bytes each."
+        echo
+        emit_table "${tls_metrics[@]}"
+        echo "<!-- bench-vs-haproxy:tls:end -->"
+    } >"$tls_block"
+fi
 
 haproxy_version=$(haproxy -v 2>/dev/null | head -1 | awk '{print $3}' || true)
 section=$WORK/section.md
@@ -413,11 +549,13 @@ section=$WORK/section.md
     echo "the verdict is their median."
     echo
     cat "$table"
+    if [[ -s "$tls_block" ]]; then echo; cat "$tls_block"; fi
     echo "<!-- bench-vs-haproxy:end -->"
 } >"$section"
 
 echo
 cat "$table"
+if [[ -s "$tls_block" ]]; then cat "$tls_block"; fi
 echo
 log "done in ${elapsed} s"
 
@@ -426,7 +564,16 @@ if [[ "$WRITE" -eq 1 ]]; then
     if [[ ! -f "$md" ]]; then
         printf '# Benchmarks\n\nFigures measured on this kind of machine, with the commands that produced them.\n\n' >"$md"
     fi
-    if grep -q '<!-- bench-vs-haproxy:begin -->' "$md" && grep -q '<!-- bench-vs-haproxy:end -->' "$md"; then
+    if [[ "$TLS" == only ]] && grep -q '<!-- bench-vs-haproxy:end -->' "$md"; then
+        # Only the TLS rows were measured: replace (or add) the TLS block, keep the rest.
+        awk -v sec="$tls_block" '
+            function emit() { while ((getline line < sec) > 0) print line; done = 1 }
+            /<!-- bench-vs-haproxy:tls:begin -->/ { emit(); skip = 1; next }
+            /<!-- bench-vs-haproxy:tls:end -->/ { skip = 0; next }
+            /<!-- bench-vs-haproxy:end -->/ && !done { print ""; emit() }
+            !skip { print }' "$md" >"$WORK/md.new"
+        cat "$WORK/md.new" >"$md"
+    elif grep -q '<!-- bench-vs-haproxy:begin -->' "$md" && grep -q '<!-- bench-vs-haproxy:end -->' "$md"; then
         awk -v sec="$section" '
             /<!-- bench-vs-haproxy:begin -->/ { while ((getline line < sec) > 0) print line; skip = 1; next }
             /<!-- bench-vs-haproxy:end -->/ { skip = 0; next }

@@ -21,6 +21,7 @@ pub mod procstat;
 pub mod report;
 pub mod scenario;
 pub mod standin;
+pub mod tls;
 pub mod wire;
 
 /// Why a scenario produced no report.

@@ -11,8 +11,11 @@ use gatehouse_bench::capacity::{self, NodeSize, Ramp};
 use gatehouse_bench::net::{parse_duration, parse_size, raise_nofile_limit};
 use gatehouse_bench::plot::{LatencyPlot, Series};
 use gatehouse_bench::report::Report;
-use gatehouse_bench::scenario::{connect_rate, idle, rdp_profile, rr_latency, throughput, Common};
+use gatehouse_bench::scenario::{
+    connect_rate, idle, rdp_profile, rr_latency, throughput, tls_handshake, Common,
+};
 use gatehouse_bench::standin::{Kind, StandIn};
+use gatehouse_bench::tls::{TlsClient, TlsVersion, Verify};
 use gatehouse_bench::BenchError;
 
 /// Load-test harness and stand-in session hosts for gatehouse.
@@ -51,6 +54,11 @@ enum Command {
         /// Bytes per stream in each active direction.
         #[arg(long, default_value_t = 1 << 30)]
         bytes_per_stream: u64,
+        /// TLS to the target (a terminating proxy); with `both`, even streams go up, odd down.
+        #[arg(long)]
+        tls: bool,
+        #[command(flatten)]
+        tls_args: TlsArgs,
     },
     /// Short connections: connect, echo PAYLOAD bytes, close (echo stand-in).
     ConnectRate {
@@ -99,6 +107,34 @@ enum Command {
         /// Workers opening connections.
         #[arg(long, default_value_t = 8)]
         concurrency: usize,
+        /// Hold TLS connections (the target terminates TLS): memory per idle TLS tunnel.
+        #[arg(long)]
+        tls: bool,
+        #[command(flatten)]
+        tls_args: TlsArgs,
+    },
+    /// TLS handshakes (full or resumed), each followed by one echo, against a TLS-terminating
+    /// proxy in front of an echo stand-in; with --pid, the proxy's CPU per handshake.
+    TlsHandshake {
+        #[command(flatten)]
+        common: CommonArgs,
+        /// Handshakes in the measured window.
+        #[arg(long, default_value_t = 10_000)]
+        connections: u64,
+        /// Connections in flight at once (closed loop).
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        /// Bytes echoed after each handshake.
+        #[arg(long, default_value_t = 64)]
+        payload: usize,
+        /// full (no session cache) or resumed (each worker resumes its session).
+        #[arg(long, default_value = "full")]
+        mode: tls_handshake::Mode,
+        /// Open loop at this many handshakes per second instead of a closed loop.
+        #[arg(long)]
+        rate: Option<f64>,
+        #[command(flatten)]
+        tls_args: TlsArgs,
     },
     /// RDP-like sessions (default: the "office" profile) against an rdp stand-in.
     RdpProfile {
@@ -241,6 +277,43 @@ impl ProfileArgs {
             threads: self.threads,
             seed: self.seed,
         }
+    }
+}
+
+/// How TLS scenarios reach the target.
+#[derive(Args, Debug)]
+struct TlsArgs {
+    /// CA certificate file (PEM) that verifies the target's certificate.
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// Do not verify the target's certificate (handshake signatures are still checked).
+    #[arg(long)]
+    insecure: bool,
+    /// Name sent in SNI and verified.
+    #[arg(long, default_value = "localhost")]
+    server_name: String,
+    /// TLS version offered: 1.3 or 1.2.
+    #[arg(long, default_value = "1.3")]
+    tls_version: TlsVersion,
+}
+
+impl TlsArgs {
+    fn verify(&self) -> Result<Verify, BenchError> {
+        match (&self.ca, self.insecure) {
+            (Some(ca), false) => Ok(Verify::CaFile(ca.clone())),
+            (None, true) => Ok(Verify::Insecure),
+            _ => Err(BenchError::Usage(
+                "TLS needs exactly one of --ca FILE and --insecure".into(),
+            )),
+        }
+    }
+
+    /// A client without session cache when `tls` is on.
+    fn client(&self, tls: bool) -> Result<Option<TlsClient>, BenchError> {
+        if !tls {
+            return Ok(None);
+        }
+        TlsClient::new(&self.verify()?, &self.server_name, self.tls_version, false).map(Some)
     }
 }
 
@@ -426,11 +499,14 @@ fn run(command: Command) -> Result<Option<Output>, Box<dyn std::error::Error>> {
             streams,
             direction,
             bytes_per_stream,
+            tls,
+            tls_args,
         } => {
             let p = throughput::Params {
                 streams,
                 direction,
                 bytes_per_stream,
+                tls: tls_args.client(tls)?,
             };
             Output::Report(Box::new(throughput::run(&common.common(), &p)?), common.json)
         }
@@ -487,13 +563,37 @@ fn run(command: Command) -> Result<Option<Output>, Box<dyn std::error::Error>> {
             connections,
             hold,
             concurrency,
+            tls,
+            tls_args,
         } => {
             let p = idle::Params {
                 connections,
                 hold,
                 concurrency,
+                tls: tls_args.client(tls)?,
             };
             Output::Report(Box::new(idle::run(&common.common(), &p)?), common.json)
+        }
+        Command::TlsHandshake {
+            common,
+            connections,
+            concurrency,
+            payload,
+            mode,
+            rate,
+            tls_args,
+        } => {
+            let p = tls_handshake::Params {
+                connections,
+                concurrency,
+                payload,
+                mode,
+                version: tls_args.tls_version,
+                verify: tls_args.verify()?,
+                server_name: tls_args.server_name.clone(),
+                rate,
+            };
+            Output::Report(Box::new(tls_handshake::run(&common.common(), &p)?), common.json)
         }
         Command::RdpProfile {
             common,

@@ -15,6 +15,7 @@ pub mod idle;
 pub mod rdp_profile;
 pub mod rr_latency;
 pub mod throughput;
+pub mod tls_handshake;
 
 /// Options every scenario takes.
 #[derive(Clone, Debug)]

@@ -8,8 +8,11 @@ use std::process::Command;
 use std::time::Duration;
 
 use gatehouse_bench::report::Report;
-use gatehouse_bench::scenario::{connect_rate, idle, rdp_profile, rr_latency, throughput, Common};
+use gatehouse_bench::scenario::{
+    connect_rate, idle, rdp_profile, rr_latency, throughput, tls_handshake, Common,
+};
 use gatehouse_bench::standin::{Kind, StandIn, StandInHandle};
+use gatehouse_bench::tls::{TlsVersion, Verify};
 use gatehouse_bench::BenchError;
 
 fn standin(kind: Kind) -> StandInHandle {
@@ -119,6 +122,7 @@ fn throughput_counts_every_byte_both_ways_through_a_relay() {
             streams: 3,
             direction: throughput::Direction::Both,
             bytes_per_stream: 5_000_000,
+            tls: None,
         },
     )
     .unwrap();
@@ -152,6 +156,7 @@ fn json_schema_is_stable_for_every_scenario() {
                 streams: 1,
                 direction: throughput::Direction::Down,
                 bytes_per_stream: 1_000_000,
+                tls: None,
             },
         )
         .unwrap(),
@@ -170,6 +175,7 @@ fn json_schema_is_stable_for_every_scenario() {
                 connections: 300,
                 hold: Duration::from_millis(200),
                 concurrency: 4,
+                tls: None,
             },
         )
         .unwrap(),
@@ -214,9 +220,9 @@ fn json_schema_is_stable_for_every_scenario() {
     let common_params = set(&["duration_s", "warmup_s", "sources", "pids"]);
     let scenario_params: &[(&str, &[&str])] = &[
         ("rr-latency", &["rate", "connections", "message"]),
-        ("throughput", &["streams", "direction", "bytes_per_stream"]),
+        ("throughput", &["streams", "direction", "bytes_per_stream", "tls"]),
         ("connect-rate", &["connections", "concurrency", "payload"]),
-        ("idle", &["connections", "hold_s", "concurrency"]),
+        ("idle", &["connections", "hold_s", "concurrency", "tls"]),
         (
             "rdp-profile",
             &[
@@ -281,6 +287,7 @@ fn dead_target_is_a_clear_error_in_every_scenario() {
                 streams: 1,
                 direction: throughput::Direction::Up,
                 bytes_per_stream: 10,
+                tls: None,
             },
         )
         .unwrap_err(),
@@ -299,10 +306,12 @@ fn dead_target_is_a_clear_error_in_every_scenario() {
                 connections: 10,
                 hold: Duration::ZERO,
                 concurrency: 1,
+                tls: None,
             },
         )
         .unwrap_err(),
         rdp_profile::run(&c, &rdp_profile::Params::office(2)).unwrap_err(),
+        tls_handshake::run(&c, &tls_params(tls_handshake::Mode::Full)).unwrap_err(),
     ];
     for e in errors {
         assert!(matches!(e, BenchError::TargetDead { .. }), "{e:?}");
@@ -361,4 +370,30 @@ fn binary_json_output_parses() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["results"]["connections"], 50);
     assert!(v["derived"]["cpu_us_per_connection"].is_number());
+}
+
+fn tls_params(mode: tls_handshake::Mode) -> tls_handshake::Params {
+    tls_handshake::Params {
+        connections: 10,
+        concurrency: 1,
+        payload: 64,
+        mode,
+        version: TlsVersion::Tls13,
+        verify: Verify::Insecure,
+        server_name: "localhost".into(),
+        rate: None,
+    }
+}
+
+#[test]
+fn tls_handshakes_against_a_plain_echo_are_no_progress_with_the_tls_error() {
+    let echo = StandIn::bind(Kind::Echo, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = echo.local_addr();
+    let _h = echo.spawn();
+    let mut c = common(addr);
+    c.warmup = Duration::ZERO;
+    c.duration = Duration::from_secs(1);
+    let e = tls_handshake::run(&c, &tls_params(tls_handshake::Mode::Full)).unwrap_err();
+    assert!(matches!(e, BenchError::NoProgress { .. }), "{e:?}");
+    assert!(e.to_string().contains("TLS"), "{e}");
 }

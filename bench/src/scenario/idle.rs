@@ -1,4 +1,5 @@
-//! `idle`: N connections opened, each checked live with one echo, then held idle.
+//! `idle`: N connections opened, each checked live with one echo, then held idle (with
+//! `tls`, TLS connections to a terminating proxy: the memory per idle TLS tunnel).
 //!
 //! With `--pid`, the RSS of each process is read before the first connection and at the end
 //! of the hold (the connections idle by then); the growth divided by the connections held is
@@ -6,7 +7,6 @@
 //! (`alive_after_hold`), so a proxy that dropped idle tunnels is caught.
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,6 +15,7 @@ use serde_json::json;
 use super::{finish, require_progress, Common, FirstError};
 use crate::net::{probe, SourcePool};
 use crate::report::{Report, Results};
+use crate::tls::TlsClient;
 use crate::BenchError;
 
 /// Parameters of `idle`.
@@ -26,7 +27,13 @@ pub struct Params {
     pub hold: Duration,
     /// Workers opening connections at once.
     pub concurrency: usize,
+    /// Open TLS connections with this client (full handshakes) instead of plain ones.
+    pub tls: Option<TlsClient>,
 }
+
+/// A held connection, plain or TLS.
+trait Held: Read + Write + Send {}
+impl<T: Read + Write + Send> Held for T {}
 
 const PING: &[u8] = b"gatehouse-idle!!";
 
@@ -49,6 +56,7 @@ pub fn run(common: &Common, p: &Params) -> Result<Report, BenchError> {
         .map(|w| {
             let (sources, first, held) = (sources.clone(), first.clone(), held.clone());
             let target = common.target;
+            let tls = p.tls.clone();
             let count = p.connections / workers + usize::from(w < p.connections % workers);
             std::thread::spawn(move || {
                 let mut mine = Vec::with_capacity(count);
@@ -57,7 +65,18 @@ pub fn run(common: &Common, p: &Params) -> Result<Report, BenchError> {
                     match sources
                         .connect(target, Duration::from_secs(5))
                         .map_err(|e| format!("connect: {e}"))
-                        .and_then(|mut c| ping(&mut c).map(|()| c))
+                        .and_then(|c| -> Result<Box<dyn Held>, String> {
+                            c.set_read_timeout(Some(Duration::from_secs(5)))
+                                .map_err(|e| e.to_string())?;
+                            match &tls {
+                                None => Ok(Box::new(c)),
+                                Some(t) => {
+                                    c.set_nodelay(true).map_err(|e| e.to_string())?;
+                                    Ok(Box::new(t.wrap(c)?))
+                                }
+                            }
+                        })
+                        .and_then(|mut c| ping(&mut *c).map(|()| c))
                     {
                         Ok(c) => mine.push(c),
                         Err(e) => {
@@ -81,7 +100,11 @@ pub fn run(common: &Common, p: &Params) -> Result<Report, BenchError> {
     let processes = common.close_window(&window)?;
     let opened = conns.len() as u64;
     require_progress(common.target, opened, &first)?;
-    let alive = conns.iter_mut().map(ping).filter(Result::is_ok).count() as u64;
+    let alive = conns
+        .iter_mut()
+        .map(|c| ping(&mut **c))
+        .filter(Result::is_ok)
+        .count() as u64;
     drop(conns);
     let results = Results {
         elapsed_s,
@@ -97,13 +120,12 @@ pub fn run(common: &Common, p: &Params) -> Result<Report, BenchError> {
         "connections": p.connections,
         "hold_s": p.hold.as_secs_f64(),
         "concurrency": p.concurrency,
+        "tls": p.tls.is_some(),
     });
     Ok(finish("idle", common, extra, results, processes, true))
 }
 
-fn ping(c: &mut TcpStream) -> Result<(), String> {
-    c.set_read_timeout(Some(Duration::from_secs(5)))
-        .map_err(|e| e.to_string())?;
+fn ping(c: &mut dyn Held) -> Result<(), String> {
     c.write_all(PING).map_err(|e| format!("write: {e}"))?;
     let mut back = [0u8; PING.len()];
     c.read_exact(&mut back)

@@ -4,6 +4,11 @@
 //! reads as many down, then half-closes; the sink reports the upstream count, so both
 //! directions are checked: what arrived equals what was sent. The measured window is the
 //! whole transfer (warmup does not apply); `duration` is a cap.
+//!
+//! With `tls` (a TLS-terminating proxy in front of the sink), each stream moves bytes one way
+//! (rustls drives one connection from one thread): with `both`, even streams go up and odd
+//! ones down; a stream ends its upstream with close_notify, which the proxy passes on as a
+//! half-close.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::Shutdown;
@@ -16,6 +21,7 @@ use serde_json::json;
 use super::{finish, require_progress, Common, FirstError};
 use crate::net::{probe, SourcePool};
 use crate::report::{Report, Results};
+use crate::tls::TlsClient;
 use crate::wire::source::{SourceRequest, REPORT_LEN};
 use crate::BenchError;
 
@@ -61,6 +67,8 @@ pub struct Params {
     pub direction: Direction,
     /// Bytes each stream moves in each active direction.
     pub bytes_per_stream: u64,
+    /// TLS to the target (one direction per stream, see the module comment).
+    pub tls: Option<TlsClient>,
 }
 
 struct StreamOutcome {
@@ -84,15 +92,22 @@ pub fn run(common: &Common, p: &Params) -> Result<Report, BenchError> {
     let first = Arc::new(FirstError::default());
     let deadline = Instant::now() + common.duration.max(Duration::from_secs(1));
     let threads: Vec<_> = (0..p.streams)
-        .map(|_| {
+        .map(|i| {
             let (sources, barrier, first) = (sources.clone(), barrier.clone(), first.clone());
             let target = common.target;
+            let tls = p.tls.clone();
+            let (up_bytes, down_bytes) = match (&tls, p.direction) {
+                (Some(_), Direction::Both) if i % 2 == 0 => (up_bytes, 0),
+                (Some(_), Direction::Both) => (0, down_bytes),
+                _ => (up_bytes, down_bytes),
+            };
             std::thread::spawn(move || {
                 let conn = sources.connect(target, Duration::from_secs(5));
                 barrier.wait();
-                let outcome = conn
-                    .map_err(|e| e.to_string())
-                    .and_then(|c| one_stream(c, up_bytes, down_bytes, deadline));
+                let outcome = conn.map_err(|e| e.to_string()).and_then(|c| match &tls {
+                    None => one_stream(c, up_bytes, down_bytes, deadline),
+                    Some(t) => one_tls_stream(t, c, up_bytes, down_bytes, deadline),
+                });
                 outcome.unwrap_or_else(|e| {
                     first.note(|| e);
                     StreamOutcome {
@@ -128,6 +143,7 @@ pub fn run(common: &Common, p: &Params) -> Result<Report, BenchError> {
         "streams": p.streams,
         "direction": p.direction.name(),
         "bytes_per_stream": p.bytes_per_stream,
+        "tls": p.tls.is_some(),
     });
     Ok(finish("throughput", common, extra, results, processes, false))
 }
@@ -192,6 +208,73 @@ fn one_stream(
     if !matched {
         return Err(format!(
             "byte count mismatch: down {received}/{down_bytes}, up reported {reported:?} of {up_sent}"
+        ));
+    }
+    Ok(StreamOutcome {
+        up_sent,
+        down_received: received,
+        matched,
+    })
+}
+
+/// One stream over TLS: header, `up_bytes` up, close_notify, then everything down until the
+/// proxy closes (the sink's report last).
+fn one_tls_stream(
+    client: &TlsClient,
+    conn: std::net::TcpStream,
+    up_bytes: u64,
+    down_bytes: u64,
+    deadline: Instant,
+) -> Result<StreamOutcome, String> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    conn.set_read_timeout(Some(left.max(Duration::from_millis(100))))
+        .map_err(|e| e.to_string())?;
+    let mut s = client.wrap(conn)?;
+    let header = SourceRequest {
+        down_bytes,
+        report_up: true,
+    }
+    .encode();
+    s.write_all(&header).map_err(|e| format!("TLS: {e}"))?;
+    // One full TLS record per write.
+    let chunk = vec![0x3Cu8; 16 * 1024];
+    let mut up_sent = 0u64;
+    while up_sent < up_bytes {
+        let n = (up_bytes - up_sent).min(chunk.len() as u64) as usize;
+        s.write_all(&chunk[..n]).map_err(|e| format!("writing: {e}"))?;
+        up_sent += n as u64;
+    }
+    s.conn.send_close_notify();
+    s.flush().map_err(|e| format!("close_notify: {e}"))?;
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut received = 0u64;
+    let mut tail = Vec::with_capacity(REPORT_LEN);
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                let payload = (down_bytes.saturating_sub(received)).min(n as u64) as usize;
+                received += payload as u64;
+                tail.extend_from_slice(&buf[payload..n]);
+                if tail.len() > REPORT_LEN {
+                    return Err(format!("{} bytes more than expected", tail.len() - REPORT_LEN));
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            // A proxy that closes without close_notify after the whole report: complete.
+            Err(e) if e.kind() == ErrorKind::UnexpectedEof && tail.len() == REPORT_LEN => break,
+            Err(e) => return Err(format!("reading after {received} bytes: {e}")),
+        }
+    }
+    let reported = (tail.len() == REPORT_LEN).then(|| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&tail);
+        u64::from_be_bytes(b)
+    });
+    let matched = received == down_bytes && reported == Some(up_sent);
+    if !matched {
+        return Err(format!(
+            "byte count mismatch over TLS: down {received}/{down_bytes}, up reported {reported:?} of {up_sent}"
         ));
     }
     Ok(StreamOutcome {

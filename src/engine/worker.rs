@@ -70,6 +70,24 @@ pub fn spawn(
     Ok(WorkerHandle { thread })
 }
 
+/// The resources a session step borrows from the worker. A macro rather than a method so
+/// that a session (borrowed from the slab) and the pools (other fields) can be borrowed at
+/// the same time.
+macro_rules! worker_ctx {
+    ($worker:ident, $now:expr) => {
+        Ctx {
+            registry: $worker.poll.registry(),
+            pools: Pools {
+                bufs: &mut $worker.bufs,
+                pipes: &mut $worker.pipes,
+            },
+            shared: &$worker.shared,
+            now: $now,
+            candidates: &mut $worker.candidates,
+        }
+    };
+}
+
 struct Worker {
     id: usize,
     poll: Poll,
@@ -210,35 +228,11 @@ impl Worker {
         }
     }
 
-    fn ctx<'a>(
-        poll: &'a Poll,
-        bufs: &'a mut BufferPool,
-        pipes: &'a mut PipePool,
-        shared: &'a Shared,
-        candidates: &'a mut Vec<crate::balance::Candidate>,
-        now: Instant,
-    ) -> Ctx<'a> {
-        Ctx {
-            registry: poll.registry(),
-            pools: Pools { bufs, pipes },
-            shared,
-            now,
-            candidates,
-        }
-    }
-
     fn drive(&mut self, key: usize, now: Instant) {
         let Some(session) = self.sessions.get_mut(key) else {
             return;
         };
-        let mut ctx = Self::ctx(
-            &self.poll,
-            &mut self.bufs,
-            &mut self.pipes,
-            &self.shared,
-            &mut self.candidates,
-            now,
-        );
+        let mut ctx = worker_ctx!(self, now);
         let step = session.drive(&mut ctx);
         self.after_step(key, step, now);
     }
@@ -267,11 +261,7 @@ impl Worker {
     fn fire(&mut self, entry: TimerEntry, now: Instant) {
         if entry.key == ACCEPT_TIMER {
             if self.accept_paused {
-                self.accept_paused = false;
-                let all: Vec<usize> = self.listeners.keys().copied().collect();
-                for idx in all {
-                    self.accept(idx, now);
-                }
+                self.resume_accept(now);
             }
             return;
         }
@@ -282,14 +272,7 @@ impl Worker {
             return;
         }
         s.armed_tick = None;
-        let mut ctx = Self::ctx(
-            &self.poll,
-            &mut self.bufs,
-            &mut self.pipes,
-            &self.shared,
-            &mut self.candidates,
-            now,
-        );
+        let mut ctx = worker_ctx!(self, now);
         let step = s.on_timer(&mut ctx);
         let step = match step {
             // A timer may have moved the session on (a retry): let it make progress.
@@ -408,28 +391,14 @@ impl Worker {
         let serial = self.serial;
         let entry = self.sessions.vacant_entry();
         let key = entry.key();
-        let mut ctx = Self::ctx(
-            &self.poll,
-            &mut self.bufs,
-            &mut self.pipes,
-            &self.shared,
-            &mut self.candidates,
-            now,
-        );
+        let mut ctx = worker_ctx!(self, now);
         match Session::accept(key, serial, stream, peer, plan, pool, settings, &mut ctx) {
             Ok((session, step)) => {
                 entry.insert(session);
                 let step = match step {
                     Step::Continue => {
                         let s = self.sessions.get_mut(key).expect("just inserted");
-                        let mut ctx = Self::ctx(
-                            &self.poll,
-                            &mut self.bufs,
-                            &mut self.pipes,
-                            &self.shared,
-                            &mut self.candidates,
-                            now,
-                        );
+                        let mut ctx = worker_ctx!(self, now);
                         s.drive(&mut ctx)
                     }
                     close => close,
@@ -449,14 +418,7 @@ impl Worker {
             return;
         }
         let mut s = self.sessions.remove(key);
-        let mut ctx = Self::ctx(
-            &self.poll,
-            &mut self.bufs,
-            &mut self.pipes,
-            &self.shared,
-            &mut self.candidates,
-            now,
-        );
+        let mut ctx = worker_ctx!(self, now);
         if matches!(
             reason,
             CloseReason::ProxyHeaderInvalid | CloseReason::ProxyHeaderUntrusted
@@ -486,6 +448,11 @@ impl Worker {
             return;
         }
         // A slot freed: if we paused for the connection limit, try again now.
+        self.resume_accept(now);
+    }
+
+    /// Ends an accept pause and accepts on every listener (their edges may have passed).
+    fn resume_accept(&mut self, now: Instant) {
         self.accept_paused = false;
         let all: Vec<usize> = self.listeners.keys().copied().collect();
         for idx in all {

@@ -10,11 +10,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::WebPkiSupportedAlgorithms;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
-use sha2::{Digest, Sha256};
+use rustls::pki_types::ServerName;
+use rustls::ClientConfig;
 
 use crate::config::{BackendTlsConfig, ListenerConfig, NodeConfig};
 use crate::health::TlsVerify;
@@ -22,6 +19,7 @@ use crate::tls::certs::{self, CertError, CertProblem, SelfSignedOutcome};
 use crate::tls::rotation;
 use crate::tls::server::{CertEntry, ServerTls, ServerTlsSettings, Tickets, TlsSetupError};
 use crate::tls::ticket_keys::KeyFileRole;
+use crate::tls::verify::CertificateRule;
 
 /// Entries of the TLS 1.2 session-id / TLS 1.3 stateful resumption cache per listener.
 pub const SESSION_CACHE_SIZE: usize = 4096;
@@ -209,18 +207,7 @@ pub fn build_backend(t: &BackendTlsConfig) -> Result<BackendTls, String> {
         None => None,
     };
     let config = if let Some(pin) = &t.pin_sha256 {
-        let pin = parse_pin(pin)?;
-        let provider = crate::tls::provider();
-        let config = ClientConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(PinnedCertificate {
-                sha256: pin,
-                algorithms: provider.signature_verification_algorithms,
-            }))
-            .with_no_client_auth();
-        Arc::new(config)
+        CertificateRule::Pinned(parse_pin(pin)?).client_config()?
     } else if let Some(ca) = &t.ca_file {
         TlsVerify::CaFile(ca.clone()).client_config()?
     } else if t.insecure_skip_verify {
@@ -243,55 +230,6 @@ pub fn parse_pin(text: &str) -> Result<[u8; 32], String> {
         *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
     }
     Ok(out)
-}
-
-/// Trusts exactly one backend certificate, by its SHA-256; the handshake signature is
-/// still checked against that certificate's key.
-#[derive(Debug)]
-struct PinnedCertificate {
-    sha256: [u8; 32],
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for PinnedCertificate {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        if Sha256::digest(end_entity.as_ref()).as_slice() == self.sha256 {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::General(
-                "the backend's certificate does not match pin_sha256".into(),
-            ))
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
 }
 
 /// Checks a listener's cipher suites, key-exchange groups, ALPN and minimum version the way

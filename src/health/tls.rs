@@ -1,27 +1,25 @@
 //! rustls client configuration for TLS and HTTPS checks.
 //!
-//! Owns loading the CA file and the skip-verification verifier. Uses the ring provider
-//! explicitly so it never depends on a process-wide default provider being installed.
+//! Owns loading the CA file; skipping verification uses the crate's one custom verifier
+//! (`tls::verify`). Uses the crate's provider explicitly, never a process-wide default.
 
 use std::fs::File;
 use std::io::BufReader;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::WebPkiSupportedAlgorithms;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, RootCertStore};
 
 use super::spec::TlsVerify;
+use crate::tls::verify::CertificateRule;
 
 impl TlsVerify {
     /// Builds the client configuration for this verification choice: reads and parses the CA
     /// file for [`TlsVerify::CaFile`]. Config validation calls it to report an unusable CA file
     /// early; the checker calls it once per target and again while it keeps failing.
     pub fn client_config(&self) -> Result<Arc<ClientConfig>, String> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = ClientConfig::builder_with_provider(provider.clone())
+        let builder = ClientConfig::builder_with_provider(crate::tls::provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| format!("tls protocol versions: {e}"))?;
         let config = match self {
@@ -40,12 +38,7 @@ impl TlsVerify {
                 }
                 builder.with_root_certificates(roots).with_no_client_auth()
             }
-            TlsVerify::InsecureSkipVerify => builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate {
-                    algorithms: provider.signature_verification_algorithms,
-                }))
-                .with_no_client_auth(),
+            TlsVerify::InsecureSkipVerify => return CertificateRule::AnyInsecure.client_config(),
         };
         Ok(Arc::new(config))
     }
@@ -58,48 +51,6 @@ pub(crate) fn server_name(name: Option<&str>, ip: IpAddr) -> Result<ServerName<'
             ServerName::try_from(n.to_string()).map_err(|e| format!("invalid tls server name {n:?}: {e}"))
         }
         None => Ok(ServerName::IpAddress(ip.into())),
-    }
-}
-
-/// Accepts any server certificate but still checks that the server signed the handshake with
-/// the key of the certificate it sent, so a probe sees a real TLS peer.
-#[derive(Debug)]
-struct AcceptAnyCertificate {
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for AcceptAnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
     }
 }
 

@@ -12,6 +12,7 @@ pub mod client_hello;
 pub mod rotation;
 pub mod server;
 pub mod ticket_keys;
+pub mod verify;
 
 use std::sync::Arc;
 

@@ -92,9 +92,9 @@ if [[ $(nproc) -lt 2 ]]; then
     echo "needs at least 2 CPUs (proxy on CPU 0, load on CPU 1)" >&2
     exit 1
 fi
-for tool in jq taskset ss; do
-    command -v "$tool" >/dev/null || { echo "missing $tool" >&2; exit 1; }
-done
+# shellcheck source=scripts/bench-lib.sh
+source "$ROOT/scripts/bench-lib.sh"
+need_packages jq:jq taskset:util-linux ss:iproute2
 log "building release binaries into $TARGET_DIR"
 if [[ -n "$GATEHOUSE_BIN" ]]; then
     (cd "$ROOT" && cargo build --release -q -p gatehouse-bench)
@@ -102,32 +102,6 @@ else
     (cd "$ROOT" && cargo build --release -q -p gatehouse-bench -p gatehouse)
 fi
 
-free_port() {
-    local port
-    while :; do
-        port=$((20000 + RANDOM % 30000))
-        if ! ss -Htan "sport = :$port" | grep -q .; then
-            echo "$port"
-            return
-        fi
-    done
-}
-
-wait_port() {
-    local port=$1 pid=$2 i
-    for i in $(seq 1 100); do
-        if ! kill -0 "$pid" 2>/dev/null; then
-            echo "process $pid exited before listening on $port" >&2
-            return 1
-        fi
-        if ss -Htln "sport = :$port" | grep -q .; then
-            return 0
-        fi
-        sleep 0.05
-    done
-    echo "nothing listens on port $port after 5 s" >&2
-    return 1
-}
 
 ulimit -n "$(ulimit -Hn)"
 standin_ports=()

@@ -121,14 +121,12 @@ case "$ONLY" in
 esac
 
 # --- dependencies and binaries -------------------------------------------------------------
-if [[ "$ONLY" != gatehouse ]] && ! command -v haproxy >/dev/null; then
-    log "installing haproxy from Debian"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy >/dev/null
+# shellcheck source=scripts/bench-lib.sh
+source "$ROOT/scripts/bench-lib.sh"
+need_packages jq:jq taskset:util-linux ss:iproute2 openssl:openssl
+if [[ "$ONLY" != gatehouse ]]; then
+    need_packages haproxy:haproxy
 fi
-for tool in jq taskset ss openssl; do
-    command -v "$tool" >/dev/null || { echo "missing $tool" >&2; exit 1; }
-done
 log "building release binaries into $TARGET_DIR"
 if [[ "$ONLY" == haproxy || -n "$GATEHOUSE_BIN" ]]; then
     (cd "$ROOT" && cargo build --release -q -p gatehouse-bench)
@@ -137,32 +135,6 @@ else
 fi
 
 # --- helpers -------------------------------------------------------------------------------
-free_port() {
-    local port
-    while :; do
-        port=$((20000 + RANDOM % 30000))
-        if ! ss -Htan "sport = :$port" | grep -q .; then
-            echo "$port"
-            return
-        fi
-    done
-}
-
-wait_port() {
-    local port=$1 pid=$2 i
-    for i in $(seq 1 100); do
-        if ! kill -0 "$pid" 2>/dev/null; then
-            echo "process $pid exited before listening on $port" >&2
-            return 1
-        fi
-        if ss -Htln "sport = :$port" | grep -q .; then
-            return 0
-        fi
-        sleep 0.05
-    done
-    echo "nothing listens on port $port after 5 s" >&2
-    return 1
-}
 
 # start_standin KIND -> sets STANDIN_PORT (not in a subshell: the pid must be remembered)
 start_standin() {

@@ -272,7 +272,22 @@ impl Node {
                 return Err(e);
             }
         };
+        // broker (issue 4): SIGHUP reloads the farm file (and [ldap]) too; a farm that does
+        // not load refuses the whole reload.
+        let broker_note = match self.control_roles.as_ref().map(|c| c.reload(&new)) {
+            Some(Err(e)) => {
+                self.shared
+                    .metrics
+                    .reloads_failed
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::error!("reload refused: {e}; the previous configuration keeps serving");
+                return Err(e);
+            }
+            Some(Ok(note)) => note,
+            None => None,
+        };
         let mut notes = Vec::new();
+        notes.extend(broker_note.as_deref());
         if old.worker_count() != new.worker_count() {
             notes.push("node.workers changes at the next restart");
         }

@@ -10,8 +10,12 @@ mod demo;
 mod failover;
 #[path = "broker/farm.rs"]
 mod farm;
+#[path = "broker/ldap.rs"]
+mod ldap;
 #[path = "broker/least_loaded.rs"]
 mod least_loaded;
+#[path = "broker/reload.rs"]
+mod reload;
 #[path = "broker/tickets.rs"]
 mod tickets;
 #[path = "broker/users.rs"]

@@ -1,6 +1,8 @@
 //! The broker's shell: listeners for gateways (20002) and host agents (20003), a thread per
-//! connection, a small pool that checks passwords off the connection threads, and a ticker
-//! that expires state and reloads the users file when it changes.
+//! connection, a small pool that checks passwords off the connection threads, a thread per
+//! LDAP directory check (bounded by `[ldap] max_pending`), a ticker that expires state and
+//! reloads the users file when it changes, and the SIGHUP reload of the farm file
+//! ([`BrokerServer::reload`], called by the node's reload through `ControlRoles::reload`).
 //!
 //! Threads with blocking sockets rather than mio: a broker serves a few gateways and a few
 //! hundred host agents, each sending a handful of frames a second, and the expensive work
@@ -9,7 +11,7 @@
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
@@ -18,12 +20,16 @@ use crossbeam_channel::Sender;
 use parking_lot::Mutex;
 use rustls::ServerConfig;
 
-use gatehouse_control::broker::{Broker, BrokerSetup, Farm, JsonLinesAudit, Now, PeerInfo, UserDb};
+use gatehouse_control::broker::{
+    AuthOutcome, Broker, BrokerSetup, CheckRoute, Credentials, Farm, JsonLinesAudit, LdapDirectory, Now,
+    PeerInfo, PendingLogin, UserDb,
+};
 use gatehouse_control::frame::{KeepaliveConfig, Role};
 use gatehouse_control::message::{self, Event, Inbound, Reply, Request};
 
 use super::link::{our_hello, Link};
-use super::BrokerSection;
+use super::{BrokerSection, ControlRoles};
+use crate::config::Config;
 
 /// How long a gateway's connection thread waits for bytes before looking at its queue of
 /// finished logins: the most a login answer waits after its hash is done.
@@ -46,6 +52,9 @@ pub struct BrokerServer {
     draining: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
     broker: Arc<Mutex<Broker>>,
+    shared: Arc<Shared>,
+    /// The section the broker started with (what a reload cannot change is compared to it).
+    started: BrokerSection,
     /// The address gateways connect to.
     pub gateway_addr: SocketAddr,
     /// The address host agents connect to.
@@ -54,8 +63,14 @@ pub struct BrokerServer {
 
 struct Shared {
     broker: Arc<Mutex<Broker>>,
-    /// The users the pool checks passwords against (replaced on reload).
-    users: Mutex<Arc<UserDb>>,
+    /// The local users and the directory that checks run against (replaced on reload).
+    credentials: Mutex<Credentials>,
+    /// The users file the ticker watches (a reload may name another).
+    users_file: Mutex<PathBuf>,
+    /// Bumped by every farm reload, so connections re-read their gateway's site.
+    farm_generation: AtomicU64,
+    /// Directory checks in flight.
+    directory_checks: AtomicUsize,
     hash_jobs: Sender<HashJob>,
     tls: Arc<ServerConfig>,
     node: String,
@@ -72,6 +87,7 @@ impl BrokerServer {
         let farm = Arc::new(Farm::load(&section.farm_file).map_err(|e| e.to_string())?);
         let users = UserDb::load_or_new(&section.users_file).map_err(|e| e.to_string())?;
         let pool_users = Arc::new(UserDb::load_or_new(&section.users_file).map_err(|e| e.to_string())?);
+        let directory = farm.ldap().cloned().map(|s| Arc::new(LdapDirectory::new(s)));
         let keys = super::farm_pki::load_key_ring(&section.farm_key_file).map_err(|e| e.to_string())?;
         let audit = JsonLinesAudit::open(&section.audit_file)
             .map_err(|e| format!("audit file {}: {e}", section.audit_file.display()))?;
@@ -96,7 +112,10 @@ impl BrokerServer {
         let (job_tx, job_rx) = crossbeam_channel::bounded::<HashJob>(MAX_QUEUED_HASHES);
         let shared = Arc::new(Shared {
             broker: broker.clone(),
-            users: Mutex::new(pool_users),
+            credentials: Mutex::new(Credentials::new(pool_users, directory)),
+            users_file: Mutex::new(section.users_file.clone()),
+            farm_generation: AtomicU64::new(0),
+            directory_checks: AtomicUsize::new(0),
             hash_jobs: job_tx,
             tls,
             node: node.to_string(),
@@ -123,18 +142,76 @@ impl BrokerServer {
                 accept_loop(listener, role, shared)
             })?);
         }
-        let users_file = section.users_file.clone();
         let ticker_shared = shared.clone();
-        threads.push(spawn("broker-ticker", move || ticker(ticker_shared, users_file))?);
+        threads.push(spawn("broker-ticker", move || ticker(ticker_shared))?);
         tracing::info!(%gateway_addr, %agent_addr, node, "broker listening");
         Ok(BrokerServer {
             stop,
             draining,
             threads,
             broker,
+            shared,
+            started: section.clone(),
             gateway_addr,
             agent_addr,
         })
+    }
+
+    /// SIGHUP: re-reads the farm file (sites, gateways, hosts, pools, groups, resources,
+    /// policy, `[ldap]`) and the users file named by `section`. A file that does not load is
+    /// refused with its `file:line` errors and the running farm keeps serving. What stays
+    /// valid survives ([`Broker::replace_farm`]): login sessions, host reports, throttle
+    /// counts, spent nonces; checks in flight finish against the old settings. Returns a
+    /// note on settings that change only at the next restart.
+    pub fn reload(&self, section: &BrokerSection) -> Result<Option<String>, String> {
+        let farm = Farm::load(&section.farm_file).map_err(|e| e.to_string())?;
+        let users = UserDb::load_or_new(&section.users_file).map_err(|e| e.to_string())?;
+        let pool_users = Arc::new(UserDb::load_or_new(&section.users_file).map_err(|e| e.to_string())?);
+        let directory = farm.ldap().cloned().map(|s| Arc::new(LdapDirectory::new(s)));
+        let ldap = farm.ldap().map_or_else(|| "none".to_string(), |l| l.url.clone());
+        let (sites, hosts, resources) = (farm.sites().len(), farm.hosts().len(), farm.resources().len());
+        let ended = {
+            let mut broker = self.shared.broker.lock();
+            let ended = broker.replace_farm(Arc::new(farm));
+            broker.replace_users(users);
+            ended
+        };
+        *self.shared.credentials.lock() = Credentials::new(pool_users, directory);
+        *self.shared.users_file.lock() = section.users_file.clone();
+        self.shared.farm_generation.fetch_add(1, Ordering::SeqCst);
+        tracing::info!(
+            sites,
+            hosts,
+            resources,
+            ldap,
+            sessions_ended = ended,
+            "farm file reloaded"
+        );
+        let s = &self.started;
+        let mut fixed = Vec::new();
+        for (key, changed) in [
+            (
+                "gateway_listen",
+                s.gateway_listen != section.gateway_listen && section.gateway_listen.port() != 0,
+            ),
+            (
+                "agent_listen",
+                s.agent_listen != section.agent_listen && section.agent_listen.port() != 0,
+            ),
+            ("audit_file", s.audit_file != section.audit_file),
+            ("farm_key_file", s.farm_key_file != section.farm_key_file),
+            ("cert_file/key_file/ca_file", s.tls() != section.tls()),
+            ("hash_threads", s.hash_threads != section.hash_threads),
+            (
+                "ping_interval/ping_timeout",
+                s.ping_interval != section.ping_interval || s.ping_timeout != section.ping_timeout,
+            ),
+        ] {
+            if changed {
+                fixed.push(key);
+            }
+        }
+        Ok((!fixed.is_empty()).then(|| format!("broker {} change at the next restart", fixed.join(", "))))
     }
 
     /// The broker core (admin API, metrics, tests).
@@ -232,7 +309,8 @@ fn connection(sock: TcpStream, addr: SocketAddr, role: Role, shared: &Arc<Shared
             return;
         }
     };
-    let peer = PeerInfo {
+    let mut generation = shared.farm_generation.load(Ordering::SeqCst);
+    let mut peer = PeerInfo {
         role,
         node: link.peer_name().to_string(),
         site: shared
@@ -249,6 +327,17 @@ fn connection(sock: TcpStream, addr: SocketAddr, role: Role, shared: &Arc<Shared
     let end = loop {
         if shared.stop.load(Ordering::Relaxed) {
             break None;
+        }
+        let now_generation = shared.farm_generation.load(Ordering::SeqCst);
+        if now_generation != generation {
+            // A reloaded farm may move this gateway to another site, or drop it.
+            generation = now_generation;
+            peer.site = shared
+                .broker
+                .lock()
+                .farm()
+                .gateway(&peer.node)
+                .map(|g| g.site.clone());
         }
         if role == Role::Gateway && !told_draining && shared.draining.load(Ordering::Relaxed) {
             told_draining = true;
@@ -346,13 +435,16 @@ fn handle(
         Ok(p) => p,
         Err(reply) => return Some((id, reply)),
     };
-    let users = shared.users.lock().clone();
+    let credentials = shared.credentials.lock().clone();
+    if credentials.route(&login.user) == CheckRoute::Directory {
+        return directory_check(shared, credentials, id, login, pending, peer, done);
+    }
     let peer_name = peer.node.clone();
     let broker = shared.broker.clone();
     let peer = peer.clone();
     let done = done.clone();
     let job: HashJob = Box::new(move || {
-        let outcome = users.verify(&login.user, login.password.expose());
+        let outcome = credentials.check(&login.user, login.password.expose());
         let reply = broker.lock().finish_login(pending, outcome, &peer, Now::read());
         let _ = done.send((id, reply));
     });
@@ -373,9 +465,80 @@ fn handle(
     None
 }
 
+/// Checks a directory user's password on a thread of its own, so that a slow or unreachable
+/// directory holds neither the hash pool (local users) nor the connection thread; at most
+/// `[ldap] max_pending` at once, beyond which the login is refused `directory_unavailable`
+/// at once. The answer comes back through `done`.
+fn directory_check(
+    shared: &Arc<Shared>,
+    credentials: Credentials,
+    id: u64,
+    login: gatehouse_control::message::Login,
+    pending: PendingLogin,
+    peer: &PeerInfo,
+    done: &Sender<(u64, Reply)>,
+) -> Option<(u64, Reply)> {
+    let max = credentials.directory().map_or(1, |d| d.settings().max_pending);
+    let user = login.user.clone();
+    let refuse_now = |pending: PendingLogin, why: String| {
+        tracing::warn!(node = %peer.node, user = %user, "directory check not started: {why}");
+        let reply =
+            shared
+                .broker
+                .lock()
+                .finish_login(pending, AuthOutcome::Unavailable(why), peer, Now::read());
+        Some((id, reply))
+    };
+    if shared.directory_checks.fetch_add(1, Ordering::SeqCst) >= max {
+        shared.directory_checks.fetch_sub(1, Ordering::SeqCst);
+        return refuse_now(pending, format!("{max} directory checks already in flight"));
+    }
+    let job_shared = shared.clone();
+    let job_peer = peer.clone();
+    let job_done = done.clone();
+    // The pending login moves into the thread; keep a copy to answer if it cannot start.
+    let fallback = pending.clone();
+    let spawned = std::thread::Builder::new()
+        .name("broker-ldap".into())
+        .spawn(move || {
+            let outcome = credentials.check(&login.user, login.password.expose());
+            if let AuthOutcome::Unavailable(why) = &outcome {
+                tracing::warn!(node = %job_peer.node, user = %login.user, "directory unavailable: {why}");
+            }
+            let reply = job_shared
+                .broker
+                .lock()
+                .finish_login(pending, outcome, &job_peer, Now::read());
+            job_shared.directory_checks.fetch_sub(1, Ordering::SeqCst);
+            let _ = job_done.send((id, reply));
+        });
+    match spawned {
+        Ok(_) => None,
+        Err(e) => {
+            shared.directory_checks.fetch_sub(1, Ordering::SeqCst);
+            refuse_now(fallback, format!("cannot start a directory check thread: {e}"))
+        }
+    }
+}
+
+impl ControlRoles {
+    /// SIGHUP (the node's reload, after the new config validated): reloads the broker's farm
+    /// file, users file and LDAP settings. `Err` refuses the whole reload and the previous
+    /// farm keeps serving; `Ok` may carry a note on what changes only at the next restart.
+    pub fn reload(&self, config: &Config) -> Result<Option<String>, String> {
+        match (&self.broker, &config.broker) {
+            (Some(server), Some(section)) => server.reload(section),
+            (None, Some(_)) => Ok(Some("the broker starts at the next restart".into())),
+            (Some(_), None) => Ok(Some("the broker stops at the next restart".into())),
+            (None, None) => Ok(None),
+        }
+    }
+}
+
 /// Every second: expiry work in the core, and a reload of the users file when it changed.
-fn ticker(shared: Arc<Shared>, users_file: PathBuf) {
+fn ticker(shared: Arc<Shared>) {
     let mtime = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let mut users_file = shared.users_file.lock().clone();
     let mut seen: Option<SystemTime> = mtime(&users_file);
     let mut next = Instant::now();
     while !shared.stop.load(Ordering::Relaxed) {
@@ -385,6 +548,12 @@ fn ticker(shared: Arc<Shared>, users_file: PathBuf) {
         }
         next = Instant::now() + Duration::from_secs(1);
         shared.broker.lock().tick(Now::read());
+        let current = shared.users_file.lock().clone();
+        if current != users_file {
+            // A farm reload switched files and loaded the new one already.
+            users_file = current;
+            seen = mtime(&users_file);
+        }
         let now_mtime = mtime(&users_file);
         if now_mtime != seen {
             seen = now_mtime;
@@ -392,7 +561,8 @@ fn ticker(shared: Arc<Shared>, users_file: PathBuf) {
                 (Ok(a), Ok(b)) => {
                     let n = a.len();
                     shared.broker.lock().replace_users(a);
-                    *shared.users.lock() = Arc::new(b);
+                    let mut credentials = shared.credentials.lock();
+                    *credentials = credentials.with_local(Arc::new(b));
                     tracing::info!(users = n, "users file reloaded");
                 }
                 (Err(e), _) | (_, Err(e)) => {

@@ -13,6 +13,7 @@ use super::common::{wait_for, Farm};
 
 fn probe() -> Request {
     Request::ChooseHost(ChooseHost {
+        routing_token: None,
         resource: None,
         site: "site-a".into(),
         user_hint: None,

@@ -132,6 +132,31 @@ impl SessionDirectory {
         }
     }
 
+    /// This directory moved to `new` (a farm reload): hosts are matched by name, and a host
+    /// keeps its last report and pending launches only if it keeps its site; hosts new to
+    /// the farm start down until they report. Host ids of `new` are used from then on.
+    pub fn carried_over(&mut self, old: &Farm, new: &Farm) -> Self {
+        let mut hosts: Vec<HostState> = new.hosts().iter().map(|_| HostState::default()).collect();
+        for (i, host) in new.hosts().iter().enumerate() {
+            let Some(old_id) = old.host_id(&host.name) else {
+                continue;
+            };
+            if old.host(old_id).site != host.site {
+                continue;
+            }
+            if let Some(state) = self.hosts.get_mut(old_id.0) {
+                hosts[i] = std::mem::take(state);
+            }
+        }
+        let mut by_user: BTreeMap<String, BTreeSet<HostId>> = BTreeMap::new();
+        for (i, state) in hosts.iter().enumerate() {
+            for user in &state.users {
+                by_user.entry(user.clone()).or_default().insert(HostId(i));
+            }
+        }
+        Self { hosts, by_user }
+    }
+
     /// Records a host agent's report received at `now`. The caller has mapped the reported
     /// name to `host` and checked the agent may report for it.
     pub fn record_report(&mut self, host: HostId, report: &HostReport, now: Instant) {

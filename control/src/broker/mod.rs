@@ -11,9 +11,11 @@
 
 pub mod audit;
 pub mod auth;
+pub mod credentials;
 pub mod directory;
 mod duration;
 pub mod farm;
+pub mod ldap;
 pub mod throttle;
 pub mod tokens;
 pub mod userdb;
@@ -26,8 +28,10 @@ use rand::{CryptoRng, RngCore};
 
 pub use audit::{AuditAction, AuditRecord, AuditResult, AuditSink, JsonLinesAudit, MemoryAudit};
 pub use auth::AuthOutcome;
+pub use credentials::{CheckRoute, Credentials};
 pub use directory::{Affinity, Choice, ChoiceReason, HostHealth, NoHost, SessionDirectory, UserMatch};
 pub use farm::{Farm, FarmError, FarmPolicy, Host, HostId, PoolId, Resource, Site};
+pub use ldap::{LdapDirectory, LdapSettings};
 pub use throttle::{Admission, LoginThrottle};
 pub use tokens::{LoginSession, LoginSessions};
 pub use userdb::{HashCost, LocalUser, UserDb, UserDbError};
@@ -147,7 +151,9 @@ impl Broker {
         }
     }
 
-    /// Answers one request. Every refusal carries a specific reason.
+    /// Answers one request. Every refusal carries a specific reason. A login is checked
+    /// against the local users only, here on the caller's thread; the shell routes
+    /// directory users through [`Broker::begin_login`] / [`Broker::finish_login`] instead.
     pub fn handle(&mut self, request: Request, peer: &PeerInfo, now: Now) -> Reply {
         let expected = match request {
             Request::HostReport(_) => Role::HostAgent,
@@ -335,6 +341,20 @@ impl Broker {
             self.sessions.revoke_user(&name);
         }
         self.users = users;
+    }
+
+    /// Replaces the farm (SIGHUP reload of the farm file). What is still valid survives:
+    /// host reports and pending launches of hosts that keep their name (and site), login
+    /// sessions whose site still exists, throttle counts (under the new `[login]` limits),
+    /// spent nonces. Sessions keep the groups they logged in with; what those groups may
+    /// launch follows the new file at once. Returns how many sessions ended.
+    pub fn replace_farm(&mut self, farm: Arc<Farm>) -> usize {
+        self.directory = self.directory.carried_over(&self.farm, &farm);
+        let ended = self.sessions.retain(|s| farm.site(&s.site).is_some());
+        self.sessions.set_capacity(farm.policy().login.max_sessions);
+        self.throttle.set_policy(farm.policy().login.clone());
+        self.farm = farm;
+        ended
     }
 
     /// The session directory (admin API, metrics, the RDP balancing path's lookups).
@@ -560,18 +580,35 @@ impl Broker {
                     .ok_or_else(|| refuse(RefusalReason::UnknownResource, "site has no default_pool"))?,
             };
             let policy = &self.farm.policy().balancing;
-            let choice = self
-                .directory
-                .choose(
-                    &self.farm,
-                    pool,
-                    &r.site,
-                    r.user_hint.as_deref(),
-                    UserMatch::Prefix,
-                    policy,
-                    now.instant,
-                )
-                .map_err(|why| refuse(RefusalReason::NoHostAvailable, why.to_string()))?;
+            // A `msts=` routing token (MS-RDPBCGR 2.2.1.1) is honoured only when it names a
+            // host of this pool that is up and has room; otherwise it is ignored.
+            let by_token = r.routing_token.and_then(|token| {
+                self.farm.pool(pool).hosts.iter().copied().find(|&id| {
+                    let h = self.farm.host(id);
+                    h.port == token.port()
+                        && h.address.parse::<std::net::IpAddr>().ok() == Some(token.ip())
+                        && self.directory.health(id, policy, now.instant) == HostHealth::Up
+                        && self.directory.sessions(id, now.instant) < h.session_limit
+                })
+            });
+            let choice = match by_token {
+                Some(host) => Choice {
+                    host,
+                    reason: ChoiceReason::Affinity,
+                },
+                None => self
+                    .directory
+                    .choose(
+                        &self.farm,
+                        pool,
+                        &r.site,
+                        r.user_hint.as_deref(),
+                        UserMatch::Prefix,
+                        policy,
+                        now.instant,
+                    )
+                    .map_err(|why| refuse(RefusalReason::NoHostAvailable, why.to_string()))?,
+            };
             let host = self.farm.host(choice.host);
             if let Some(user) = &r.user_hint {
                 self.directory.note_launch(choice.host, user, policy, now.instant);

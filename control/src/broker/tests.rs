@@ -479,6 +479,7 @@ fn site_b_gateway_only_sees_site_b() {
     // choose_host for another site, or with a resource of another site.
     let ask = |site: &str, resource: Option<&str>| {
         Request::ChooseHost(ChooseHost {
+            routing_token: None,
             resource: resource.map(String::from),
             site: site.into(),
             user_hint: None,
@@ -656,6 +657,7 @@ fn choose_host_for_plain_rdp_uses_cookie_affinity() {
     let gw = rig.gw_a.clone();
     let ask = |hint: Option<&str>| {
         Request::ChooseHost(ChooseHost {
+            routing_token: None,
             resource: None,
             site: "site-a".into(),
             user_hint: hint.map(String::from),
@@ -682,6 +684,7 @@ fn choose_host_for_plain_rdp_uses_cookie_affinity() {
         "10.0.0.2"
     );
     let with_resource = Request::ChooseHost(ChooseHost {
+        routing_token: None,
         resource: Some("desktop-a".into()),
         site: "site-a".into(),
         user_hint: None,
@@ -718,4 +721,71 @@ fn replacing_users_ends_sessions_of_removed_users() {
     );
     rig.broker.tick(rig.now.advance(Duration::from_secs(3600)));
     assert!(rig.broker.sessions().is_empty());
+}
+
+#[test]
+fn replacing_the_farm_keeps_what_is_still_valid() {
+    let mut rig = rig();
+    rig.all_hosts_up();
+    rig.report("rdsh-2", &["alice"], 10, 10);
+    let alice = rig.token("alice");
+    let carol = rig.token("carol");
+    let b_site = {
+        let gw_b = rig.gw_b.clone();
+        match rig.login_from(&gw_b, "alice", "pw-alice", client(8)) {
+            Reply::LoginOk(ok) => ok.session_token,
+            other => panic!("{other:?}"),
+        }
+    };
+    // Two wrong guesses for dave count on (user_max_failures = 3).
+    rig.login("dave", "w1");
+    rig.login("dave", "w2");
+    // New file: rdsh-1 removed (ids of the others shift), site-b gone, ledger-app open to
+    // staff as well.
+    let text = [
+        ("[[site]]\nname = \"site-b\"\n", ""),
+        (
+            "[[host]]\nname = \"rdsh-1\"\naddress = \"10.0.0.1\"\nsite = \"site-a\"\nsession_limit = 10\n",
+            "",
+        ),
+        (
+            "[[host]]\nname = \"rdsh-b1\"\naddress = \"10.1.0.1\"\nsite = \"site-b\"\nsession_limit = 10\n",
+            "",
+        ),
+        ("hosts = [\"rdsh-1\", \"rdsh-2\", \"rdsh-3\"]", "hosts = [\"rdsh-2\", \"rdsh-3\"]"),
+        ("[[pool]]\nname = \"pool-b\"\nsite = \"site-b\"\nhosts = [\"rdsh-b1\"]\n", ""),
+        ("groups = [\"finance\"]", "groups = [\"finance\", \"staff\"]"),
+        (
+            "[[resource]]\nid = \"desktop-b\"\nname = \"Branch desktop\"\nkind = \"desktop\"\npool = \"pool-b\"\ngroups = [\"staff\"]\n",
+            "",
+        ),
+    ]
+    .iter()
+    .fold(FARM.to_string(), |text, (from, to)| {
+        assert!(text.contains(from), "{from}");
+        text.replace(from, to)
+    });
+    let farm = Farm::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert_eq!(farm.hosts().len(), 2);
+    let ended = rig.broker.replace_farm(Arc::new(farm));
+    assert_eq!(ended, 1, "the site-b session ends");
+    rig.gw_b.site = None;
+    // alice's session survives, now may launch ledger-app, and affinity still knows rdsh-2
+    // (its report moved to the host's new id).
+    assert!(matches!(rig.launch(&alice, "ledger-app"), Reply::Launched(_)));
+    assert_eq!(rig.launched_host(&alice), "10.0.0.2");
+    assert_eq!(
+        reason(&rig.launch(&b_site, "desktop-a")),
+        Some(RefusalReason::SessionInvalid)
+    );
+    assert_eq!(
+        reason(&rig.launch(&carol, "desktop-a")),
+        Some(RefusalReason::NotPermitted)
+    );
+    // The throttle kept dave's two failures: the third locks him out.
+    rig.login("dave", "w3");
+    assert_eq!(
+        reason(&rig.login("dave", "pw-dave")),
+        Some(RefusalReason::UserLocked)
+    );
 }

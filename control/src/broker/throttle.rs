@@ -86,6 +86,12 @@ impl LoginThrottle {
         }
     }
 
+    /// Applies a new `[login]` policy (farm reload) keeping the counts and lock-outs so far:
+    /// reloading must not be a way to clear a lock-out.
+    pub fn set_policy(&mut self, policy: LoginPolicy) {
+        self.policy = policy;
+    }
+
     /// Decides whether an attempt for `user` from `addr` may check its password. The address
     /// is checked first: a throttled address learns nothing about the user.
     pub fn admit(&self, user: &str, addr: IpAddr, now: Instant) -> Admission {

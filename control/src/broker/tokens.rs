@@ -97,6 +97,20 @@ impl LoginSessions {
         before - self.by_digest.len()
     }
 
+    /// Keeps only the sessions `keep` accepts (a farm reload ending sessions of a removed
+    /// site); returns how many ended.
+    pub fn retain(&mut self, mut keep: impl FnMut(&LoginSession) -> bool) -> usize {
+        let before = self.by_digest.len();
+        self.by_digest.retain(|_, s| keep(s));
+        before - self.by_digest.len()
+    }
+
+    /// Changes the most sessions held; live ones above a lower limit stay until they
+    /// expire, and new logins are refused meanwhile.
+    pub fn set_capacity(&mut self, capacity: usize) {
+        self.capacity = capacity;
+    }
+
     /// Drops expired sessions; the broker's timer calls it.
     pub fn purge(&mut self, now: Instant) {
         while let Some(Reverse((at, key))) = self.expiries.peek().copied() {

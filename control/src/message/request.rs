@@ -115,6 +115,10 @@ pub struct ChooseHost {
     /// The user from `Cookie: mstshash=`, possibly truncated by the client.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_hint: Option<String>,
+    /// The host named by a `Cookie: msts=` routing token: honoured only when it is a host of
+    /// the resource's pool (and up); never an address to connect to otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routing_token: Option<SocketAddr>,
 }
 
 impl Request {

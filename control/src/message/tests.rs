@@ -59,6 +59,7 @@ fn pinned_requests() -> Vec<(Request, &'static str)> {
         ),
         (
             Request::ChooseHost(ChooseHost {
+                routing_token: None,
                 resource: None,
                 site: "site-a".into(),
                 user_hint: Some("alice".into()),

@@ -9,6 +9,7 @@ use super::{
     BalancingPolicy, Farm, FarmError, FarmPolicy, Gateway, Group, Host, HostId, LaunchPolicy, LoginPolicy,
     Pool, PoolId, Resource, Site,
 };
+use crate::broker::ldap::LdapEntry;
 use crate::message::validate::{check_name, check_text};
 use crate::message::{ResourceKind, MAX_HOST_BYTES, MAX_RESOURCE_BYTES, MAX_SITE_BYTES, MAX_USER_BYTES};
 
@@ -33,6 +34,7 @@ pub(super) struct FarmFile {
     login: LoginPolicy,
     #[serde(default)]
     launch: LaunchPolicy,
+    ldap: Option<LdapEntry>,
 }
 
 #[derive(Deserialize)]
@@ -120,8 +122,14 @@ fn unique<'a>(seen: &mut HashSet<&'a str>, key: String, name: &'a str) -> Result
 }
 
 impl FarmFile {
-    pub(super) fn build(self) -> Result<Farm, FarmError> {
+    pub(super) fn build(mut self) -> Result<Farm, FarmError> {
         self.check_policy()?;
+        let ldap = self
+            .ldap
+            .take()
+            .map(LdapEntry::build)
+            .transpose()
+            .map_err(|(key, problem)| invalid(format!("ldap.{key}"), problem))?;
         let mut seen = HashSet::new();
         for (i, site) in self.sites.iter().enumerate() {
             name_ok(format!("site[{i}].name"), &site.name, MAX_SITE_BYTES)?;
@@ -315,6 +323,7 @@ impl FarmFile {
                 login: self.login,
                 launch: self.launch,
             },
+            ldap,
             host_by_name,
             resource_by_id,
         })

@@ -14,9 +14,11 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::duration;
+use super::ldap::{LdapSettings, PasswordSource};
 use crate::message::{ResourceInfo, ResourceKind};
 
 mod file;
+mod locate;
 
 /// Largest farm file read, in bytes: the file is admin-written, but a bound keeps a wrong
 /// path (a disk image, /dev/zero) from eating memory.
@@ -229,6 +231,18 @@ pub enum FarmError {
         /// What is wrong.
         problem: String,
     },
+    /// A `Syntax` or `Invalid` error of the file at `path`, with the place of the key
+    /// (`line` 0 when it cannot be found): what [`Farm::load`] returns.
+    At {
+        /// The file.
+        path: String,
+        /// 1-based line, 0 when unknown.
+        line: usize,
+        /// 1-based column, 0 when unknown.
+        column: usize,
+        /// The error.
+        error: Box<FarmError>,
+    },
 }
 
 impl fmt::Display for FarmError {
@@ -240,6 +254,22 @@ impl fmt::Display for FarmError {
             }
             Self::Syntax(message) => write!(f, "farm file: {message}"),
             Self::Invalid { key, problem } => write!(f, "farm file: {key}: {problem}"),
+            Self::At {
+                path,
+                line,
+                column,
+                error,
+            } => {
+                write!(f, "farm file {path}")?;
+                if *line > 0 {
+                    write!(f, ":{line}:{column}")?;
+                }
+                match &**error {
+                    Self::Syntax(message) => write!(f, ": {message}"),
+                    Self::Invalid { key, problem } => write!(f, ": {key}: {problem}"),
+                    other => write!(f, ": {other}"),
+                }
+            }
         }
     }
 }
@@ -256,12 +286,15 @@ pub struct Farm {
     resources: Vec<Resource>,
     groups: Vec<Group>,
     policy: FarmPolicy,
+    ldap: Option<LdapSettings>,
     host_by_name: HashMap<String, HostId>,
     resource_by_id: HashMap<String, usize>,
 }
 
 impl Farm {
-    /// Reads and validates the farm file at `path` (at start and on reload).
+    /// Reads and validates the farm file at `path` (at start and on reload). Errors carry
+    /// the file and the line of the offending key ([`FarmError::At`]); an `[ldap]` service
+    /// account's password must be readable.
     pub fn load(path: &Path) -> Result<Self, FarmError> {
         let shown = path.display().to_string();
         let read = |error| FarmError::Read {
@@ -273,7 +306,39 @@ impl Farm {
             return Err(FarmError::TooLarge { path: shown });
         }
         let text = std::fs::read_to_string(path).map_err(read)?;
-        Self::parse(&text)
+        let at = |offset: Option<usize>, error: FarmError| {
+            let (line, column) = offset.map_or((0, 0), |o| locate::line_col(&text, o));
+            FarmError::At {
+                path: shown.clone(),
+                line,
+                column,
+                error: Box::new(error),
+            }
+        };
+        let file: file::FarmFile = toml::from_str(&text).map_err(|e| {
+            at(
+                e.span().map(|s| s.start),
+                FarmError::Syntax(e.message().trim().to_string()),
+            )
+        })?;
+        let invalid_at = |error: FarmError| match &error {
+            FarmError::Invalid { key, .. } => at(locate::key_offset(&text, key), error),
+            _ => error,
+        };
+        let farm = file.build().map_err(invalid_at)?;
+        if let Some(service) = farm.ldap().and_then(|l| l.service.as_ref()) {
+            if let Err(problem) = service.password.read() {
+                let key = match service.password {
+                    PasswordSource::File(_) => "ldap.bind_password_file",
+                    PasswordSource::Env(_) => "ldap.bind_password_env",
+                };
+                return Err(invalid_at(FarmError::Invalid {
+                    key: key.into(),
+                    problem,
+                }));
+            }
+        }
+        Ok(farm)
     }
 
     /// Validates a farm file's text.
@@ -340,6 +405,11 @@ impl Farm {
     /// The farm-wide policy.
     pub fn policy(&self) -> &FarmPolicy {
         &self.policy
+    }
+
+    /// The LDAP directory users may also come from (`[ldap]`), if any.
+    pub fn ldap(&self) -> Option<&LdapSettings> {
+        self.ldap.as_ref()
     }
 
     /// A user's effective groups: those the user database or directory gives (`base`) plus

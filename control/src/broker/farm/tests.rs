@@ -203,3 +203,52 @@ fn load_reads_a_file_and_reports_a_missing_one() {
     let missing = Farm::load(&dir.path().join("nope.toml")).unwrap_err();
     assert!(matches!(missing, FarmError::Read { .. }), "{missing}");
 }
+
+#[test]
+fn ldap_section_is_part_of_the_farm() {
+    let farm = Farm::parse(&format!(
+        "{FARM}\n[ldap]\nurl = \"ldap://127.0.0.1:3890\"\nbase_dn = \"ou=people,dc=ex\"\nuser_filter = \"(uid={{user}})\"\n"
+    ))
+    .unwrap();
+    let ldap = farm.ldap().unwrap();
+    assert_eq!(ldap.url, "ldap://127.0.0.1:3890");
+    assert!(Farm::parse(FARM).unwrap().ldap().is_none());
+    let e = Farm::parse(&format!(
+        "{FARM}\n[ldap]\nurl = \"ldap://h\"\nbase_dn = \"x\"\nuser_filter = \"(uid=x)\"\n"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("ldap.user_filter"), "{e}");
+}
+
+#[test]
+fn load_names_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("farm.toml");
+    let shown = path.display().to_string();
+    let line_of = |text: &str, needle: &str| text.lines().position(|l| l.contains(needle)).unwrap() + 1;
+
+    let text = FARM.replace("session_limit = 2", "session_limit = 0");
+    std::fs::write(&path, &text).unwrap();
+    let e = Farm::load(&path).unwrap_err().to_string();
+    let line = line_of(&text, "session_limit = 0");
+    assert!(
+        e.starts_with(&format!("farm file {shown}:{line}:1: host[2].session_limit: ")),
+        "{e}"
+    );
+
+    let text = FARM.replace("kind = \"application\"", "kind = \"app\"");
+    std::fs::write(&path, &text).unwrap();
+    let e = Farm::load(&path).unwrap_err().to_string();
+    let line = line_of(&text, "kind = \"app\"");
+    assert!(e.starts_with(&format!("farm file {shown}:{line}:")), "{e}");
+
+    let text = format!("{FARM}\n[ldap]\nurl = \"ldap://h\"\nbase_dn = \"dc=x\"\nbind_dn = \"cn=s\"\nbind_password_file = \"{}\"\n", dir.path().join("missing").display());
+    std::fs::write(&path, &text).unwrap();
+    let e = Farm::load(&path).unwrap_err().to_string();
+    let line = line_of(&text, "bind_password_file");
+    assert!(
+        e.starts_with(&format!("farm file {shown}:{line}:1: ldap.bind_password_file: ")),
+        "{e}"
+    );
+}

@@ -114,7 +114,7 @@ pub fn main() -> ExitCode {
             print_config,
         } => {
             if print_config {
-                print!("{}", crate::demo::DEMO_CONFIG);
+                print!("{}", crate::demo::all_configs());
                 return ExitCode::SUCCESS;
             }
             init_logging("info");

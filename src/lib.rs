@@ -14,6 +14,8 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod engine;
+pub mod gateway;
+pub mod gateway_role;
 pub mod halb_vrrp;
 pub mod health;
 pub mod metrics;

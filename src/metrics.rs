@@ -47,6 +47,11 @@ reasons! {
         TlsRefused => "tls_refused",
         TlsError => "tls_error",
         BackendTlsError => "backend_tls_error",
+        AddressDenied => "address_denied",
+        PathRefused => "path_refused",
+        BadRequest => "bad_request",
+        Refused => "refused",
+        BrokerUnavailable => "broker_unavailable",
     }
 }
 
@@ -78,7 +83,7 @@ impl<const N: usize> ReasonCounters<N> {
     }
 }
 
-const CLOSE_N: usize = 18;
+const CLOSE_N: usize = 23;
 const PAUSE_N: usize = 2;
 
 /// Process-wide counters.
@@ -105,6 +110,10 @@ pub struct Metrics {
     /// TLS clients refused before a tunnel, by reason (`not_tls`, `unknown_sni`,
     /// `handshake_timeout`, ...). Refusals are rare, so a lock is fine here.
     pub tls_refused: parking_lot::Mutex<std::collections::BTreeMap<&'static str, u64>>,
+    /// Gateway client-API answers by endpoint and HTTP status (issue 5).
+    pub gateway_answers: parking_lot::Mutex<std::collections::BTreeMap<(&'static str, u16), u64>>,
+    /// Gateway RDP balancing decisions by outcome (`routed`, `no_host`, ...).
+    pub gateway_rdp: parking_lot::Mutex<std::collections::BTreeMap<&'static str, u64>>,
 }
 
 impl Metrics {
@@ -128,6 +137,16 @@ impl Metrics {
     /// Refused TLS clients for one reason.
     pub fn tls_refused_count(&self, reason: &str) -> u64 {
         self.tls_refused.lock().get(reason).copied().unwrap_or(0)
+    }
+
+    /// Counts one gateway client-API answer.
+    pub fn count_gateway_answer(&self, endpoint: &'static str, status: u16) {
+        *self.gateway_answers.lock().entry((endpoint, status)).or_insert(0) += 1;
+    }
+
+    /// Counts one RDP balancing outcome.
+    pub fn count_gateway_rdp(&self, outcome: &'static str) {
+        *self.gateway_rdp.lock().entry(outcome).or_insert(0) += 1;
     }
 
     /// Counts one accept pause.
@@ -232,6 +251,27 @@ impl Metrics {
         );
         for (reason, n) in self.tls_refused.lock().iter() {
             let _ = writeln!(out, "gatehouse_tls_refused_total{{reason=\"{reason}\"}} {n}");
+        }
+        header(
+            &mut out,
+            "gatehouse_gateway_answers_total",
+            "counter",
+            "Gateway client-API answers, by endpoint and HTTP status.",
+        );
+        for ((endpoint, status), n) in self.gateway_answers.lock().iter() {
+            let _ = writeln!(
+                out,
+                "gatehouse_gateway_answers_total{{endpoint=\"{endpoint}\",status=\"{status}\"}} {n}"
+            );
+        }
+        header(
+            &mut out,
+            "gatehouse_gateway_rdp_total",
+            "counter",
+            "Plain RDP clients on gateway listeners, by outcome.",
+        );
+        for (outcome, n) in self.gateway_rdp.lock().iter() {
+            let _ = writeln!(out, "gatehouse_gateway_rdp_total{{outcome=\"{outcome}\"}} {n}");
         }
         snapshot.render_metrics(&mut out);
         out.push_str(extra);

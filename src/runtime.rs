@@ -81,25 +81,30 @@ impl Node {
         let mut per_worker: Vec<Vec<(String, std::net::TcpListener)>> =
             (0..workers_n).map(|_| Vec::new()).collect();
         let mut endpoints = Vec::new();
-        if let Some(halb) = &mut config.halb {
-            for l in &mut halb.listener {
-                let spec = BindSpec {
-                    address: l.bind,
-                    backlog: l.backlog,
-                    freebind: l.freebind,
-                    keepalive: l.tcp_keepalive.get(),
-                };
-                let group =
-                    bind_group(&spec, workers_n).map_err(|e| format!("listener {:?}: {e}", l.name))?;
-                l.bind = group[0].local_addr().map_err(|e| e.to_string())?;
-                endpoints.push(Endpoint {
-                    role: "halb".into(),
-                    name: l.name.clone(),
-                    address: l.bind,
-                });
-                for (w, sock) in group.into_iter().enumerate() {
-                    per_worker[w].push((l.name.clone(), sock));
-                }
+        let halb = config
+            .halb
+            .iter_mut()
+            .flat_map(|h| h.listener.iter_mut().map(|l| ("halb", l)));
+        let gateway = config
+            .gateway
+            .iter_mut()
+            .flat_map(|g| g.listener.iter_mut().map(|l| ("gateway", l)));
+        for (role, l) in halb.chain(gateway) {
+            let spec = BindSpec {
+                address: l.bind,
+                backlog: l.backlog,
+                freebind: l.freebind,
+                keepalive: l.tcp_keepalive.get(),
+            };
+            let group = bind_group(&spec, workers_n).map_err(|e| format!("listener {:?}: {e}", l.name))?;
+            l.bind = group[0].local_addr().map_err(|e| e.to_string())?;
+            endpoints.push(Endpoint {
+                role: role.into(),
+                name: l.name.clone(),
+                address: l.bind,
+            });
+            for (w, sock) in group.into_iter().enumerate() {
+                per_worker[w].push((l.name.clone(), sock));
             }
         }
         let admin_listener = match &mut config.admin {
@@ -121,11 +126,16 @@ impl Node {
             &mut config,
             &mut endpoints,
         )?);
+        // gateway (issue 5): the control client and the farm keys, read before the drop too.
+        let gateway = crate::gateway_role::GatewayRuntime::start(&config)?;
         // Certificates are read before the privilege drop (key files are often root's only).
         let tls = build_listener_tls(&config)?;
         crate::privdrop::drop_privileges(config.node.user.as_deref(), config.node.group.as_deref())?;
 
         let (shared, events) = Shared::new(config);
+        if let Some(g) = gateway {
+            shared.set_gateway(g);
+        }
         if !tls.listeners.is_empty() || !tls.pools.is_empty() {
             shared.set_tls(tls);
         }
@@ -297,6 +307,11 @@ impl Node {
         if old.halb.as_ref().map(|h| &h.vrrp) != new.halb.as_ref().map(|h| &h.vrrp) {
             notes.push("halb.vrrp changes at the next restart (pool tracking follows the reload)");
         }
+        if crate::gateway_role::control_settings(&old) != crate::gateway_role::control_settings(&new) {
+            notes.push(
+                "the gateway's id, site, brokers, member files and farm key change at the next restart",
+            );
+        }
         let mut new = new;
         // Keep the admin address actually bound (it may have been port 0).
         new.admin = old.admin.clone();
@@ -381,14 +396,14 @@ fn build_listener_tls(config: &Config) -> Result<TlsState, String> {
     let mut out = TlsState::default();
     let node_name = config.node_name();
     let now = std::time::SystemTime::now();
-    for l in config.halb.iter().flat_map(|h| h.listener.iter()) {
+    for l in config.listeners() {
         if l.tls.terminates() {
             let tls = tls_setup::build(l, &config.node, &node_name, now)
                 .map_err(|e| format!("listener {:?}: TLS: {e}", l.name))?;
             out.listeners.insert(l.name.clone(), Arc::new(tls));
         }
     }
-    for p in config.halb.iter().flat_map(|h| h.pool.iter()) {
+    for p in config.pools() {
         if let Some(t) = &p.tls {
             let tls = tls_setup::build_backend(t).map_err(|e| format!("pool {:?}: TLS: {e}", p.name))?;
             out.pools.insert(p.name.clone(), Arc::new(tls));
@@ -402,8 +417,8 @@ fn build_listener_tls(config: &Config) -> Result<TlsState, String> {
 fn check_new_listeners(old: &Config, new: &Config) -> Result<(), String> {
     let key =
         |l: &crate::config::ListenerConfig| (l.name.clone(), l.bind, l.backlog, l.freebind, l.tcp_keepalive);
-    let old_keys: Vec<_> = old.halb.iter().flat_map(|h| h.listener.iter().map(key)).collect();
-    for l in new.halb.iter().flat_map(|h| h.listener.iter()) {
+    let old_keys: Vec<_> = old.listeners().map(key).collect();
+    for l in new.listeners() {
         if old_keys.contains(&key(l)) {
             continue;
         }
@@ -495,10 +510,10 @@ impl Checks {
 fn start_health(shared: &Arc<Shared>) -> Option<Checks> {
     let snapshot = shared.snapshot();
     let config = snapshot.config.clone();
-    let halb = config.halb.as_ref()?;
     let mut targets = Vec::new();
     let mut names: Vec<(String, String)> = Vec::new();
-    for (pc, plan) in halb.pool.iter().zip(snapshot.pools.iter()) {
+    // Configured pools come first in the snapshot, in config order.
+    for (pc, plan) in config.pools().zip(snapshot.pools.iter()) {
         let Some(spec) = pc.health.as_ref().and_then(check_spec) else {
             continue;
         };

@@ -17,7 +17,7 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::balance::{backend_key, Algorithm, Candidate};
 use crate::cidr::Cidr;
-use crate::config::{AdminState, Config, ListenerConfig};
+use crate::config::{AdminState, Config, ListenerConfig, PoolConfig};
 use crate::engine::tls_setup::BackendTls;
 use crate::health::Health;
 use crate::metrics::{label, Metrics};
@@ -57,6 +57,28 @@ pub struct ListenerPlan {
     pub tls: Option<Arc<ServerTls>>,
     /// Passthrough routes: (server-name pattern, index into `Snapshot::pools`), in order.
     pub sni_routes: Vec<(String, usize)>,
+    /// What the listener does with a connection.
+    pub role: ListenerRole,
+    /// Client addresses allowed (empty: all).
+    pub allow: Vec<Cidr>,
+    /// Client addresses refused (checked first).
+    pub deny: Vec<Cidr>,
+}
+
+/// What a listener does with its connections.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ListenerRole {
+    /// A HALB listener: balance over its pool.
+    Balance,
+    /// A gateway forwarding listener: pass every connection to the next gateway of its pool,
+    /// with the gateway path in the PROXY v2 header.
+    Forward,
+    /// A gateway front listener: sniff, then the client API, tunnels, RDP balancing, or the
+    /// web server (its pool, possibly empty).
+    Front {
+        /// The resource plain RDP clients are balanced over (none: RDP refused).
+        rdp_resource: Option<String>,
+    },
 }
 
 impl ListenerPlan {
@@ -64,6 +86,11 @@ impl ListenerPlan {
     pub fn expects_proxy_from(&self, ip: IpAddr) -> bool {
         self.trusted_proxies.iter().any(|c| c.contains(ip))
     }
+}
+
+/// Whether a listener's allow and deny lists admit a client address.
+pub fn admits(allow: &[Cidr], deny: &[Cidr], ip: IpAddr) -> bool {
+    !deny.iter().any(|c| c.contains(ip)) && (allow.is_empty() || allow.iter().any(|c| c.contains(ip)))
 }
 
 /// A pool as workers use it.
@@ -245,6 +272,8 @@ pub struct Shared {
     pub sources: SourceTable,
     /// Worker -> control notifications.
     pub events: crossbeam_channel::Sender<ControlEvent>,
+    /// The gateway role's node-wide state (issue 5), set once at start.
+    gateway: std::sync::OnceLock<Arc<crate::gateway_role::GatewayRuntime>>,
 }
 
 impl Shared {
@@ -269,8 +298,19 @@ impl Shared {
             connections: AtomicUsize::new(0),
             sources: SourceTable::default(),
             events: tx,
+            gateway: std::sync::OnceLock::new(),
         };
         (Arc::new(shared), rx)
+    }
+
+    /// Installs the gateway role's state (once, before the workers start).
+    pub fn set_gateway(&self, gateway: Arc<crate::gateway_role::GatewayRuntime>) {
+        let _ = self.gateway.set(gateway);
+    }
+
+    /// The gateway role's state, when this node is a gateway.
+    pub fn gateway(&self) -> Option<&Arc<crate::gateway_role::GatewayRuntime>> {
+        self.gateway.get()
     }
 
     /// The current snapshot.
@@ -391,73 +431,100 @@ impl Shared {
 
 fn build_snapshot(control: &mut ControlState, generation: u64) -> Snapshot {
     let config = control.config.clone();
-    let mut pools = Vec::new();
-    let mut listeners = Vec::new();
     let mut seen = std::collections::HashSet::new();
-    if let Some(halb) = &config.halb {
-        for p in &halb.pool {
-            let mut backends = Vec::new();
-            for b in &p.backends {
-                let id = (p.name.clone(), b.name.clone());
-                seen.insert(id.clone());
-                let status = control.status.entry(id.clone()).or_insert(BackendStatus {
+    // Configured pools first, in config order (health checks pair them by position), then
+    // one pool per gateway front listener: its web server, or none.
+    let mut pool_configs: Vec<PoolConfig> = config.pools().cloned().collect();
+    let configured = pool_configs.len();
+    for l in config.gateway.iter().flat_map(|g| g.listener.iter()) {
+        if l.pool.is_empty() {
+            pool_configs.push(web_pool(l));
+        }
+    }
+    let mut pools = Vec::new();
+    for p in &pool_configs {
+        let mut backends = Vec::new();
+        for b in &p.backends {
+            let id = (p.name.clone(), b.name.clone());
+            seen.insert(id.clone());
+            let status = control.status.entry(id.clone()).or_insert(BackendStatus {
+                admin: b.state,
+                health: Health::Up,
+                address: b.address,
+            });
+            if status.address != b.address {
+                // Same name, new address: a new server as far as health goes.
+                *status = BackendStatus {
                     admin: b.state,
                     health: Health::Up,
                     address: b.address,
-                });
-                if status.address != b.address {
-                    // Same name, new address: a new server as far as health goes.
-                    *status = BackendStatus {
-                        admin: b.state,
-                        health: Health::Up,
-                        address: b.address,
-                    };
-                }
-                let runtime = control.runtimes.entry(id).or_default().clone();
-                backends.push(BackendPlan {
-                    name: b.name.clone(),
-                    address: b.address,
-                    weight: b.weight,
-                    key: backend_key(&b.name),
-                    max_connections: b.max_connections,
-                    admin: status.admin,
-                    health: status.health,
-                    runtime,
-                });
+                };
             }
-            pools.push(Arc::new(PoolPlan {
-                name: p.name.clone(),
-                algorithm: Algorithm::from_str(&p.algorithm).unwrap_or(Algorithm::RoundRobin),
-                send_proxy: p.send_proxy,
-                retries: p.retries,
-                passive_fall: p.passive_fall,
-                health_checked: p.health.is_some(),
-                tls: control.tls.pools.get(&p.name).cloned(),
-                backends,
-            }));
-        }
-        for l in &halb.listener {
-            let pool = halb.pool.iter().position(|p| p.name == l.pool).unwrap_or(0);
-            let sni_routes = l
-                .sni_routes
-                .iter()
-                .flat_map(|r| {
-                    let pool = halb.pool.iter().position(|p| p.name == r.pool).unwrap_or(pool);
-                    r.names.iter().map(move |n| (n.clone(), pool))
-                })
-                .collect();
-            listeners.push(ListenerPlan {
-                tls: control.tls.listeners.get(&l.name).cloned(),
-                sni_routes,
-                config: l.clone(),
-                pool,
-                trusted_proxies: l
-                    .accept_proxy_from
-                    .iter()
-                    .filter_map(|c| Cidr::from_str(c).ok())
-                    .collect(),
+            let runtime = control.runtimes.entry(id).or_default().clone();
+            backends.push(BackendPlan {
+                name: b.name.clone(),
+                address: b.address,
+                weight: b.weight,
+                key: backend_key(&b.name),
+                max_connections: b.max_connections,
+                admin: status.admin,
+                health: status.health,
+                runtime,
             });
         }
+        pools.push(Arc::new(PoolPlan {
+            name: p.name.clone(),
+            algorithm: Algorithm::from_str(&p.algorithm).unwrap_or(Algorithm::RoundRobin),
+            send_proxy: p.send_proxy,
+            retries: p.retries,
+            passive_fall: p.passive_fall,
+            health_checked: p.health.is_some(),
+            tls: control.tls.pools.get(&p.name).cloned(),
+            backends,
+        }));
+    }
+    let pool_index = |name: &str| pool_configs.iter().position(|p| p.name == name);
+    let mut listeners = Vec::new();
+    let halb = config
+        .halb
+        .iter()
+        .flat_map(|h| h.listener.iter().map(|l| (l, false)));
+    let gateway = config
+        .gateway
+        .iter()
+        .flat_map(|g| g.listener.iter().map(|l| (l, true)));
+    let mut web = configured;
+    for (l, is_gateway) in halb.chain(gateway) {
+        let (pool, role) = if is_gateway && l.pool.is_empty() {
+            web += 1;
+            let role = ListenerRole::Front {
+                rdp_resource: l.rdp_resource.clone(),
+            };
+            (web - 1, role)
+        } else if is_gateway {
+            (pool_index(&l.pool).unwrap_or(0), ListenerRole::Forward)
+        } else {
+            (pool_index(&l.pool).unwrap_or(0), ListenerRole::Balance)
+        };
+        let sni_routes = l
+            .sni_routes
+            .iter()
+            .flat_map(|r| {
+                let pool = pool_index(&r.pool).unwrap_or(pool);
+                r.names.iter().map(move |n| (n.clone(), pool))
+            })
+            .collect();
+        let cidrs = |list: &[String]| list.iter().filter_map(|c| Cidr::from_str(c).ok()).collect();
+        listeners.push(ListenerPlan {
+            tls: control.tls.listeners.get(&l.name).cloned(),
+            sni_routes,
+            config: l.clone(),
+            pool,
+            trusted_proxies: cidrs(&l.accept_proxy_from),
+            role,
+            allow: cidrs(&l.allow),
+            deny: cidrs(&l.deny),
+        });
     }
     control.status.retain(|k, _| seen.contains(k));
     // Runtimes of removed backends stay while sessions hold them (Arc), but leave the registry.
@@ -467,6 +534,31 @@ fn build_snapshot(control: &mut ControlState, generation: u64) -> Snapshot {
         config,
         listeners,
         pools,
+    }
+}
+
+/// The pool behind a gateway front listener: its `forward_http` web server, or empty.
+fn web_pool(l: &ListenerConfig) -> PoolConfig {
+    let backends = l
+        .forward_http
+        .map(|address| crate::config::BackendConfig {
+            name: "web".into(),
+            address,
+            weight: 1,
+            max_connections: 0,
+            state: AdminState::Up,
+        })
+        .into_iter()
+        .collect();
+    PoolConfig {
+        name: format!("{}/web", l.name),
+        algorithm: "first".into(),
+        send_proxy: false,
+        retries: 0,
+        passive_fall: 0,
+        health: None,
+        tls: None,
+        backends,
     }
 }
 

@@ -16,6 +16,9 @@ use crate::runtime::Endpoint;
 /// The demo user and password, printed in the demo's summary.
 pub const DEMO_USER: (&str, &str) = ("demo", "demo");
 
+/// The demo's gateways (farm members of site `demo`).
+pub const DEMO_GATEWAYS: [&str; 2] = ["demo-gw-1", "demo-gw-2"];
+
 /// The broker's addresses in the demo: the protocol's ports on loopback, or kernel-chosen.
 pub fn demo_broker_ports(ephemeral: bool) -> (SocketAddr, SocketAddr) {
     let port = |p| SocketAddr::from(([127, 0, 0, 1], if ephemeral { 0 } else { p }));
@@ -48,11 +51,13 @@ impl DemoControlPlane {
             })
         };
         let broker_tls = member("demo-broker", MemberRole::Broker)?;
-        member("demo-gw", MemberRole::Gateway)?;
         let mut farm = String::from(
-            "# gatehouse demo farm\n[[site]]\nname = \"demo\"\ndefault_pool = \"demo-hosts\"\n\n\
-             [[gateway]]\nname = \"demo-gw\"\nsite = \"demo\"\n\n",
+            "# gatehouse demo farm\n[[site]]\nname = \"demo\"\ndefault_pool = \"demo-hosts\"\n\n",
         );
+        for gw in DEMO_GATEWAYS {
+            member(gw, MemberRole::Gateway)?;
+            farm.push_str(&format!("[[gateway]]\nname = \"{gw}\"\nsite = \"demo\"\n\n"));
+        }
         for (name, addr) in hosts {
             farm.push_str(&format!(
                 "[[host]]\nname = \"{name}\"\naddress = \"{}\"\nport = {}\nsite = \"demo\"\nsession_limit = 50\n\n",

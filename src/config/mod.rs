@@ -38,6 +38,25 @@ pub struct Config {
     /// The host-agent role: reports this host's load to the brokers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_agent: Option<crate::broker_role::HostAgentSection>,
+    // gateway (issue 5): the Secure Client Gateway, owned by crate::gateway.
+    /// The gateway role: the one-port client front (API, tunnels, RDP balancing) and
+    /// forwarding listeners.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<crate::gateway_role::GatewaySection>,
+}
+
+impl Config {
+    /// Every data-plane listener: the HALB's, then the gateway's (names are unique across both).
+    pub fn listeners(&self) -> impl Iterator<Item = &ListenerConfig> {
+        let halb = self.halb.iter().flat_map(|h| h.listener.iter());
+        halb.chain(self.gateway.iter().flat_map(|g| g.listener.iter()))
+    }
+
+    /// Every backend pool: the HALB's, then the gateway's (names are unique across both).
+    pub fn pools(&self) -> impl Iterator<Item = &PoolConfig> {
+        let halb = self.halb.iter().flat_map(|h| h.pool.iter());
+        halb.chain(self.gateway.iter().flat_map(|g| g.pool.iter()))
+    }
 }
 
 /// Process-wide settings.
@@ -120,8 +139,26 @@ pub struct ListenerConfig {
     pub name: String,
     /// Address and port to listen on (`"0.0.0.0:443"`, `"[::]:443"`).
     pub bind: SocketAddr,
-    /// The pool connections go to.
+    /// The pool connections go to (required on a HALB listener; on a gateway listener it
+    /// makes a forwarding listener: every connection goes to the next gateway of this pool).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub pool: String,
+    /// Client addresses (CIDR) allowed to connect; empty: everyone. Checked against the real
+    /// client (the PROXY header's source behind a trusted forwarder).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<String>,
+    /// Client addresses (CIDR) refused, checked before `allow`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny: Vec<String>,
+    /// Gateway listeners: the published resource (a desktop pool) whose hosts plain RDP
+    /// clients on this port are balanced over (RDP load balancing); absent: RDP clients are
+    /// refused here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rdp_resource: Option<String>,
+    /// Gateway listeners: HTTP requests that are not for the client API go to this web
+    /// server (the whole connection becomes a tunnel to it); absent: `404`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forward_http: Option<SocketAddr>,
     /// Listen backlog.
     #[serde(default = "default_backlog")]
     pub backlog: u32,

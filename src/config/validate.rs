@@ -49,6 +49,15 @@ pub(super) fn validate(config: &mut Config, options: ValidateOptions) -> Problem
             problems.push((root.key("admin").key("listen"), "port 0 is not allowed".into()));
         }
     }
+    // Listener and pool names, binds and pool references are checked across the HALB's and
+    // the gateway's sections together: one node runs both on one set of workers.
+    let pools: HashSet<String> = config.pools().map(|p| p.name.clone()).collect();
+    let tls_pools: HashSet<String> = config
+        .pools()
+        .filter(|p| p.tls.is_some())
+        .map(|p| p.name.clone())
+        .collect();
+    let mut seen = Seen::default();
     if let Some(halb) = &mut config.halb {
         let halb_path = root.key("halb");
         if halb.listener.is_empty() {
@@ -57,74 +66,124 @@ pub(super) fn validate(config: &mut Config, options: ValidateOptions) -> Problem
                 "the halb role needs at least one [[halb.listener]]".into(),
             ));
         }
-        let pools: HashSet<String> = halb.pool.iter().map(|p| p.name.clone()).collect();
-        let tls_pools: HashSet<&str> = halb
-            .pool
-            .iter()
-            .filter(|p| p.tls.is_some())
-            .map(|p| p.name.as_str())
-            .collect();
-        let mut names = HashSet::new();
-        let mut binds = HashMap::new();
         for (i, l) in halb.listener.iter().enumerate() {
             let at = halb_path.key("listener").index(i);
-            if l.name.trim().is_empty() {
-                problems.push((at.key("name"), "must not be empty".into()));
-            } else if !names.insert(l.name.clone()) {
-                problems.push((at.key("name"), format!("duplicate listener name {:?}", l.name)));
-            }
-            if l.bind.port() == 0 && !options.allow_ephemeral_ports {
-                problems.push((at.key("bind"), "port 0 is not allowed".into()));
-            } else if l.bind.port() != 0 {
-                if let Some(other) = binds.insert(l.bind, l.name.clone()) {
-                    problems.push((
-                        at.key("bind"),
-                        format!(
-                            "duplicate listener: {} is already bound by listener {other:?}",
-                            l.bind
-                        ),
-                    ));
-                }
-            }
             if !pools.contains(&l.pool) {
                 problems.push((at.key("pool"), format!("no pool named {:?}", l.pool)));
             }
-            if l.backlog == 0 || l.backlog > 65_535 {
-                problems.push((at.key("backlog"), "must be between 1 and 65535".into()));
-            }
-            for (j, c) in l.accept_proxy_from.iter().enumerate() {
-                if let Err(e) = Cidr::from_str(c) {
-                    problems.push((at.key("accept_proxy_from").index(j), e.to_string()));
-                }
-            }
-            validate_listener_tls(l, &at, &pools, &tls_pools, &mut problems);
-            for (key, d) in [
-                ("handshake_timeout", l.handshake_timeout),
-                ("connect_timeout", l.connect_timeout),
-                ("idle_timeout", l.idle_timeout),
-                ("tcp_keepalive", l.tcp_keepalive),
+            for (key, set) in [
+                ("rdp_resource", l.rdp_resource.is_some()),
+                ("forward_http", l.forward_http.is_some()),
             ] {
-                if d.get() < Duration::from_millis(1) {
-                    problems.push((at.key(key), "must be at least 1ms".into()));
+                if set {
+                    problems.push((at.key(key), "only a [[gateway.listener]] takes this key".into()));
                 }
             }
+            validate_listener(l, &at, &pools, &tls_pools, &mut seen, options, &mut problems);
         }
-        let mut pool_names = HashSet::new();
         for (i, p) in halb.pool.iter_mut().enumerate() {
             let at = halb_path.key("pool").index(i);
-            if p.name.trim().is_empty() {
-                problems.push((at.key("name"), "must not be empty".into()));
-            } else if !pool_names.insert(p.name.clone()) {
-                problems.push((at.key("name"), format!("duplicate pool name {:?}", p.name)));
-            }
+            seen.pool(&p.name, &at, &mut problems);
             validate_pool(p, &at, &mut problems);
         }
         // [[halb.vrrp]] (issue 6): ranges, pools, interfaces of this host, VIP listeners.
         crate::halb_vrrp::validate(halb, &halb_path, &mut problems);
     }
+    // gateway (issue 5): [gateway], its listeners (front or forwarding) and next-hop pools.
+    if let Some(gateway) = &mut config.gateway {
+        let gw_path = root.key("gateway");
+        for (i, l) in gateway.listener.iter().enumerate() {
+            let at = gw_path.key("listener").index(i);
+            if !l.pool.is_empty() && !pools.contains(&l.pool) {
+                problems.push((at.key("pool"), format!("no pool named {:?}", l.pool)));
+            }
+            validate_listener(l, &at, &pools, &tls_pools, &mut seen, options, &mut problems);
+        }
+        for (i, p) in gateway.pool.iter_mut().enumerate() {
+            let at = gw_path.key("pool").index(i);
+            seen.pool(&p.name, &at, &mut problems);
+            validate_pool(p, &at, &mut problems);
+        }
+        crate::gateway_role::validate(gateway, &gw_path, &mut problems);
+    }
     // broker (issue 4): [broker] and [host_agent].
     crate::broker_role::validate(config, &mut problems);
     problems
+}
+
+/// Names and binds already taken, across every section.
+#[derive(Default)]
+struct Seen {
+    listeners: HashSet<String>,
+    binds: HashMap<std::net::SocketAddr, String>,
+    pools: HashSet<String>,
+}
+
+impl Seen {
+    fn pool(&mut self, name: &str, at: &KeyPath, problems: &mut Problems) {
+        if name.trim().is_empty() {
+            problems.push((at.key("name"), "must not be empty".into()));
+        } else if !self.pools.insert(name.to_string()) {
+            problems.push((at.key("name"), format!("duplicate pool name {name:?}")));
+        }
+    }
+}
+
+/// The keys every listener has (HALB or gateway): name, bind, backlog, address lists, TLS
+/// and timeouts.
+fn validate_listener(
+    l: &ListenerConfig,
+    at: &KeyPath,
+    pools: &HashSet<String>,
+    tls_pools: &HashSet<String>,
+    seen: &mut Seen,
+    options: ValidateOptions,
+    problems: &mut Problems,
+) {
+    if l.name.trim().is_empty() {
+        problems.push((at.key("name"), "must not be empty".into()));
+    } else if !seen.listeners.insert(l.name.clone()) {
+        problems.push((at.key("name"), format!("duplicate listener name {:?}", l.name)));
+    }
+    if l.bind.port() == 0 && !options.allow_ephemeral_ports {
+        problems.push((at.key("bind"), "port 0 is not allowed".into()));
+    } else if l.bind.port() != 0 {
+        if let Some(other) = seen.binds.insert(l.bind, l.name.clone()) {
+            problems.push((
+                at.key("bind"),
+                format!(
+                    "duplicate listener: {} is already bound by listener {other:?}",
+                    l.bind
+                ),
+            ));
+        }
+    }
+    if l.backlog == 0 || l.backlog > 65_535 {
+        problems.push((at.key("backlog"), "must be between 1 and 65535".into()));
+    }
+    for (key, list) in [
+        ("accept_proxy_from", &l.accept_proxy_from),
+        ("allow", &l.allow),
+        ("deny", &l.deny),
+    ] {
+        for (j, c) in list.iter().enumerate() {
+            if let Err(e) = Cidr::from_str(c) {
+                problems.push((at.key(key).index(j), e.to_string()));
+            }
+        }
+    }
+    let tls_pools: HashSet<&str> = tls_pools.iter().map(String::as_str).collect();
+    validate_listener_tls(l, at, pools, &tls_pools, problems);
+    for (key, d) in [
+        ("handshake_timeout", l.handshake_timeout),
+        ("connect_timeout", l.connect_timeout),
+        ("idle_timeout", l.idle_timeout),
+        ("tcp_keepalive", l.tcp_keepalive),
+    ] {
+        if d.get() < Duration::from_millis(1) {
+            problems.push((at.key(key), "must be at least 1ms".into()));
+        }
+    }
 }
 
 /// TLS keys of a listener: modes, routes, versions, and the certificates themselves (loaded

@@ -1,8 +1,10 @@
 //! `gatehouse demo`: the whole farm that exists so far, on loopback, from an embedded config.
 //!
-//! Owns the demo's composition: stand-in session hosts (from `gatehouse-bench`), the HALB in
-//! front of them with health checks, and the admin listener. It prints what runs and what to
-//! try, and writes the `--ready-file` that scripts and tests wait for.
+//! Owns the demo's composition: stand-in session hosts (from `gatehouse-bench`), a broker and
+//! host agents, two gateways, a forwarding gateway in front of them, the HALB in front of the
+//! gateways (health-checked on `/health`), and the admin listener. Each role is a real node
+//! (the same code as `gatehouse run`), several in this one process. It prints what runs and
+//! what to try, and writes the `--ready-file` that scripts and tests wait for.
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
@@ -12,10 +14,17 @@ use std::time::Duration;
 use gatehouse_bench::standin::{Kind, StandIn, StandInHandle};
 
 use crate::config::{self, Config, ValidateOptions};
-use crate::runtime::{Endpoint, Node, NodeOptions};
+use crate::runtime::{Command, Endpoint, Node, NodeOptions};
 
-/// The embedded default config.
+/// The embedded default config (the HALB node).
 pub const DEMO_CONFIG: &str = include_str!("demo.toml");
+/// The template of each demo gateway's config.
+pub const GATEWAY_TEMPLATE: &str = include_str!("gateway.toml");
+/// The template of the forwarding gateway's config.
+pub const FORWARDER_TEMPLATE: &str = include_str!("forwarder.toml");
+
+/// The stand-in session hosts: name and port on loopback.
+const DEMO_HOSTS: [(&str, u16); 3] = [("host-1", 13391), ("host-2", 13392), ("host-3", 13393)];
 
 /// Demo options from the command line.
 pub struct DemoOptions {
@@ -37,22 +46,110 @@ pub fn demo_config() -> Config {
     .expect("the embedded demo config is valid (checked by a unit test)")
 }
 
-/// Runs the demo until SIGINT/SIGTERM.
+/// Every config the demo runs, as `--print-config` shows them.
+pub fn all_configs() -> String {
+    format!(
+        "{DEMO_CONFIG}\n# ---- each gateway (gateway.toml) ----\n{GATEWAY_TEMPLATE}\n\
+         # ---- the forwarding gateway (forwarder.toml) ----\n{FORWARDER_TEMPLATE}"
+    )
+}
+
+/// A node of the demo other than the HALB, running on its own thread.
+struct SideNode {
+    name: String,
+    commands: crossbeam_channel::Sender<Command>,
+    thread: std::thread::JoinHandle<Result<(), String>>,
+}
+
+/// Starts a node from config text on its own thread; returns it and its endpoints.
+fn start_side_node(name: &str, text: &str) -> Result<(SideNode, Vec<Endpoint>), String> {
+    let options = ValidateOptions {
+        allow_ephemeral_ports: true,
+    };
+    let config = config::load_str(text, &format!("<demo {name}>"), options).map_err(|e| e.to_string())?;
+    let node = Node::start(config, NodeOptions::default())?;
+    let endpoints = node.endpoints.clone();
+    let commands = node.commands();
+    let thread = std::thread::Builder::new()
+        .name(format!("demo-{name}"))
+        .spawn(move || node.run_until_stopped())
+        .map_err(|e| format!("{name}: {e}"))?;
+    let side = SideNode {
+        name: name.to_string(),
+        commands,
+        thread,
+    };
+    Ok((side, endpoints))
+}
+
+/// Runs the demo until SIGINT/SIGTERM: stand-in hosts, a broker and host agents, two
+/// gateways, a forwarding gateway in front of them, and the HALB in front of the gateways.
 pub fn run(options: DemoOptions) -> Result<(), String> {
-    let mut config = demo_config();
+    let port = |p: u16| SocketAddr::from(([127, 0, 0, 1], if options.ephemeral { 0 } else { p }));
     let mut hosts: Vec<(String, StandInHandle)> = Vec::new();
+    for (name, p) in DEMO_HOSTS {
+        let standin =
+            StandIn::bind(Kind::Rdp, port(p)).map_err(|e| format!("stand-in {name} on {}: {e}", port(p)))?;
+        hosts.push((name.to_string(), standin.spawn()));
+    }
+    let mut endpoints: Vec<Endpoint> = hosts
+        .iter()
+        .map(|(name, h)| Endpoint {
+            role: "session-host".into(),
+            name: name.clone(),
+            address: h.local_addr(),
+        })
+        .collect();
+    // broker (issue 4): a broker, and a host agent per stand-in host, in a throw-away farm.
+    let stand_ins: Vec<(String, SocketAddr)> =
+        hosts.iter().map(|(n, h)| (n.clone(), h.local_addr())).collect();
+    let farm_dir = std::env::temp_dir().join(format!("gatehouse-demo-farm-{}", std::process::id()));
+    let broker_ports = crate::broker_role::demo::demo_broker_ports(options.ephemeral);
+    let control = crate::broker_role::demo::DemoControlPlane::start(&farm_dir, &stand_ins, broker_ports)?;
+    endpoints.extend(control.endpoints());
+    let broker = control.endpoints()[0].address;
+    // gateway (issue 5): one certificate for both gateways, so clients can pin it.
+    let pin = demo_certificate(&farm_dir)?;
+    let mut side = Vec::new();
+    let mut fronts = Vec::new();
+    let mut dmz = Vec::new();
+    for (i, id) in crate::broker_role::demo::DEMO_GATEWAYS.iter().enumerate() {
+        let text = GATEWAY_TEMPLATE
+            .replace("{id}", id)
+            .replace("{bind}", &port(18441 + i as u16).to_string())
+            .replace("{dmz}", &port(18451 + i as u16).to_string())
+            .replace("{broker}", &broker.to_string())
+            .replace("{dir}", &farm_dir.display().to_string());
+        let (node, eps) = start_side_node(id, &text)?;
+        for e in &eps {
+            match e.name.as_str() {
+                "front" => fronts.push(e.address),
+                "from-dmz" => dmz.push(e.address),
+                _ => {}
+            }
+        }
+        endpoints.extend(eps.into_iter().map(|mut e| {
+            e.name = format!("{id}/{}", e.name);
+            e
+        }));
+        side.push(node);
+    }
+    let text = FORWARDER_TEMPLATE
+        .replace("{bind}", &port(18443).to_string())
+        .replace("{next1}", &dmz[0].to_string())
+        .replace("{next2}", &dmz[1].to_string());
+    let (node, eps) = start_side_node("demo-fw", &text)?;
+    endpoints.extend(eps.into_iter().map(|mut e| {
+        e.role = "forwarder".into();
+        e
+    }));
+    side.push(node);
+    // The HALB in front of the gateways' fronts.
+    let mut config = demo_config();
     let halb = config.halb.as_mut().expect("demo config has a halb role");
     for pool in &mut halb.pool {
-        for b in &mut pool.backends {
-            let addr = if options.ephemeral {
-                SocketAddr::from(([127, 0, 0, 1], 0))
-            } else {
-                b.address
-            };
-            let standin =
-                StandIn::bind(Kind::Rdp, addr).map_err(|e| format!("stand-in {} on {addr}: {e}", b.name))?;
-            b.address = standin.local_addr();
-            hosts.push((b.name.clone(), standin.spawn()));
+        for (b, front) in pool.backends.iter_mut().zip(&fronts) {
+            b.address = *front;
         }
     }
     if options.ephemeral {
@@ -64,33 +161,45 @@ pub fn run(options: DemoOptions) -> Result<(), String> {
         }
     }
     let node = Node::start(config, NodeOptions::default())?;
-    let mut endpoints: Vec<Endpoint> = hosts
-        .iter()
-        .map(|(name, h)| Endpoint {
-            role: "session-host".into(),
-            name: name.clone(),
-            address: h.local_addr(),
-        })
-        .collect();
     endpoints.extend(node.endpoints.iter().cloned());
-    // broker (issue 4): a broker, and a host agent per stand-in host, in a throw-away farm.
-    let stand_ins: Vec<(String, SocketAddr)> =
-        hosts.iter().map(|(n, h)| (n.clone(), h.local_addr())).collect();
-    let farm_dir = std::env::temp_dir().join(format!("gatehouse-demo-farm-{}", std::process::id()));
-    let broker_ports = crate::broker_role::demo::demo_broker_ports(options.ephemeral);
-    let control = crate::broker_role::demo::DemoControlPlane::start(&farm_dir, &stand_ins, broker_ports)?;
-    endpoints.extend(control.endpoints());
     wait_accepting(&endpoints)?;
-    print_summary(&endpoints);
+    print_summary(&endpoints, &pin);
     if let Some(path) = &options.ready_file {
-        write_ready_file(path, &endpoints)?;
+        write_ready_file(path, &endpoints, &pin)?;
     }
     let result = node.run_until_stopped();
+    // The side nodes saw the same signal; if the HALB stopped for another reason, stop them.
+    for s in side {
+        let _ = s.commands.send(Command::Shutdown);
+        match s.thread.join() {
+            Ok(Err(e)) => tracing::warn!(node = %s.name, "stopped with an error: {e}"),
+            Err(_) => tracing::warn!(node = %s.name, "thread panicked"),
+            Ok(Ok(())) => {}
+        }
+    }
     control.stop(); // broker (issue 4)
     for (_, h) in hosts {
         h.stop();
     }
     result
+}
+
+/// Writes the gateways' shared self-signed certificate into the farm directory; returns its
+/// SHA-256 fingerprint (hex), what `gatehouse connect --pin-sha256` takes.
+fn demo_certificate(dir: &Path) -> Result<String, String> {
+    use sha2::Digest;
+    let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+    let bundle = crate::tls::certs::generate_self_signed(
+        &names,
+        std::time::SystemTime::now(),
+        Duration::from_secs(30 * 86_400),
+    )
+    .map_err(|e| e.to_string())?;
+    bundle
+        .write(&dir.join("gateway-cert.pem"), &dir.join("gateway-key.pem"))
+        .map_err(|e| e.to_string())?;
+    let digest = sha2::Sha256::digest(bundle.chain[0].as_ref());
+    Ok(digest.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 fn wait_accepting(endpoints: &[Endpoint]) -> Result<(), String> {
@@ -113,19 +222,27 @@ fn wait_accepting(endpoints: &[Endpoint]) -> Result<(), String> {
     Ok(())
 }
 
-fn print_summary(endpoints: &[Endpoint]) {
+fn print_summary(endpoints: &[Endpoint], pin: &str) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "gatehouse demo: a farm on loopback\n");
     for e in endpoints {
-        let _ = writeln!(out, "  {:<13} {:<8} {}", e.role, e.name, e.address);
+        let _ = writeln!(out, "  {:<13} {:<20} {}", e.role, e.name, e.address);
     }
     let find = |role: &str| endpoints.iter().find(|e| e.role == role).map(|e| e.address);
-    let _ = writeln!(out, "\nTry:");
-    if let Some(halb) = find("halb") {
+    let (user, password) = crate::broker_role::demo::DEMO_USER;
+    let _ = writeln!(out, "\nTry (user {user:?}, password {password:?}):");
+    if let (Some(halb), Some(fw)) = (find("halb"), find("forwarder")) {
         let _ = writeln!(
             out,
-            "  xfreerdp /v:{halb} /u:USER    # reaches a stand-in host, which answers the X.224 handshake only"
+            "  GATEHOUSE_PASSWORD={password} gatehouse connect --gateway {halb} --secondary {fw} --user {user} \\\n      \
+             --mode gateway-ssl --pin-sha256 {pin} --listen 127.0.0.1:13390\n  \
+             xfreerdp /v:127.0.0.1:13390 /u:{user}    # through the HALB, a gateway tunnel, to a stand-in"
         );
+        let _ = writeln!(
+            out,
+            "  xfreerdp /v:{halb} /u:{user}    # plain RDP: the gateway balances it through the broker"
+        );
+        let _ = writeln!(out, "  curl -sk https://{halb}/health");
         let _ = writeln!(
             out,
             "  {} rdp-profile --target {halb} --sessions 50 --duration 10s",
@@ -135,9 +252,15 @@ fn print_summary(endpoints: &[Endpoint]) {
     if let Some(admin) = find("admin") {
         let _ = writeln!(out, "  curl -s http://{admin}/api/v1/backends");
         let _ = writeln!(out, "  curl -s http://{admin}/metrics | grep gatehouse_backend");
-        let _ = writeln!(out, "  curl -s -XPOST -d '{{\"state\":\"drain\"}}' http://{admin}/api/v1/backends/session-hosts/host-1");
+        let _ = writeln!(
+            out,
+            "  curl -s -XPOST -d '{{\"state\":\"drain\"}}' http://{admin}/api/v1/backends/gateways/demo-gw-1"
+        );
     }
-    let _ = writeln!(out, "\nCtrl-C stops the demo.");
+    let _ = writeln!(
+        out,
+        "\nThe stand-in hosts answer the X.224 handshake only. Ctrl-C stops the demo."
+    );
     let _ = out.flush();
 }
 
@@ -150,8 +273,8 @@ fn bench_command() -> String {
     sibling.unwrap_or_else(|| "cargo run --release -p gatehouse-bench --".to_string())
 }
 
-fn write_ready_file(path: &Path, endpoints: &[Endpoint]) -> Result<(), String> {
-    let doc = serde_json::json!({ "endpoints": endpoints });
+fn write_ready_file(path: &Path, endpoints: &[Endpoint], pin: &str) -> Result<(), String> {
+    let doc = serde_json::json!({ "endpoints": endpoints, "gateway_pin_sha256": pin });
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, format!("{doc}\n")).map_err(|e| format!("ready file {}: {e}", tmp.display()))?;
     std::fs::rename(&tmp, path).map_err(|e| format!("ready file {}: {e}", path.display()))

@@ -24,14 +24,22 @@ use socket2::SockRef;
 use super::flow::{End, Flow, FlowError, Pools, Ready};
 use super::tls_flow::TlsDirection;
 use crate::balance::{Balancer, Candidate};
+use crate::broker_role::AnswerSink;
+use crate::cidr::Cidr;
 use crate::config::TlsMode;
+use crate::gateway::path::{GatewayPath, PP2_TYPE_GATEWAY_PATH};
 use crate::metrics::CloseReason;
 use crate::proxy_protocol::{self, Parsed, ProxyHeader, SIGNATURE};
-use crate::shared::{BackendRuntime, ControlEvent, ListenerPlan, PoolPlan, Shared};
+use crate::shared::{admits, BackendRuntime, ControlEvent, ListenerPlan, ListenerRole, PoolPlan, Shared};
 use crate::tls::server::ServerTls;
 
 #[path = "session_tls.rs"]
 mod tls_phases;
+
+#[path = "session_gateway.rs"]
+mod gateway_front;
+
+pub use gateway_front::{answer_tag, split_tag, FixedTarget, Front};
 
 /// Largest PROXY v2 header accepted (16-byte fixed part plus addresses and TLVs).
 pub const MAX_PROXY_HEADER: usize = 4096;
@@ -60,6 +68,8 @@ pub enum Phase {
     Handshake(Handshake),
     /// Moving bytes both ways, TLS records with the client, plain with the backend.
     TlsTunnel(TlsTunnel),
+    /// A gateway's front: sniffing, the client API, waiting for the broker (issue 5).
+    Front(Front),
     /// Being torn down (transient, while the worker closes it).
     Closed,
 }
@@ -159,6 +169,12 @@ pub struct SessionSettings {
     pub server_tls: Option<Arc<ServerTls>>,
     /// Passthrough routes: server-name pattern and pool, first match wins.
     pub sni_routes: Vec<(String, Arc<PoolPlan>)>,
+    /// What the listener does with connections (balance, forward, gateway front).
+    pub role: ListenerRole,
+    /// Client addresses allowed (empty: all) and refused.
+    pub allow: Vec<Cidr>,
+    /// Client addresses refused (checked first).
+    pub deny: Vec<Cidr>,
 }
 
 /// Worker resources a session step may use.
@@ -173,6 +189,8 @@ pub struct Ctx<'a> {
     pub now: Instant,
     /// Scratch space for balancer candidates.
     pub candidates: &'a mut Vec<Candidate>,
+    /// Where broker answers for this worker's sessions go (gateway fronts).
+    pub answers: &'a AnswerSink,
 }
 
 /// One proxied connection.
@@ -206,6 +224,10 @@ pub struct Session {
     /// The client's TLS connection between the end of its handshake and the tunnel: held
     /// only while `Connecting` (which retries backends without knowing about TLS).
     handshaken: Option<Box<ServerConnection>>,
+    /// A gateway session's one destination (a host the broker chose): no balancer, no retry.
+    fixed: Option<FixedTarget>,
+    /// The gateway path to send to the next hop (forwarding listeners), encoded.
+    gateway_path: Option<Vec<u8>>,
 }
 
 /// Token of a session's client socket.
@@ -262,7 +284,15 @@ impl Session {
             bytes: (0, 0),
             backend_label: None,
             handshaken: None,
+            fixed: None,
+            gateway_path: None,
         };
+        if mode != Some(ReadMode::ExpectProxy)
+            && !admits(&session.settings.allow, &session.settings.deny, peer.ip())
+        {
+            let detail = format!("{} is not allowed on this listener (allow/deny)", peer.ip());
+            return Ok((session, Step::Close(CloseReason::AddressDenied, detail)));
+        }
         let step = match mode {
             Some(mode) => {
                 session.phase = Phase::Reading(Reading {
@@ -273,7 +303,7 @@ impl Session {
                 Step::Continue
             }
             None => match session.take_source_slot(ctx) {
-                Step::Continue => session.begin(Vec::new(), ctx),
+                Step::Continue => session.begin(Vec::new(), None, ctx),
                 close => close,
             },
         };
@@ -316,6 +346,7 @@ impl Session {
                 Phase::Hello(h) => self.drive_hello(h, ctx),
                 Phase::Handshake(h) => self.drive_handshake(h, ctx),
                 Phase::TlsTunnel(t) => self.drive_tls_tunnel(t, ctx),
+                Phase::Front(f) => self.drive_front(f, ctx),
                 Phase::Closed => (Phase::Closed, Step::Continue, false),
             };
             self.phase = phase;
@@ -332,6 +363,7 @@ impl Session {
             Phase::Connecting(c) => Some(c.deadline),
             Phase::Hello(h) => Some(h.deadline),
             Phase::Handshake(h) => Some(h.deadline),
+            Phase::Front(f) => Some(Self::front_deadline(f)),
             // A backend's TLS handshake is bounded like its connect.
             Phase::TlsTunnel(t) if t.backend_handshaking() => {
                 Some(self.last_activity + self.settings.connect_timeout)
@@ -351,7 +383,7 @@ impl Session {
                     // A client that says nothing is not sending a PROXY header: let the
                     // backend speak first if the protocol wants it.
                     return match self.take_source_slot(ctx) {
-                        Step::Continue => self.begin(r.buf, ctx),
+                        Step::Continue => self.begin(r.buf, None, ctx),
                         close => close,
                     };
                 }
@@ -364,6 +396,7 @@ impl Session {
                     ),
                 )
             }
+            Phase::Front(f) if now >= Self::front_deadline(&f) => self.front_timeout(f, ctx),
             Phase::Connecting(c) if now >= c.deadline => {
                 let detail = format!("connect timeout after {:?}", self.settings.connect_timeout);
                 self.connect_failed(c, detail, ctx)
@@ -491,12 +524,24 @@ impl Session {
                     if let Some(src) = header.source() {
                         self.client_addr = src;
                     }
+                    if !admits(&self.settings.allow, &self.settings.deny, self.client_addr.ip()) {
+                        let detail = format!(
+                            "{} (via {}) is not allowed on this listener (allow/deny)",
+                            self.client_addr.ip(),
+                            self.peer
+                        );
+                        return (
+                            Phase::Closed,
+                            Step::Close(CloseReason::AddressDenied, detail),
+                            false,
+                        );
+                    }
                     let rest = r.buf[consumed..].to_vec();
                     match self.take_source_slot(ctx) {
                         Step::Continue => {}
                         close => return (Phase::Closed, close, false),
                     }
-                    let step = self.begin(rest, ctx);
+                    let step = self.begin(rest, header.tlv(PP2_TYPE_GATEWAY_PATH), ctx);
                     let phase = std::mem::replace(&mut self.phase, Phase::Closed);
                     (phase, step, true)
                 }
@@ -530,7 +575,7 @@ impl Session {
                     Step::Continue => {}
                     close => return (Phase::Closed, close, false),
                 }
-                let step = self.begin(r.buf, ctx);
+                let step = self.begin(r.buf, None, ctx);
                 let phase = std::mem::replace(&mut self.phase, Phase::Closed);
                 (phase, step, true)
             }
@@ -539,8 +584,16 @@ impl Session {
 
     /// The first bytes a listener must read before routing are in (a PROXY header, or none):
     /// TLS listeners read a ClientHello next, others connect. Sets `self.phase`.
-    fn begin(&mut self, early: Vec<u8>, ctx: &mut Ctx<'_>) -> Step {
+    fn begin(&mut self, early: Vec<u8>, path: Option<&[u8]>, ctx: &mut Ctx<'_>) -> Step {
+        if let Err(step) = self.enter_path(path, ctx) {
+            return step;
+        }
         if self.settings.tls == TlsMode::Off {
+            if matches!(self.settings.role, ListenerRole::Front { .. }) {
+                let (phase, step, _) = self.start_front(None, early, ctx);
+                self.phase = phase;
+                return step;
+            }
             return self.start_connect(Vec::new(), early, ctx);
         }
         self.phase = Phase::Hello(Hello {
@@ -548,6 +601,33 @@ impl Session {
             deadline: ctx.now + self.settings.handshake_timeout,
         });
         Step::Continue
+    }
+
+    /// Gateway listeners: checks the path of gateways a connection passed (from a trusted
+    /// forwarder's PROXY header): this gateway must not be in it (a loop) and it must be
+    /// shorter than `max_path`. A forwarding listener sends the path with itself appended.
+    fn enter_path(&mut self, tlv: Option<&[u8]>, ctx: &mut Ctx<'_>) -> Result<(), Step> {
+        if self.settings.role == ListenerRole::Balance {
+            return Ok(());
+        }
+        let Some(gateway) = ctx.shared.gateway() else {
+            return Ok(());
+        };
+        let refuse = |e: crate::gateway::path::PathError| {
+            Step::Close(
+                CloseReason::PathRefused,
+                format!("gateway path refused ({}): {e}", e.reason()),
+            )
+        };
+        let path = match tlv {
+            Some(value) => GatewayPath::decode(value).map_err(refuse)?,
+            None => GatewayPath::empty(),
+        };
+        let entered = path.enter(&gateway.id, gateway.max_path).map_err(refuse)?;
+        if self.settings.role == ListenerRole::Forward {
+            self.gateway_path = Some(entered.encode());
+        }
+        Ok(())
     }
 
     /// Picks a backend (skipping `tried`) and starts a connect; sets `self.phase`.
@@ -601,7 +681,11 @@ impl Session {
                 // Both addresses are concrete, so encoding cannot fail.
                 // The local address is only needed here, so it is only asked for here.
                 let local = self.client.local_addr().unwrap_or(self.peer);
-                let _ = ProxyHeader::proxy(self.client_addr, local).encode(&mut payload);
+                let mut header = ProxyHeader::proxy(self.client_addr, local);
+                if let Some(path) = &self.gateway_path {
+                    header = header.with_tlv(PP2_TYPE_GATEWAY_PATH, path.clone());
+                }
+                let _ = header.encode(&mut payload);
             }
             payload.extend_from_slice(&early);
             match TcpStream::connect(backend.address) {
@@ -673,16 +757,30 @@ impl Session {
         // the first write return EAGAIN, which the flow handles like any full socket.)
         c.backend.runtime.failures_in_row.store(0, Ordering::Relaxed);
         self.last_activity = ctx.now;
+        // A gateway tunnel: the client learns that the host accepted (`101`) only now.
+        let greeting = self.take_greeting();
         if self.handshaken.is_some() || self.pool.tls.is_some() {
+            if let Some(conn) = self.handshaken.as_deref_mut() {
+                if !greeting.is_empty() {
+                    // The limit is lifted after the handshake: rustls keeps all of it and the
+                    // tunnel's first pump sends it.
+                    let _ = std::io::Write::write_all(&mut conn.writer(), &greeting);
+                }
+            }
             return self.start_tls_tunnel(c, ctx);
         }
         let up = Flow::with_early(&c.early, &mut ctx.pools);
+        let down = if greeting.is_empty() {
+            Flow::default()
+        } else {
+            Flow::with_early(&greeting, &mut ctx.pools)
+        };
         let tunnel = Tunnel {
             backend_sock: c.sock,
             backend_ready: c.ready,
             backend: c.backend,
             up,
-            down: Flow::default(),
+            down,
         };
         (Phase::Tunnel(tunnel), Step::Continue, true)
     }
@@ -698,6 +796,11 @@ impl Session {
         } = c;
         drop(sock);
         backend.runtime.active.fetch_sub(1, Ordering::Relaxed);
+        if let Some(target) = self.fixed.take() {
+            // The broker chose this one host: there is no other to try.
+            let detail = format!("{} ({}): {detail}", backend.name, backend.address);
+            return self.fixed_connect_failed(target, detail, ctx);
+        }
         note_failure(&self.pool, &backend, &detail, ctx);
         tracing::debug!(client = %self.client_addr, backend = %backend.name, address = %backend.address, "connect failed: {detail}");
         tried.push(backend.index);
@@ -886,7 +989,7 @@ impl Session {
                 t.down.release(&mut ctx.pools);
                 t.backend.runtime.active.fetch_sub(1, Ordering::Relaxed);
             }
-            Phase::Reading(_) | Phase::Hello(_) | Phase::Handshake(_) | Phase::Closed => {}
+            Phase::Reading(_) | Phase::Hello(_) | Phase::Handshake(_) | Phase::Front(_) | Phase::Closed => {}
         }
         if let Some(ip) = self.source_slot.take() {
             ctx.shared.sources.release(ip);

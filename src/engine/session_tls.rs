@@ -19,6 +19,7 @@ use crate::engine::tls_flow::{ReadFrom, Side, TlsDirection, TlsFlowError, WriteT
 use crate::engine::tls_setup::name_matches;
 use crate::metrics::CloseReason;
 use crate::proxy_protocol::{self, Parsed};
+use crate::shared::ListenerRole;
 use crate::tls::client_hello::{self, HelloError};
 
 impl TlsTunnel {
@@ -78,6 +79,13 @@ impl Session {
             return (Phase::Hello(h), Step::Continue, false);
         }
         match client_hello::read(&h.buf) {
+            Err(HelloError::NotTls { .. })
+                if self.settings.tls == TlsMode::Auto
+                    && matches!(self.settings.role, ListenerRole::Front { .. }) =>
+            {
+                // A gateway's one port: plain HTTP or RDP, sniffed by the front.
+                self.start_front(None, h.buf, ctx)
+            }
             Err(HelloError::NotTls { .. }) if self.settings.tls == TlsMode::Auto => {
                 // auto: anything but a TLS record is served plain.
                 let step = self.start_connect(Vec::new(), h.buf, ctx);
@@ -192,6 +200,10 @@ impl Session {
         // From here the tunnel's own backpressure bounds what rustls holds (it reads the
         // backend only when every record went out), so rustls takes whole reads.
         hs.conn.set_buffer_limit(None);
+        if matches!(self.settings.role, ListenerRole::Front { .. }) {
+            // A gateway: read again inside TLS (the client API or a tunnel request).
+            return self.start_front(Some(hs.conn), Vec::new(), ctx);
+        }
         self.handshaken = Some(hs.conn);
         let step = self.start_connect(Vec::new(), Vec::new(), ctx);
         let phase = std::mem::replace(&mut self.phase, Phase::Closed);

@@ -217,7 +217,7 @@ impl TlsDirection {
 }
 
 /// What one attempt to get plaintext from a source gave.
-enum Got {
+pub(super) enum Got {
     /// Plaintext bytes in the buffer.
     Bytes(usize),
     /// The stream ended.
@@ -232,7 +232,8 @@ enum Got {
     },
 }
 
-fn read_plain(
+/// Reads plain bytes from a socket as readiness allows.
+pub(super) fn read_plain(
     sock: &mio::net::TcpStream,
     ready: &mut super::flow::Ready,
     buf: &mut [u8],
@@ -257,7 +258,8 @@ fn read_plain(
     }
 }
 
-fn read_plaintext(
+/// Reads plaintext from a TLS connection, reading and processing records as needed.
+pub(super) fn read_plaintext(
     conn: &mut Connection,
     sock: &mio::net::TcpStream,
     ready: &mut super::flow::Ready,

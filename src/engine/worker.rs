@@ -21,6 +21,7 @@ use super::flow::Pools;
 use super::listener::{bind, BindSpec};
 use super::session::{self, is_out_of_files, Ctx, Session, SessionSettings, Step};
 use super::timer::{TimerEntry, TimerWheel};
+use crate::broker_role::{Answer, AnswerSink};
 use crate::metrics::{CloseReason, PauseReason};
 use crate::shared::{Lifecycle, Shared, Snapshot};
 
@@ -57,11 +58,11 @@ pub fn spawn(
 ) -> io::Result<WorkerHandle> {
     let poll = Poll::new()?;
     let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-    shared.add_waker(waker);
+    shared.add_waker(waker.clone());
     let thread = std::thread::Builder::new()
         .name(format!("worker-{id}"))
         .spawn(move || {
-            let mut worker = Worker::new(id, poll, shared);
+            let mut worker = Worker::new(id, poll, waker, shared);
             for (name, socket) in listeners {
                 worker.adopt_listener(name, socket);
             }
@@ -84,6 +85,7 @@ macro_rules! worker_ctx {
             shared: &$worker.shared,
             now: $now,
             candidates: &mut $worker.candidates,
+            answers: &$worker.answers,
         }
     };
 }
@@ -101,6 +103,9 @@ struct Worker {
     bufs: BufferPool,
     pipes: PipePool,
     candidates: Vec<crate::balance::Candidate>,
+    /// Broker answers for gateway sessions (the control client sends them, then wakes us).
+    answers: AnswerSink,
+    answers_rx: crossbeam_channel::Receiver<Answer>,
     accept_paused: bool,
     pause_streak: Option<PauseReason>,
     backoff: Duration,
@@ -108,8 +113,9 @@ struct Worker {
 }
 
 impl Worker {
-    fn new(id: usize, poll: Poll, shared: Arc<Shared>) -> Self {
+    fn new(id: usize, poll: Poll, waker: Arc<Waker>, shared: Arc<Shared>) -> Self {
         let snapshot = shared.snapshot();
+        let (answers_tx, answers_rx) = crossbeam_channel::unbounded();
         Worker {
             id,
             poll,
@@ -123,6 +129,8 @@ impl Worker {
             bufs: BufferPool::new(256),
             pipes: PipePool::new(4096, 256),
             candidates: Vec::new(),
+            answers: AnswerSink::new(answers_tx, Some(waker)),
+            answers_rx,
             accept_paused: false,
             pause_streak: None,
             backoff: MIN_BACKOFF,
@@ -214,6 +222,7 @@ impl Worker {
             for key in ready.drain(..) {
                 self.drive(key, now);
             }
+            self.deliver_answers(now);
             for idx in accept_from {
                 self.accept(idx, now);
             }
@@ -225,6 +234,23 @@ impl Worker {
                 tracing::debug!(worker = self.id, "drained");
                 return;
             }
+        }
+    }
+
+    /// Hands broker answers to the gateway sessions that wait for them; an answer for a
+    /// session that has ended (its slot empty or reused) is dropped.
+    fn deliver_answers(&mut self, now: Instant) {
+        while let Ok(answer) = self.answers_rx.try_recv() {
+            let (key, serial_bits) = session::split_tag(answer.tag);
+            let Some(s) = self.sessions.get_mut(key) else {
+                continue;
+            };
+            if s.serial & 0xFFFF_FFFF != serial_bits {
+                continue;
+            }
+            let mut ctx = worker_ctx!(self, now);
+            let step = s.on_answer(answer, &mut ctx);
+            self.after_step(key, step, now);
         }
     }
 
@@ -386,6 +412,9 @@ impl Worker {
                 .iter()
                 .map(|(name, pool)| (name.clone(), snapshot.pools[*pool].clone()))
                 .collect(),
+            role: plan.role.clone(),
+            allow: plan.allow.clone(),
+            deny: plan.deny.clone(),
         };
         self.serial += 1;
         let serial = self.serial;

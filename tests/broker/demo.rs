@@ -46,12 +46,12 @@ fn demo_user_launches_onto_a_stand_in() {
     std::thread::sleep(Duration::from_millis(300));
 
     let tls = MemberTls {
-        cert_file: farm.join("demo-gw.pem"),
-        key_file: farm.join("demo-gw.key"),
+        cert_file: farm.join("demo-gw-1.pem"),
+        key_file: farm.join("demo-gw-1.key"),
         ca_file: farm.join("farm-ca.pem"),
     };
     let client = ControlClient::start(ClientSetup::new(
-        "demo-gw",
+        "demo-gw-1",
         vec![gw],
         tls.client_config().unwrap(),
     ))

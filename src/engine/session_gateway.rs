@@ -1,0 +1,841 @@
+//! The gateway front of a session (issue 5): on a gateway's one port, after the PROXY header
+//! and TLS (when the first byte is a TLS record), the `Front` phase reads the first bytes and
+//! routes them: a TPKT header is a plain RDP client (balanced over the listener's desktop
+//! pool through the broker), HTTP is the client API (login, resources, launch, the tunnel
+//! upgrade, `/health`) or, for other requests, the listener's web server.
+//!
+//! Owns the phase's reading and writing (plain or through the client's rustls connection),
+//! the broker requests a session waits on (answered through the worker's channel, matched by
+//! tag), and the step from an answer to a tunnel towards the one host the broker chose.
+//! Decoding is in `crate::gateway` (sans-IO); sockets, slots and timers stay with
+//! `session.rs`.
+
+use std::io::{self, Write};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use gatehouse_control::message::{ChooseHost, LaunchMode, Login, Reply, Request, Secret};
+use mio::net::TcpStream;
+use mio::Interest;
+use rustls::{Connection, ServerConnection};
+
+use super::{backend_token, is_out_of_files, Connecting, Ctx, Phase, Session, Step};
+use crate::broker_role::{Answer, ClientFailure};
+use crate::engine::flow::Ready;
+use crate::engine::tls_flow::{read_plain, read_plaintext, Got, WriteTo};
+use crate::gateway::api::{self, ApiCall, ApiError};
+use crate::gateway::http::{self, HeadParse, MAX_BODY, MAX_HEAD};
+use crate::gateway::sniff::{self, FirstBytes};
+use crate::gateway::x224::{self, Cookie, X224Parse};
+use crate::metrics::CloseReason;
+use crate::shared::{BackendRuntime, ListenerRole};
+
+/// Most bytes the front holds from a client before a request is complete (a head and a body).
+const MAX_INPUT: usize = MAX_HEAD + MAX_BODY;
+
+/// State of the gateway front.
+pub struct Front {
+    /// The client's TLS connection (Gateway SSL, Direct SSL), or none (plain modes, RDP).
+    tls: Option<Box<Connection>>,
+    /// Client bytes (plaintext) read and not yet consumed.
+    input: Vec<u8>,
+    /// Answer bytes not yet written (plain clients; TLS answers go into rustls at once).
+    output: Vec<u8>,
+    /// Whether no request has been handled yet (the first bytes are sniffed).
+    first: bool,
+    /// The client ended its stream.
+    eof: bool,
+    /// The broker request the session waits for.
+    waiting: Option<Waiting>,
+    /// Close once the output is written.
+    close_after: Option<(CloseReason, String)>,
+    /// Deadline of the current step (reading a request, or a broker answer).
+    deadline: Instant,
+}
+
+/// A broker request in flight.
+struct Waiting {
+    tag: u64,
+    what: Pending,
+    keep_alive: bool,
+    /// The API endpoint (for metrics and logs).
+    endpoint: &'static str,
+}
+
+/// What the answer is for.
+enum Pending {
+    Login,
+    Resources,
+    Launch(LaunchMode),
+    /// A tunnel: the ticket's host and port, as this gateway verified them.
+    Redeem {
+        host: String,
+        port: u16,
+        user: String,
+    },
+    /// A plain RDP client: the Connection Request is forwarded unchanged.
+    Rdp {
+        user: Option<String>,
+    },
+}
+
+/// Where a gateway session connects once the broker chose (no balancer, no retry).
+pub struct FixedTarget {
+    /// What the client gets when the host accepts (`101` for a tunnel; nothing for RDP).
+    greeting: Vec<u8>,
+    /// What the client gets when it does not.
+    on_failure: Vec<u8>,
+}
+
+impl Front {
+    /// Whether TLS is on between the client and the gateway.
+    fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+}
+
+/// The tag of a broker request: the slab key and the low bits of the serial, so an answer
+/// for a session that ended (and whose slot was reused) is recognised and dropped.
+pub fn answer_tag(key: usize, serial: u64) -> u64 {
+    ((serial & 0xFFFF_FFFF) << 32) | (key as u64 & 0xFFFF_FFFF)
+}
+
+/// The slab key and serial bits of a tag.
+pub fn split_tag(tag: u64) -> (usize, u64) {
+    ((tag & 0xFFFF_FFFF) as usize, tag >> 32)
+}
+
+impl Session {
+    /// Starts the front on a gateway listener: after the PROXY header (plain, `early` holds
+    /// the bytes read so far) or after the TLS handshake.
+    pub(super) fn start_front(
+        &mut self,
+        tls: Option<Box<ServerConnection>>,
+        early: Vec<u8>,
+        ctx: &mut Ctx<'_>,
+    ) -> (Phase, Step, bool) {
+        let front = Front {
+            tls: tls.map(|c| Box::new(Connection::Server(*c))),
+            input: early,
+            output: Vec::new(),
+            first: true,
+            eof: false,
+            waiting: None,
+            close_after: None,
+            deadline: ctx.now + self.settings.handshake_timeout,
+        };
+        (Phase::Front(front), Step::Continue, true)
+    }
+
+    /// The deadline of the front.
+    pub(super) fn front_deadline(f: &Front) -> Instant {
+        f.deadline
+    }
+
+    /// The front's deadline passed: a slow request or a broker that did not answer in time.
+    pub(super) fn front_timeout(&mut self, mut f: Front, ctx: &mut Ctx<'_>) -> Step {
+        if let Some(w) = f.waiting.take() {
+            // The control client answers every request within its timeout; this is the
+            // backstop if it did not.
+            let err = ApiError::new(504, "broker_timeout", "the broker did not answer in time");
+            self.fail_waiting(&mut f, w, err, ctx);
+            let (phase, step, _) = self.drive_front(f, ctx);
+            self.phase = phase;
+            return step;
+        }
+        let detail = if f.first && f.input.is_empty() {
+            format!("no request within {:?}", self.settings.handshake_timeout)
+        } else {
+            format!(
+                "request incomplete after {:?} ({} bytes)",
+                self.settings.handshake_timeout,
+                f.input.len()
+            )
+        };
+        Step::Close(CloseReason::HandshakeTimeout, detail)
+    }
+
+    /// Writes answers, reads requests and handles them as far as readiness allows.
+    pub(super) fn drive_front(&mut self, mut f: Front, ctx: &mut Ctx<'_>) -> (Phase, Step, bool) {
+        loop {
+            if let Err(e) = self.flush_front(&mut f) {
+                return (Phase::Closed, Step::Close(CloseReason::ClientError, e), false);
+            }
+            let flushed = f.output.is_empty() && !f.tls.as_deref().is_some_and(|c| c.wants_write());
+            if !flushed {
+                return (Phase::Front(f), Step::Continue, false);
+            }
+            if let Some((reason, detail)) = f.close_after.take() {
+                return (Phase::Closed, Step::Close(reason, detail), false);
+            }
+            if f.waiting.is_some() {
+                return (Phase::Front(f), Step::Continue, false);
+            }
+            // Handle what is buffered before reading more (pipelined requests).
+            match self.handle_input(&mut f, ctx) {
+                Handled::Wait => {}
+                Handled::Again => continue,
+                Handled::Connect => {
+                    let phase = std::mem::replace(&mut self.phase, Phase::Closed);
+                    return (phase, Step::Continue, true);
+                }
+                Handled::Close(reason, detail) => return (Phase::Closed, Step::Close(reason, detail), false),
+            }
+            if f.eof {
+                let detail = if f.input.is_empty() {
+                    "client closed".to_string()
+                } else {
+                    format!(
+                        "client closed with {} bytes of an incomplete request",
+                        f.input.len()
+                    )
+                };
+                let reason = if f.input.is_empty() {
+                    CloseReason::Done
+                } else {
+                    CloseReason::BadRequest
+                };
+                return (Phase::Closed, Step::Close(reason, detail), false);
+            }
+            match self.read_front(&mut f) {
+                Ok(true) => continue,
+                Ok(false) => return (Phase::Front(f), Step::Continue, false),
+                Err(e) => return (Phase::Closed, Step::Close(CloseReason::ClientError, e), false),
+            }
+        }
+    }
+
+    /// Reads client bytes into `input` (bounded); returns whether anything happened.
+    fn read_front(&mut self, f: &mut Front) -> Result<bool, String> {
+        if f.input.len() >= MAX_INPUT {
+            return Ok(false);
+        }
+        let mut chunk = [0u8; 4096];
+        let want = (MAX_INPUT - f.input.len()).min(chunk.len());
+        let got = match f.tls.as_deref_mut() {
+            Some(conn) => read_plaintext(conn, &self.client, &mut self.client_ready, &mut chunk[..want]),
+            None => read_plain(&self.client, &mut self.client_ready, &mut chunk[..want]),
+        };
+        match got {
+            Ok(Got::Bytes(n)) => {
+                f.input.extend_from_slice(&chunk[..n]);
+                Ok(true)
+            }
+            Ok(Got::End { .. }) => {
+                f.eof = true;
+                Ok(true)
+            }
+            Ok(Got::Nothing { moved }) => Ok(moved),
+            Err(e) => Err(format!("{e:?}")),
+        }
+    }
+
+    /// Writes pending answer bytes (plain) or records (TLS) as readiness allows.
+    fn flush_front(&mut self, f: &mut Front) -> Result<(), String> {
+        if let Some(conn) = f.tls.as_deref_mut() {
+            if !f.output.is_empty() {
+                conn.writer().write_all(&f.output).map_err(|e| e.to_string())?;
+                f.output.clear();
+            }
+            while conn.wants_write() && self.client_ready.writable {
+                match conn.write_tls(&mut WriteTo(&self.client)) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.client_ready.writable = false,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+            return Ok(());
+        }
+        while !f.output.is_empty() && self.client_ready.writable {
+            match (&self.client).write(&f.output) {
+                Ok(0) => return Err("client closed while we wrote".into()),
+                Ok(n) => {
+                    f.output.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.client_ready.writable = false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Decides what the buffered bytes are and acts on a complete request.
+    fn handle_input(&mut self, f: &mut Front, ctx: &mut Ctx<'_>) -> Handled {
+        if f.input.is_empty() {
+            return Handled::Wait;
+        }
+        if f.first {
+            let Some(kind) = sniff::classify(&f.input) else {
+                return if f.eof {
+                    self.answer_close(
+                        f,
+                        Vec::new(),
+                        CloseReason::BadRequest,
+                        "client closed after a few bytes",
+                    )
+                } else {
+                    Handled::Wait
+                };
+            };
+            match kind {
+                FirstBytes::Http => {}
+                FirstBytes::Rdp if !f.is_tls() => return self.handle_rdp(f, ctx),
+                FirstBytes::Rdp => {
+                    let detail = "an RDP Connection Request inside TLS (RDP negotiates TLS itself)";
+                    return self.answer_close(f, Vec::new(), CloseReason::BadRequest, detail);
+                }
+                FirstBytes::Tls => {
+                    let detail = "a TLS ClientHello, but this listener has tls = \"off\"";
+                    return self.answer_close(f, Vec::new(), CloseReason::BadRequest, detail);
+                }
+                FirstBytes::Unknown => {
+                    let shown: String = f.input.iter().take(8).map(|b| format!("{b:02x}")).collect();
+                    let detail = format!("first bytes are not TLS, RDP or HTTP ({shown})");
+                    return self.answer_close(f, Vec::new(), CloseReason::BadRequest, &detail);
+                }
+            }
+        }
+        let head = match http::parse_head(&f.input) {
+            HeadParse::Incomplete => return Handled::Wait,
+            HeadParse::Invalid(e) => {
+                let err = ApiError::from(&e);
+                ctx.shared.metrics.count_gateway_answer("invalid", err.status);
+                let detail = format!("bad HTTP request: {e}");
+                return self.answer_close(f, err.response(), CloseReason::BadRequest, &detail);
+            }
+            HeadParse::Complete(head) => head,
+        };
+        if !api::is_api_path(&head.path) {
+            return self.handle_other_http(f, &head.method, &head.path, ctx);
+        }
+        let total = head.head_len + head.content_length;
+        if f.input.len() < total {
+            if f.eof {
+                let detail = "client closed before the whole request body";
+                return self.answer_close(f, Vec::new(), CloseReason::BadRequest, detail);
+            }
+            return Handled::Wait;
+        }
+        f.first = false;
+        let body: Vec<u8> = f.input[head.head_len..total].to_vec();
+        f.input.drain(..total);
+        f.deadline = ctx.now + self.settings.handshake_timeout;
+        let call = match api::route(&head, &body) {
+            Ok(call) => call,
+            Err(err) => {
+                ctx.shared.metrics.count_gateway_answer("invalid", err.status);
+                let detail = format!("{} {}: {} {}", head.method, head.path, err.status, err.code);
+                return self.answer_close(f, err.response(), CloseReason::BadRequest, &detail);
+            }
+        };
+        self.handle_call(f, call, head.keep_alive, ctx)
+    }
+
+    /// An HTTP request outside the API: the web server when the listener has one, else 404.
+    fn handle_other_http(&mut self, f: &mut Front, method: &str, path: &str, ctx: &mut Ctx<'_>) -> Handled {
+        if !f.first || self.pool.backends.is_empty() {
+            ctx.shared.metrics.count_gateway_answer("other", 404);
+            let err = ApiError::new(404, "not_found", "no such endpoint on this gateway");
+            let detail = format!("{method} {path}: not an API request and no forward_http web server");
+            let reason = CloseReason::BadRequest;
+            return self.answer_close(f, err.response(), reason, &detail);
+        }
+        // The whole connection becomes a tunnel to the web server, request bytes first.
+        ctx.shared.metrics.count_gateway_answer("forward_http", 0);
+        let early = std::mem::take(&mut f.input);
+        self.handshaken = f.tls.take().and_then(into_server);
+        match self.start_connect(Vec::new(), early, ctx) {
+            Step::Continue => Handled::Connect,
+            Step::Close(reason, detail) => Handled::Close(reason, detail),
+        }
+    }
+
+    /// Acts on one decoded API call: answers it, or sends it to a broker and waits.
+    fn handle_call(&mut self, f: &mut Front, call: ApiCall, keep_alive: bool, ctx: &mut Ctx<'_>) -> Handled {
+        let gateway = ctx.shared.gateway().cloned();
+        let Some(gateway) = gateway else {
+            let err = ApiError::new(
+                503,
+                "no_broker",
+                "this gateway has no broker connection configured",
+            );
+            return self.answer_close(
+                f,
+                err.response(),
+                CloseReason::BrokerUnavailable,
+                "no [gateway] runtime",
+            );
+        };
+        if let ApiCall::Health = call {
+            let brokers = gateway.connected_brokers();
+            let status = if brokers.is_empty() { 503 } else { 200 };
+            ctx.shared.metrics.count_gateway_answer("health", status);
+            f.output.extend_from_slice(&api::health(&brokers));
+            // A /health answer ends the connection (`Connection: close`), as health checkers
+            // expect.
+            let _ = keep_alive;
+            f.close_after = Some((CloseReason::Done, format!("GET /health: {status}")));
+            return Handled::Again;
+        }
+        let Some(front) = gateway.front.as_ref() else {
+            let err = ApiError::new(503, "no_broker", "this gateway forwards only; it has no broker");
+            return self.answer_close(
+                f,
+                err.response(),
+                CloseReason::BrokerUnavailable,
+                "no broker configured",
+            );
+        };
+        let client_addr = self.client_addr;
+        let tag = answer_tag(self.key, self.serial);
+        let (request, target, what, endpoint) = match call {
+            ApiCall::Health | ApiCall::NotApi => {
+                // Health is answered above and other paths never get here (is_api_path).
+                let err = ApiError::new(404, "not_found", "no such endpoint on this gateway");
+                return self.answer_close(f, err.response(), CloseReason::BadRequest, "not an API call");
+            }
+            ApiCall::Login {
+                user,
+                password,
+                second_factor,
+            } => (
+                Request::Login(Login {
+                    user,
+                    password,
+                    second_factor,
+                    client_addr,
+                }),
+                None,
+                Pending::Login,
+                "login",
+            ),
+            ApiCall::Resources { token } => (
+                Request::ListResources(gatehouse_control::message::ListResources {
+                    session_token: Secret::new(token.token),
+                }),
+                Some(token.broker),
+                Pending::Resources,
+                "resources",
+            ),
+            ApiCall::Launch {
+                token,
+                resource,
+                mode,
+            } => (
+                Request::Launch(gatehouse_control::message::Launch {
+                    session_token: Secret::new(token.token),
+                    resource,
+                    mode,
+                    client_addr,
+                }),
+                Some(token.broker),
+                Pending::Launch(mode),
+                "launch",
+            ),
+            ApiCall::Tunnel { ticket } => {
+                // Signature, expiry and site here; the issuer spends the nonce.
+                let verified = match front.check_ticket(&ticket, &gateway.site) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        let reason = gatehouse_control::message::RefusalReason::from(&e);
+                        let err = api::refusal_error(&gatehouse_control::message::Refused::with_detail(
+                            reason,
+                            e.to_string(),
+                        ));
+                        ctx.shared.metrics.count_gateway_answer("tunnel", err.status);
+                        let detail = format!("tunnel refused: {}: {e}", err.code);
+                        return self.answer_close(f, err.response(), CloseReason::Refused, &detail);
+                    }
+                };
+                let c = verified.claims;
+                (
+                    Request::RedeemTicket(gatehouse_control::message::RedeemTicket {
+                        ticket: Secret::new(ticket),
+                    }),
+                    Some(c.issuer),
+                    Pending::Redeem {
+                        host: c.host,
+                        port: c.port,
+                        user: c.user,
+                    },
+                    "tunnel",
+                )
+            }
+        };
+        match target {
+            Some(broker) => front.control.submit_to(&broker, tag, request, ctx.answers),
+            None => front.control.submit(tag, request, ctx.answers),
+        }
+        f.waiting = Some(Waiting {
+            tag,
+            what,
+            keep_alive,
+            endpoint,
+        });
+        // The control client answers within its own timeout; a second more is the backstop.
+        f.deadline = ctx.now + gateway.request_timeout + std::time::Duration::from_secs(1);
+        Handled::Wait
+    }
+
+    /// A plain RDP client on a gateway port: read its Connection Request, ask the broker for
+    /// the host (the cookie is a hint for affinity, never an address), forward it unchanged.
+    fn handle_rdp(&mut self, f: &mut Front, ctx: &mut Ctx<'_>) -> Handled {
+        let ListenerRole::Front { rdp_resource } = &self.settings.role else {
+            return Handled::Close(CloseReason::BadRequest, "not a gateway listener".into());
+        };
+        let Some(resource) = rdp_resource.clone() else {
+            ctx.shared.metrics.count_gateway_rdp("not_enabled");
+            let answer = x224::negotiation_failure(x224::failure_code::CANNOT_ROUTE);
+            let detail = "an RDP client, but this listener has no rdp_resource (RDP balancing is off)";
+            return self.answer_close(f, answer, CloseReason::BadRequest, detail);
+        };
+        let request = match x224::parse_connection_request(&f.input) {
+            X224Parse::Incomplete if f.eof => {
+                ctx.shared.metrics.count_gateway_rdp("bad_request");
+                let detail = format!("client closed after {} bytes of an X.224 request", f.input.len());
+                return self.answer_close(f, Vec::new(), CloseReason::BadRequest, &detail);
+            }
+            X224Parse::Incomplete => return Handled::Wait,
+            X224Parse::Invalid(e) => {
+                ctx.shared.metrics.count_gateway_rdp("bad_request");
+                let answer = x224::negotiation_failure(x224::failure_code::CANNOT_ROUTE);
+                let detail = format!("bad X.224 Connection Request: {e}");
+                return self.answer_close(f, answer, CloseReason::BadRequest, &detail);
+            }
+            X224Parse::Complete(r) => r,
+        };
+        f.first = false;
+        let gateway = ctx.shared.gateway().cloned();
+        let Some(front) = gateway.as_ref().and_then(|g| g.front.as_ref()) else {
+            let answer = x224::negotiation_failure(x224::failure_code::CANNOT_ROUTE);
+            return self.answer_close(f, answer, CloseReason::BrokerUnavailable, "no broker configured");
+        };
+        let gateway = gateway.as_ref().expect("front implies gateway");
+        let (user_hint, routing_token) = match &request.cookie {
+            Some(Cookie::User(u)) => (Some(u.clone()), None),
+            Some(Cookie::RoutingToken { addr, port }) => (None, Some(SocketAddr::from((*addr, *port)))),
+            _ => (None, None),
+        };
+        let tag = answer_tag(self.key, self.serial);
+        let choose = Request::ChooseHost(ChooseHost {
+            resource: Some(resource),
+            site: gateway.site.clone(),
+            user_hint: user_hint.clone(),
+            routing_token,
+        });
+        front.control.submit(tag, choose, ctx.answers);
+        f.waiting = Some(Waiting {
+            tag,
+            what: Pending::Rdp { user: user_hint },
+            keep_alive: false,
+            endpoint: "rdp",
+        });
+        f.deadline = ctx.now + gateway.request_timeout + std::time::Duration::from_secs(1);
+        Handled::Wait
+    }
+
+    /// Queues `answer` and closes once it is written.
+    fn answer_close(&mut self, f: &mut Front, answer: Vec<u8>, reason: CloseReason, detail: &str) -> Handled {
+        f.output.extend_from_slice(&answer);
+        f.close_after = Some((reason, detail.to_string()));
+        f.input.clear();
+        Handled::Again
+    }
+
+    /// A broker answer for this session arrived (the worker matched the tag).
+    pub fn on_answer(&mut self, answer: Answer, ctx: &mut Ctx<'_>) -> Step {
+        let phase = std::mem::replace(&mut self.phase, Phase::Closed);
+        let Phase::Front(mut f) = phase else {
+            self.phase = phase;
+            return Step::Continue;
+        };
+        let Some(w) = f.waiting.take_if(|w| w.tag == answer.tag) else {
+            self.phase = Phase::Front(f);
+            return Step::Continue;
+        };
+        let handled = match answer.result {
+            Ok(reply) => self.on_reply(&mut f, w, reply.broker, reply.reply, ctx),
+            Err(failure) => {
+                let err = failure_error(&failure);
+                self.fail_waiting(&mut f, w, err, ctx);
+                Handled::Again
+            }
+        };
+        match handled {
+            Handled::Connect => {
+                // `start_fixed_connect` set the phase.
+                self.drive(ctx)
+            }
+            Handled::Close(reason, detail) => Step::Close(reason, detail),
+            Handled::Wait | Handled::Again => {
+                self.phase = Phase::Front(f);
+                self.drive(ctx)
+            }
+        }
+    }
+
+    /// Answers a failed broker request with `err` (and closes, as every error does).
+    fn fail_waiting(&mut self, f: &mut Front, w: Waiting, err: ApiError, ctx: &mut Ctx<'_>) {
+        let rdp = matches!(w.what, Pending::Rdp { .. });
+        self.fail(f, w.endpoint, rdp, err, ctx);
+    }
+
+    /// Answers `err` to the client of `endpoint` (an RDP client gets a negotiation failure)
+    /// and closes.
+    fn fail(&mut self, f: &mut Front, endpoint: &'static str, rdp: bool, err: ApiError, ctx: &mut Ctx<'_>) {
+        ctx.shared.metrics.count_gateway_answer(endpoint, err.status);
+        let detail = format!("{endpoint}: {} {}: {}", err.status, err.code, err.message);
+        let (answer, reason) = match rdp {
+            true => {
+                ctx.shared.metrics.count_gateway_rdp(err.code);
+                (
+                    x224::negotiation_failure(x224::failure_code::CANNOT_ROUTE),
+                    CloseReason::BrokerUnavailable,
+                )
+            }
+            _ if err.status >= 500 => (err.response(), CloseReason::BrokerUnavailable),
+            _ => (err.response(), CloseReason::Refused),
+        };
+        self.answer_close(f, answer, reason, &detail);
+    }
+
+    fn on_reply(
+        &mut self,
+        f: &mut Front,
+        w: Waiting,
+        broker: String,
+        reply: Reply,
+        ctx: &mut Ctx<'_>,
+    ) -> Handled {
+        if let Reply::Refused(refused) = &reply {
+            let err = api::refusal_error(refused);
+            self.fail_waiting(f, w, err, ctx);
+            return Handled::Again;
+        }
+        let keep = w.keep_alive;
+        match (w.what, reply) {
+            (Pending::Login, Reply::LoginOk(ok)) => {
+                ctx.shared.metrics.count_gateway_answer("login", 200);
+                f.output.extend_from_slice(&api::login_ok(&broker, &ok, keep));
+            }
+            (Pending::Resources, Reply::Resources(r)) => {
+                ctx.shared.metrics.count_gateway_answer("resources", 200);
+                f.output.extend_from_slice(&api::resources_ok(&r, keep));
+            }
+            (Pending::Launch(mode), Reply::Launched(l)) => {
+                ctx.shared.metrics.count_gateway_answer("launch", 200);
+                f.output.extend_from_slice(&api::launched_ok(mode, &l, keep));
+            }
+            (Pending::Redeem { host, port, user }, Reply::Redeemed(r)) => {
+                // The issuer's view of the ticket must be the one this gateway checked.
+                if r.host != host || r.port != port || r.user != user {
+                    let err = ApiError::new(403, "ticket_binding_mismatch", "the ticket's binding changed");
+                    self.fail(f, "tunnel", false, err, ctx);
+                    return Handled::Again;
+                }
+                let Some(address) = resolve(&host, port) else {
+                    let err = ApiError::new(502, "host_unreachable", format!("cannot resolve host {host:?}"));
+                    self.fail(f, "tunnel", false, err, ctx);
+                    return Handled::Again;
+                };
+                let early = std::mem::take(&mut f.input);
+                let failure = ApiError::new(
+                    502,
+                    "host_unreachable",
+                    "the session host did not accept the tunnel",
+                );
+                let target = FixedTarget {
+                    greeting: http::switching_protocols(),
+                    on_failure: failure.response(),
+                };
+                tracing::info!(
+                    client = %self.client_addr,
+                    listener = %self.settings.listener,
+                    %user,
+                    host = %address,
+                    broker = %broker,
+                    "tunnel ticket redeemed"
+                );
+                return self.start_fixed_connect(f, address, &host, early, target, "tunnel", ctx);
+            }
+            (Pending::Rdp { user }, Reply::HostChosen(h)) => {
+                let Some(address) = resolve(&h.host, h.port) else {
+                    ctx.shared.metrics.count_gateway_rdp("no_host");
+                    let answer = x224::negotiation_failure(x224::failure_code::CANNOT_ROUTE);
+                    let detail = format!("cannot resolve host {:?}", h.host);
+                    return self.answer_close(f, answer, CloseReason::NoBackend, &detail);
+                };
+                ctx.shared.metrics.count_gateway_rdp("routed");
+                tracing::info!(
+                    client = %self.client_addr,
+                    listener = %self.settings.listener,
+                    user_hint = user.as_deref().unwrap_or("-"),
+                    host = %address,
+                    broker = %broker,
+                    "RDP client balanced"
+                );
+                let early = std::mem::take(&mut f.input);
+                let target = FixedTarget {
+                    greeting: Vec::new(),
+                    on_failure: x224::negotiation_failure(x224::failure_code::CANNOT_ROUTE),
+                };
+                return self.start_fixed_connect(f, address, &h.host, early, target, "rdp", ctx);
+            }
+            (what, _) => {
+                // The control client checks that an answer fits its request; a backstop.
+                let err = ApiError::new(
+                    502,
+                    "bad_broker_answer",
+                    "the broker answered something unexpected",
+                );
+                self.fail(f, w.endpoint, matches!(what, Pending::Rdp { .. }), err, ctx);
+                return Handled::Again;
+            }
+        }
+        if !keep {
+            f.close_after = Some((CloseReason::Done, format!("{} answered", w.endpoint)));
+        }
+        f.deadline = ctx.now + self.settings.handshake_timeout;
+        Handled::Again
+    }
+
+    /// Connects to the one host the broker chose; sets `self.phase` to `Connecting`.
+    #[allow(clippy::too_many_arguments)]
+    fn start_fixed_connect(
+        &mut self,
+        f: &mut Front,
+        address: SocketAddr,
+        name: &str,
+        early: Vec<u8>,
+        target: FixedTarget,
+        what: &'static str,
+        ctx: &mut Ctx<'_>,
+    ) -> Handled {
+        let runtime = Arc::new(BackendRuntime::default());
+        runtime.active.fetch_add(1, Ordering::Relaxed);
+        runtime.total.fetch_add(1, Ordering::Relaxed);
+        let backend = super::BackendRef {
+            index: usize::MAX,
+            name: name.to_string(),
+            address,
+            runtime,
+        };
+        self.backend_label = Some((backend.name.clone(), address));
+        let mut sock = match TcpStream::connect(address) {
+            Ok(s) => s,
+            Err(e) => {
+                let reason = if is_out_of_files(&e) {
+                    CloseReason::OutOfFiles
+                } else {
+                    CloseReason::ConnectFailed
+                };
+                let detail = format!("{what}: connect to {address}: {e}");
+                return self.answer_close(f, target.on_failure, reason, &detail);
+            }
+        };
+        super::tune_backend_socket(&sock, self.settings.keepalive);
+        if let Err(e) = ctx.registry.register(
+            &mut sock,
+            backend_token(self.key),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            return Handled::Close(CloseReason::BackendError, format!("register: {e}"));
+        }
+        self.handshaken = f.tls.take().and_then(into_server);
+        self.fixed = Some(target);
+        self.phase = Phase::Connecting(Connecting {
+            sock,
+            ready: Ready::default(),
+            backend,
+            tried: Vec::new(),
+            early,
+            deadline: ctx.now + self.settings.connect_timeout,
+        });
+        Handled::Connect
+    }
+
+    /// The chosen host did not accept: answer the client (502 or an RDP failure) and close.
+    pub(super) fn fixed_connect_failed(
+        &mut self,
+        target: FixedTarget,
+        detail: String,
+        ctx: &mut Ctx<'_>,
+    ) -> Step {
+        let tls = self.handshaken.take().map(|c| Box::new(Connection::Server(*c)));
+        let mut f = Front {
+            tls,
+            input: Vec::new(),
+            output: target.on_failure,
+            first: false,
+            eof: false,
+            waiting: None,
+            close_after: Some((CloseReason::ConnectFailed, detail)),
+            deadline: ctx.now + self.settings.handshake_timeout,
+        };
+        f.input.clear();
+        let (phase, step, _) = self.drive_front(f, ctx);
+        self.phase = phase;
+        step
+    }
+
+    /// The greeting a fixed target sends the client once the host accepted (`101`).
+    pub(super) fn take_greeting(&mut self) -> Vec<u8> {
+        self.fixed.take().map(|t| t.greeting).unwrap_or_default()
+    }
+}
+
+/// What handling the buffered input led to.
+enum Handled {
+    /// Nothing more to do until more bytes or an answer arrive.
+    Wait,
+    /// Output was queued or state changed: drive again.
+    Again,
+    /// `self.phase` was set to `Connecting`.
+    Connect,
+    /// Close now.
+    Close(CloseReason, String),
+}
+
+/// The client's `ServerConnection` back out of a `Connection`.
+fn into_server(conn: Box<Connection>) -> Option<Box<ServerConnection>> {
+    match *conn {
+        Connection::Server(c) => Some(Box::new(c)),
+        Connection::Client(_) => None,
+    }
+}
+
+/// A host from the broker: an IP address, or a name resolved here (hosts file or DNS).
+fn resolve(host: &str, port: u16) -> Option<SocketAddr> {
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Some(SocketAddr::new(ip, port));
+    }
+    // A name: resolved on the worker (the farm file names hosts by address in the common
+    // case; a name costs one lookup per launch).
+    (host, port).to_socket_addrs().ok()?.next()
+}
+
+/// The HTTP error for a request the control client could not get answered.
+fn failure_error(failure: &ClientFailure) -> ApiError {
+    match failure {
+        ClientFailure::NoBroker => ApiError::new(503, "no_broker", "no broker is reachable"),
+        ClientFailure::BrokerUnavailable { broker } => ApiError::new(
+            503,
+            "no_broker",
+            format!("broker {broker} (which holds this session or ticket) is not connected; log in or launch again"),
+        ),
+        ClientFailure::BrokerLost { broker, reason } => {
+            ApiError::new(503, "no_broker", format!("broker {broker} was lost: {reason}"))
+        }
+        ClientFailure::Timeout { broker } => {
+            ApiError::new(504, "broker_timeout", format!("broker {broker} did not answer in time"))
+        }
+        ClientFailure::BadResponse { broker, detail } => {
+            ApiError::new(502, "bad_broker_answer", format!("broker {broker}: {detail}"))
+        }
+        ClientFailure::Stopped => ApiError::new(503, "no_broker", "the gateway is shutting down"),
+    }
+}

@@ -1,0 +1,619 @@
+//! The HTTP/1.1 request head of the gateway's client API (`CLIENT-API.md`), parsed with
+//! `httparse`, and the few response shapes the gateway writes itself.
+//!
+//! Owns bounds and header semantics: the head is at most [`MAX_HEAD`] bytes, an API body at
+//! most [`MAX_BODY`] and only with `Content-Length`. It decides nothing about endpoints
+//! (that is `api::route`) and does no I/O: the event loop feeds [`parse_head`] what it has
+//! read, waits for `content_length` body bytes after `head_len`, and writes the bytes the
+//! response builders return.
+
+use std::fmt;
+
+use super::api::{is_api_path, TUNNEL_UPGRADE};
+
+/// Longest request head (request line and headers, final CRLF included).
+pub const MAX_HEAD: usize = 8192;
+/// Longest body of an API request.
+pub const MAX_BODY: usize = 16384;
+/// Most header lines in a head; more is answered like an oversized head (431).
+pub const MAX_HEADERS: usize = 64;
+
+/// The parts of a request head the gateway acts on.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RequestHead {
+    /// The method token, as sent (case-sensitive, RFC 9110 §9.1).
+    pub method: String,
+    /// The request target up to its `?` (query dropped), not percent-decoded.
+    pub path: String,
+    /// Bytes of the head, final CRLF included; the body (or tunnel bytes) starts there.
+    pub head_len: usize,
+    /// `Content-Length`, 0 when absent. At most [`MAX_BODY`] for API paths; other requests
+    /// are forwarded whole and keep whatever they declared.
+    pub content_length: usize,
+    /// `Content-Type`, trimmed.
+    pub content_type: Option<String>,
+    /// The token of `Authorization: Bearer TOKEN` (other schemes give `None`).
+    pub bearer: Option<String>,
+    /// `Upgrade`, trimmed and lower-cased, only when `Connection` lists `upgrade`.
+    pub upgrade: Option<String>,
+    /// Whether the connection stays open after the answer: HTTP/1.1 unless
+    /// `Connection: close`; HTTP/1.0 only with `Connection: keep-alive`.
+    pub keep_alive: bool,
+    /// `Host`, trimmed; required in HTTP/1.1 (RFC 9112 §3.2).
+    pub host: Option<String>,
+}
+
+/// Why a request head is refused; each maps to a status and a stable code of CLIENT-API.md.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HttpError {
+    /// The head is over [`MAX_HEAD`] bytes or [`MAX_HEADERS`] lines: 431 `head_too_large`.
+    HeadTooLarge,
+    /// An API body declared over [`MAX_BODY`] bytes (the declared length): 413
+    /// `body_too_large`.
+    BodyTooLarge(usize),
+    /// Not a valid HTTP/1.x head, or contradictory headers: 400 `bad_request`.
+    Malformed(String),
+    /// An API request with `Transfer-Encoding` (chunked bodies are not accepted): 400
+    /// `bad_request`.
+    Chunked,
+}
+
+/// The outcome of [`parse_head`] on the bytes read so far.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeadParse {
+    /// Valid so far and under [`MAX_HEAD`]: read more (within the handshake timeout).
+    Incomplete,
+    /// The head is complete: `head_len` bytes of the buffer.
+    Complete(RequestHead),
+    /// Answer `err.response()` and close.
+    Invalid(HttpError),
+}
+
+/// Parses a request head from the start of `buf`. Only the first [`MAX_HEAD`] bytes are
+/// looked at: a head still incomplete there is [`HttpError::HeadTooLarge`]. Body bounds
+/// and the chunked refusal apply to API paths only (`/api/v1/...`, `/health`); other
+/// requests are forwarded whole to the configured web server.
+pub fn parse_head(buf: &[u8]) -> HeadParse {
+    let window = &buf[..buf.len().min(MAX_HEAD)];
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(window) {
+        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => HeadParse::Invalid(HttpError::HeadTooLarge),
+        Ok(httparse::Status::Partial) => HeadParse::Incomplete,
+        Ok(httparse::Status::Complete(head_len)) => match build_head(&req, head_len) {
+            Ok(head) => HeadParse::Complete(head),
+            Err(e) => HeadParse::Invalid(e),
+        },
+        Err(httparse::Error::TooManyHeaders) => HeadParse::Invalid(HttpError::HeadTooLarge),
+        Err(e) => HeadParse::Invalid(HttpError::Malformed(e.to_string())),
+    }
+}
+
+/// A complete response with a JSON body, `Content-Length`, and `Connection: close` when
+/// `close` (the event loop then closes after writing it) or `Connection: keep-alive`.
+pub fn json_response(status: u16, body: &serde_json::Value, close: bool) -> Vec<u8> {
+    let body = body.to_string();
+    let connection = if close { "close" } else { "keep-alive" };
+    let mut out = format!(
+        "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+         Cache-Control: no-store\r\nConnection: {connection}\r\n\r\n",
+        reason_phrase(status),
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(body.as_bytes());
+    out
+}
+
+/// The tunnel's `101 Switching Protocols` head (CLIENT-API.md, `GET /api/v1/tunnel`); raw
+/// bytes follow it both ways.
+pub fn switching_protocols() -> Vec<u8> {
+    format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: {TUNNEL_UPGRADE}\r\nConnection: Upgrade\r\n\r\n")
+        .into_bytes()
+}
+
+/// The reason phrase of a status (RFC 9110 §15), for the statuses the gateway sends.
+pub fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        101 => "Switching Protocols",
+        200 => "OK",
+        204 => "No Content",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        411 => "Length Required",
+        413 => "Content Too Large",
+        415 => "Unsupported Media Type",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "Unknown",
+    }
+}
+
+impl HttpError {
+    /// The HTTP status to answer with.
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::HeadTooLarge => 431,
+            Self::BodyTooLarge(_) => 413,
+            Self::Malformed(_) | Self::Chunked => 400,
+        }
+    }
+
+    /// The stable error code of the answer (CLIENT-API.md "Errors"); also the log reason.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::HeadTooLarge => "head_too_large",
+            Self::BodyTooLarge(_) => "body_too_large",
+            Self::Malformed(_) | Self::Chunked => "bad_request",
+        }
+    }
+
+    /// The whole error answer (`{"error","message"}`, `Connection: close`).
+    pub fn response(&self) -> Vec<u8> {
+        let body = serde_json::json!({ "error": self.code(), "message": self.to_string() });
+        json_response(self.status(), &body, true)
+    }
+}
+
+impl fmt::Display for HttpError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::HeadTooLarge => write!(
+                f,
+                "request head over {MAX_HEAD} bytes or {MAX_HEADERS} header lines"
+            ),
+            Self::BodyTooLarge(len) => {
+                write!(f, "request body of {len} bytes is over the {MAX_BODY}-byte bound")
+            }
+            Self::Malformed(why) => write!(f, "malformed request: {why}"),
+            Self::Chunked => {
+                f.write_str("Transfer-Encoding is not accepted; send the body with Content-Length")
+            }
+        }
+    }
+}
+
+impl std::error::Error for HttpError {}
+
+impl fmt::Debug for RequestHead {
+    /// Redacts the bearer token (a session token or launch ticket).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RequestHead")
+            .field("method", &self.method)
+            .field("path", &self.path)
+            .field("head_len", &self.head_len)
+            .field("content_length", &self.content_length)
+            .field("content_type", &self.content_type)
+            .field(
+                "bearer",
+                &self
+                    .bearer
+                    .as_ref()
+                    .map(|t| format!("<{} bytes redacted>", t.len())),
+            )
+            .field("upgrade", &self.upgrade)
+            .field("keep_alive", &self.keep_alive)
+            .field("host", &self.host)
+            .finish()
+    }
+}
+
+/// Longest `Content-Length` value in digits (any more would overflow `usize` on 64-bit).
+const MAX_LENGTH_DIGITS: usize = 19;
+
+/// Headers of interest, collected before their meaning is decided.
+#[derive(Default)]
+struct Collected<'a> {
+    content_length: Option<usize>,
+    transfer_encoding: bool,
+    content_type: Option<&'a str>,
+    authorization: Option<&'a str>,
+    upgrade: Option<&'a str>,
+    host: Option<&'a str>,
+    conn_close: bool,
+    conn_keep_alive: bool,
+    conn_upgrade: bool,
+}
+
+fn malformed(why: &str) -> HttpError {
+    HttpError::Malformed(why.to_owned())
+}
+
+fn build_head(req: &httparse::Request<'_, '_>, head_len: usize) -> Result<RequestHead, HttpError> {
+    // httparse fills these on Complete; a missing one is still answered, not unwrapped.
+    let (Some(method), Some(target), Some(minor)) = (req.method, req.path, req.version) else {
+        return Err(malformed("incomplete request line"));
+    };
+    let mut c = Collected::default();
+    for h in req.headers.iter() {
+        let name = h.name;
+        let value = || -> Result<&str, HttpError> {
+            std::str::from_utf8(h.value)
+                .map(str::trim)
+                .map_err(|_| HttpError::Malformed(format!("{name} is not UTF-8")))
+        };
+        if name.eq_ignore_ascii_case("content-length") {
+            let v = value()?;
+            if v.is_empty() || v.len() > MAX_LENGTH_DIGITS || !v.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(malformed("invalid Content-Length"));
+            }
+            let n: usize = v.parse().map_err(|_| malformed("invalid Content-Length"))?;
+            // RFC 9112 §6.3: repeated identical values are one value; different ones are an error.
+            if c.content_length.is_some_and(|m| m != n) {
+                return Err(malformed("conflicting Content-Length"));
+            }
+            c.content_length = Some(n);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            c.transfer_encoding = true;
+        } else if name.eq_ignore_ascii_case("content-type") {
+            once(&mut c.content_type, value()?, "Content-Type")?;
+        } else if name.eq_ignore_ascii_case("authorization") {
+            once(&mut c.authorization, value()?, "Authorization")?;
+        } else if name.eq_ignore_ascii_case("upgrade") {
+            once(&mut c.upgrade, value()?, "Upgrade")?;
+        } else if name.eq_ignore_ascii_case("host") {
+            // RFC 9112 §3.2: more than one Host is a 400.
+            once(&mut c.host, value()?, "Host")?;
+        } else if name.eq_ignore_ascii_case("connection") {
+            for token in value()?.split(',').map(str::trim) {
+                if token.eq_ignore_ascii_case("close") {
+                    c.conn_close = true;
+                } else if token.eq_ignore_ascii_case("keep-alive") {
+                    c.conn_keep_alive = true;
+                } else if token.eq_ignore_ascii_case("upgrade") {
+                    c.conn_upgrade = true;
+                }
+            }
+        }
+    }
+    if minor == 1 && c.host.is_none() {
+        return Err(malformed("HTTP/1.1 request without Host"));
+    }
+    let path = target.split('?').next().unwrap_or(target).to_owned();
+    let content_length = c.content_length.unwrap_or(0);
+    if is_api_path(&path) {
+        if c.transfer_encoding {
+            return Err(HttpError::Chunked);
+        }
+        if content_length > MAX_BODY {
+            return Err(HttpError::BodyTooLarge(content_length));
+        }
+    }
+    let keep_alive = !c.conn_close && (minor == 1 || c.conn_keep_alive);
+    Ok(RequestHead {
+        method: method.to_owned(),
+        path,
+        head_len,
+        content_length,
+        content_type: c.content_type.map(str::to_owned),
+        bearer: c.authorization.and_then(bearer_token).map(str::to_owned),
+        upgrade: c.upgrade.filter(|_| c.conn_upgrade).map(str::to_ascii_lowercase),
+        keep_alive,
+        host: c.host.map(str::to_owned),
+    })
+}
+
+/// Stores a header that may appear once.
+fn once<'a>(slot: &mut Option<&'a str>, value: &'a str, name: &str) -> Result<(), HttpError> {
+    if slot.is_some() {
+        return Err(HttpError::Malformed(format!("more than one {name}")));
+    }
+    *slot = Some(value);
+    Ok(())
+}
+
+/// RFC 6750 §2.1: `Bearer` (any case), one or more spaces, then the token (no spaces).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, rest) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let token = rest.trim_start_matches(' ');
+    // Any visible characters: the endpoint validates the token itself, so a bad one is
+    // `session_invalid` / `ticket_malformed` rather than "missing".
+    if token.is_empty() || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return None;
+    }
+    Some(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn complete(buf: &[u8]) -> RequestHead {
+        match parse_head(buf) {
+            HeadParse::Complete(h) => h,
+            other => panic!(
+                "expected Complete for {:?}, got {other:?}",
+                String::from_utf8_lossy(buf)
+            ),
+        }
+    }
+
+    fn invalid(buf: &[u8]) -> HttpError {
+        match parse_head(buf) {
+            HeadParse::Invalid(e) => e,
+            other => panic!(
+                "expected Invalid for {:?}, got {other:?}",
+                String::from_utf8_lossy(buf)
+            ),
+        }
+    }
+
+    const LOGIN: &[u8] = b"POST /api/v1/login?x=1 HTTP/1.1\r\nHost: gw.example:8443\r\n\
+        Content-Type: application/json; charset=utf-8\r\nContent-Length: 42\r\n\r\n{\"user\"";
+
+    #[test]
+    fn login_head() {
+        let h = complete(LOGIN);
+        assert_eq!(h.method, "POST");
+        assert_eq!(h.path, "/api/v1/login");
+        assert_eq!(h.head_len, LOGIN.len() - 7);
+        assert_eq!(&LOGIN[h.head_len..], b"{\"user\"");
+        assert_eq!(h.content_length, 42);
+        assert_eq!(h.content_type.as_deref(), Some("application/json; charset=utf-8"));
+        assert_eq!(h.host.as_deref(), Some("gw.example:8443"));
+        assert!(h.keep_alive);
+        assert_eq!((h.bearer, h.upgrade), (None, None));
+    }
+
+    #[test]
+    fn every_prefix_is_incomplete() {
+        let head_len = complete(LOGIN).head_len;
+        for cut in 0..head_len {
+            assert_eq!(parse_head(&LOGIN[..cut]), HeadParse::Incomplete, "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn tunnel_head() {
+        let buf = b"GET /api/v1/tunnel HTTP/1.1\r\nHost: gw\r\nConnection: keep-alive, Upgrade\r\n\
+            Upgrade: Gatehouse-Tunnel\r\nAuthorization: bearer  T1.abc-_~+/=\r\n\r\n\x03\x00";
+        let h = complete(buf);
+        assert_eq!(h.upgrade.as_deref(), Some("gatehouse-tunnel"));
+        assert_eq!(h.bearer.as_deref(), Some("T1.abc-_~+/="));
+        assert_eq!(&buf[h.head_len..], b"\x03\x00");
+        // Without Connection: upgrade the Upgrade header means nothing.
+        let h = complete(b"GET /api/v1/tunnel HTTP/1.1\r\nHost: gw\r\nUpgrade: gatehouse-tunnel\r\n\r\n");
+        assert_eq!(h.upgrade, None);
+    }
+
+    #[test]
+    fn authorization_schemes() {
+        let with = |v: &str| {
+            complete(format!("GET / HTTP/1.1\r\nHost: h\r\nAuthorization: {v}\r\n\r\n").as_bytes()).bearer
+        };
+        assert_eq!(with("Bearer abc"), Some("abc".into()));
+        assert_eq!(with("BEARER abc"), Some("abc".into()));
+        assert_eq!(with("Basic YWxpY2U6cHc="), None);
+        assert_eq!(with("Bearer"), None);
+        assert_eq!(with("Bearer a b"), None);
+        assert_eq!(with("Bearerabc"), None);
+    }
+
+    #[test]
+    fn keep_alive_rules() {
+        let ka = |v: &str, extra: &str| {
+            complete(format!("GET / HTTP/1.{v}\r\nHost: h\r\n{extra}\r\n").as_bytes()).keep_alive
+        };
+        assert!(ka("1", ""));
+        assert!(!ka("1", "Connection: close\r\n"));
+        assert!(!ka("1", "Connection: Keep-Alive, CLOSE\r\n"));
+        assert!(!ka("0", ""));
+        assert!(ka("0", "Connection: keep-alive\r\n"));
+        // HTTP/1.0 needs no Host.
+        assert_eq!(complete(b"GET /health HTTP/1.0\r\n\r\n").host, None);
+    }
+
+    #[test]
+    fn header_conflicts_are_malformed() {
+        for extra in [
+            "Host: other\r\n",
+            "Content-Length: 1\r\nContent-Length: 2\r\n",
+            "Content-Length: -1\r\n",
+            "Content-Length: 1 2\r\n",
+            "Content-Length: \r\n",
+            "Content-Length: 99999999999999999999\r\n",
+            "Authorization: Bearer a\r\nAuthorization: Bearer b\r\n",
+            "Content-Type: a\r\nContent-Type: b\r\n",
+        ] {
+            let buf = format!("POST /api/v1/login HTTP/1.1\r\nHost: h\r\n{extra}\r\n");
+            let e = invalid(buf.as_bytes());
+            assert!(matches!(e, HttpError::Malformed(_)), "{extra:?}: {e:?}");
+            assert_eq!((e.status(), e.code()), (400, "bad_request"));
+        }
+        // Repeated identical lengths are one length (RFC 9112 §6.3).
+        let h = complete(
+            b"POST /api/v1/login HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n",
+        );
+        assert_eq!(h.content_length, 3);
+        assert!(matches!(
+            invalid(b"GET / HTTP/1.1\r\n\r\n"),
+            HttpError::Malformed(_)
+        ));
+        assert!(matches!(
+            invalid(b"GET / HTTP/1.1\r\nHost: \xff\r\n\r\n"),
+            HttpError::Malformed(_)
+        ));
+    }
+
+    #[test]
+    fn request_line_errors() {
+        for bad in [
+            &b"GET / HTTP/2.0\r\n\r\n"[..],
+            b"PRI * HTTP/2.0\r\n",
+            b"GET  / HTTP/1.1\r\n",
+            b"GET / FTP/1.1\r\n",
+            b"G\x01T / HTTP/1.1\r\n",
+            b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n",
+        ] {
+            assert!(
+                matches!(invalid(bad), HttpError::Malformed(_)),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn head_bound() {
+        // A head of exactly MAX_HEAD bytes is accepted.
+        let start = "GET / HTTP/1.1\r\nHost: h\r\nX-Pad: ";
+        let pad = MAX_HEAD - start.len() - 4;
+        let exact = format!("{start}{}\r\n\r\n", "a".repeat(pad));
+        assert_eq!(exact.len(), MAX_HEAD);
+        assert_eq!(complete(exact.as_bytes()).head_len, MAX_HEAD);
+        // One more byte, complete or not, is over the bound.
+        let over = format!("{start}{}\r\n\r\n", "a".repeat(pad + 1));
+        assert_eq!(invalid(over.as_bytes()), HttpError::HeadTooLarge);
+        assert_eq!(
+            parse_head(&over.as_bytes()[..MAX_HEAD - 1]),
+            HeadParse::Incomplete
+        );
+        assert_eq!(invalid(&over.as_bytes()[..MAX_HEAD]), HttpError::HeadTooLarge);
+        // Too many header lines.
+        let many = format!(
+            "GET / HTTP/1.1\r\nHost: h\r\n{}\r\n",
+            "A: b\r\n".repeat(MAX_HEADERS)
+        );
+        let e = invalid(many.as_bytes());
+        assert_eq!((e.status(), e.code()), (431, "head_too_large"));
+    }
+
+    #[test]
+    fn body_bounds_apply_to_api_paths_only() {
+        let at = |path: &str, len: usize| {
+            format!("POST {path} HTTP/1.1\r\nHost: h\r\nContent-Length: {len}\r\n\r\n")
+        };
+        assert_eq!(
+            complete(at("/api/v1/login", MAX_BODY).as_bytes()).content_length,
+            MAX_BODY
+        );
+        let e = invalid(at("/api/v1/login", MAX_BODY + 1).as_bytes());
+        assert_eq!(e, HttpError::BodyTooLarge(MAX_BODY + 1));
+        assert_eq!((e.status(), e.code()), (413, "body_too_large"));
+        assert_eq!(
+            invalid(at("/health", MAX_BODY + 1).as_bytes()),
+            HttpError::BodyTooLarge(MAX_BODY + 1)
+        );
+        // A forwarded upload keeps its length.
+        assert_eq!(
+            complete(at("/upload", 1 << 30).as_bytes()).content_length,
+            1 << 30
+        );
+        let chunked =
+            |path: &str| format!("POST {path} HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n");
+        assert_eq!(invalid(chunked("/api/v1/launch").as_bytes()), HttpError::Chunked);
+        assert_eq!(HttpError::Chunked.status(), 400);
+        assert_eq!(complete(chunked("/upload").as_bytes()).content_length, 0);
+    }
+
+    #[test]
+    fn rd_gateway_method_parses() {
+        // MS-TSGU requests are not API requests: the caller forwards or answers 404.
+        let h = complete(b"RDG_OUT_DATA /remoteDesktopGateway/ HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
+        assert_eq!(
+            (h.method.as_str(), h.path.as_str()),
+            ("RDG_OUT_DATA", "/remoteDesktopGateway/")
+        );
+        assert_eq!(h.upgrade.as_deref(), Some("websocket"));
+    }
+
+    #[test]
+    fn debug_redacts_bearer() {
+        let h = complete(b"GET / HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer sekrit-token\r\n\r\n");
+        let dbg = format!("{h:?}");
+        assert!(!dbg.contains("sekrit"), "{dbg}");
+        assert!(dbg.contains("12 bytes redacted"), "{dbg}");
+    }
+
+    /// Splits a response into its head lines and body.
+    fn split(resp: &[u8]) -> (Vec<String>, Vec<u8>) {
+        let text = resp.windows(4).position(|w| w == b"\r\n\r\n").expect("head end");
+        let head = String::from_utf8(resp[..text].to_vec()).expect("ascii head");
+        (
+            head.split("\r\n").map(str::to_owned).collect(),
+            resp[text + 4..].to_vec(),
+        )
+    }
+
+    #[test]
+    fn json_responses() {
+        let body = serde_json::json!({"status": "ok", "brokers": ["b1"]});
+        let (lines, got) = split(&json_response(200, &body, false));
+        assert_eq!(lines[0], "HTTP/1.1 200 OK");
+        assert!(lines.contains(&"Content-Type: application/json".to_owned()));
+        assert!(lines.contains(&format!("Content-Length: {}", got.len())));
+        assert!(lines.contains(&"Connection: keep-alive".to_owned()));
+        assert_eq!(serde_json::from_slice::<serde_json::Value>(&got).unwrap(), body);
+        let (lines, _) = split(&json_response(503, &body, true));
+        assert_eq!(lines[0], "HTTP/1.1 503 Service Unavailable");
+        assert!(lines.contains(&"Connection: close".to_owned()));
+        // Parsed back by httparse as a client would.
+        let resp = json_response(
+            404,
+            &serde_json::json!({"error": "not_found", "message": "x"}),
+            true,
+        );
+        let mut headers = [httparse::EMPTY_HEADER; 8];
+        let mut r = httparse::Response::new(&mut headers);
+        assert!(matches!(r.parse(&resp), Ok(httparse::Status::Complete(_))));
+        assert_eq!(r.code, Some(404));
+    }
+
+    #[test]
+    fn error_response_shape() {
+        let (lines, body) = split(&HttpError::HeadTooLarge.response());
+        assert_eq!(lines[0], "HTTP/1.1 431 Request Header Fields Too Large");
+        assert!(lines.contains(&"Connection: close".to_owned()));
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error"], "head_too_large");
+        assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+
+    #[test]
+    fn upgrade_answer() {
+        assert_eq!(
+            switching_protocols(),
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: gatehouse-tunnel\r\nConnection: Upgrade\r\n\r\n"
+        );
+        assert_eq!(reason_phrase(418), "Unknown");
+    }
+
+    proptest! {
+        #[test]
+        fn never_panics_on_random_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..10_000)) {
+            if let HeadParse::Complete(h) = parse_head(&bytes) {
+                prop_assert!(h.head_len <= MAX_HEAD && h.head_len <= bytes.len());
+            }
+        }
+
+        #[test]
+        fn never_panics_on_header_like_text(
+            lines in proptest::collection::vec("[A-Za-z-]{1,16}: [ -~]{0,40}", 0..20),
+            path in "/[!-~]{0,30}",
+        ) {
+            let headers: String = lines.iter().map(|l| format!("{l}\r\n")).collect();
+            let buf = format!("POST {path} HTTP/1.1\r\nHost: h\r\n{headers}\r\n");
+            if let HeadParse::Complete(h) = parse_head(buf.as_bytes()) {
+                prop_assert_eq!(h.head_len, buf.len());
+                // A valid head is never refused early: every prefix is only incomplete.
+                for cut in 0..buf.len() {
+                    prop_assert_eq!(parse_head(&buf.as_bytes()[..cut]), HeadParse::Incomplete);
+                }
+                let _ = super::super::api::route(&h, &[]);
+            }
+        }
+    }
+}

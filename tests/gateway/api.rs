@@ -1,0 +1,203 @@
+//! The client API through a gateway: login, launch, tunnels in Gateway and Gateway SSL
+//! modes, direct mode, refusals, and open-proxy attempts.
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use crate::client::{self, Stream};
+use crate::farm::GatewayFarm;
+
+/// Sends `len` checksummed bytes through `s` (echoed by the stand-in) and checks them.
+fn echo_through(s: &mut Stream, len: usize, seed: u8, early: &[u8]) {
+    let data: Vec<u8> = (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect();
+    let mut got = early.to_vec();
+    let mut sent = 0;
+    let mut buf = vec![0u8; 65536];
+    while sent < len {
+        let n = (len - sent).min(16384);
+        s.write_all(&data[sent..sent + n]).unwrap();
+        s.flush().unwrap();
+        sent += n;
+        while got.len() < sent {
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0, "tunnel closed after {} bytes", got.len());
+            got.extend_from_slice(&buf[..n]);
+        }
+    }
+    assert_eq!(got.len(), data.len());
+    assert!(got == data, "bytes differ");
+}
+
+#[test]
+fn gateway_and_gateway_ssl_tunnels_carry_bytes_under_concurrency() {
+    let farm = GatewayFarm::start(3);
+    let gw = farm.start_gateway("gw-a", "site-a", "");
+    gw.wait_healthy();
+    let addr = gw.listen;
+    let started = Instant::now();
+    let threads: Vec<_> = (0..8)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let tls = i % 2 == 1;
+                let ticket = client::ticket_for(addr, tls, "bob", "other");
+                let (mut s, r) = client::tunnel(addr, tls, &ticket);
+                assert_eq!(r.status, 101, "tunnel: {r:?}");
+                echo_through(&mut s, 256 * 1024 + i * 1000, i as u8, &r.rest);
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    println!(
+        "8 tunnels (4 plain, 4 TLS) of ~256 KiB each in {:?}",
+        started.elapsed()
+    );
+    let total: usize = farm.hosts.iter().map(|h| h.accepted()).sum();
+    assert!(total >= 8, "hosts accepted {total}");
+    let m = gw.metrics();
+    assert!(
+        m.contains("gatehouse_gateway_answers_total{endpoint=\"login\",status=\"200\"} 8"),
+        "{m}"
+    );
+}
+
+#[test]
+fn wrong_password_gets_no_tunnel_and_the_host_sees_nothing() {
+    let farm = GatewayFarm::start(2);
+    let gw = farm.start_gateway("gw-a", "site-a", "");
+    gw.wait_healthy();
+    let before: usize = farm.hosts.iter().map(|h| h.accepted()).sum();
+    let mut s = Stream::connect(gw.listen, true).unwrap();
+    let r = client::login(&mut s, "alice", "wrong");
+    assert_eq!(r.status, 401, "{r:?}");
+    assert_eq!(r.error_code(), "wrong_password");
+    // A tunnel without a ticket, and with a token instead of a ticket.
+    let (_s, r) = client::tunnel(gw.listen, false, "not-a-ticket");
+    assert_eq!(r.status, 403, "{r:?}");
+    assert_eq!(r.error_code(), "ticket_malformed");
+    std::thread::sleep(Duration::from_millis(300));
+    let after: usize = farm.hosts.iter().map(|h| h.accepted()).sum();
+    assert_eq!(before, after, "a host saw a connection");
+    assert!(
+        gw.proc.log_text().contains("wrong_password"),
+        "{}",
+        gw.proc.log_text()
+    );
+}
+
+#[test]
+fn tickets_work_once_and_only_where_issued() {
+    let farm = GatewayFarm::start(2);
+    let gw_a = farm.start_gateway("gw-a", "site-a", "");
+    let gw_b = farm.start_gateway("gw-b", "site-a", "");
+    let gw_x = farm.start_gateway("gw-x", "site-b", "");
+    for g in [&gw_a, &gw_b, &gw_x] {
+        g.wait_healthy();
+    }
+    // Issued through gw-a, spent through gw-b (same site): works once, farm-wide.
+    let ticket = client::ticket_for(gw_a.listen, false, "bob", "other");
+    let (mut s, r) = client::tunnel(gw_b.listen, false, &ticket);
+    assert_eq!(r.status, 101, "{r:?}");
+    echo_through(&mut s, 1000, 7, &r.rest);
+    drop(s);
+    let (_s, r) = client::tunnel(gw_a.listen, false, &ticket);
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (403, "ticket_replayed"),
+        "{r:?}"
+    );
+    // A site-b gateway refuses a site-a ticket before asking anyone.
+    let ticket = client::ticket_for(gw_a.listen, false, "bob", "other");
+    let (_s, r) = client::tunnel(gw_x.listen, false, &ticket);
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (403, "ticket_binding_mismatch"),
+        "{r:?}"
+    );
+    // Forged: one character of the signature changed.
+    let mut forged = ticket.clone().into_bytes();
+    let last = forged.len() - 2;
+    forged[last] = if forged[last] == b'A' { b'B' } else { b'A' };
+    let (_s, r) = client::tunnel(gw_a.listen, false, &String::from_utf8(forged).unwrap());
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (403, "ticket_forged"),
+        "{r:?}"
+    );
+    // The unspent original still works after all that.
+    let (mut s, r) = client::tunnel(gw_a.listen, false, &ticket);
+    assert_eq!(r.status, 101, "{r:?}");
+    echo_through(&mut s, 100, 9, &r.rest);
+}
+
+#[test]
+fn direct_mode_names_the_host_the_broker_chose() {
+    let farm = GatewayFarm::start(3);
+    let gw = farm.start_gateway("gw-a", "site-a", "");
+    gw.wait_healthy();
+    let mut s = Stream::connect(gw.listen, true).unwrap();
+    let r = client::login(&mut s, "alice", "right");
+    assert_eq!(r.status, 200, "{r:?}");
+    let token = r.json()["session_token"].as_str().unwrap().to_string();
+    let r = client::launch(&mut s, &token, "desktop-a", "direct");
+    assert_eq!(r.status, 200, "{r:?}");
+    let j = r.json();
+    assert_eq!(j["mode"], "direct");
+    assert!(j.get("ticket").is_none(), "{j}");
+    // alice has a session on host 0 (the busiest): affinity sends her back there.
+    let host0 = farm.hosts[0].addr;
+    assert_eq!(j["host"], host0.ip().to_string(), "{j}");
+    assert_eq!(j["port"], host0.port(), "{j}");
+    // Resources on the same connection.
+    let r = client::send(&mut s, "GET", "/api/v1/resources", Some(&token), None, "").unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json()["resources"][0]["id"], "desktop-a");
+}
+
+#[test]
+fn bad_first_bytes_and_non_api_requests_get_a_specific_answer() {
+    let farm = GatewayFarm::start(1);
+    let gw = farm.start_gateway("gw-a", "site-a", "");
+    gw.wait_healthy();
+    // A tunnel in progress must not be disturbed by the bad clients below.
+    let ticket = client::ticket_for(gw.listen, false, "bob", "other");
+    let (mut tunnel, r) = client::tunnel(gw.listen, false, &ticket);
+    assert_eq!(r.status, 101);
+    // Garbage first bytes: closed.
+    let mut s = std::net::TcpStream::connect(gw.listen).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"\x00\x01\x02\x03garbage").unwrap();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    // A web request with no forward target: 404.
+    let r = client::request(gw.listen, "GET", "/index.html", None, None).unwrap();
+    assert_eq!((r.status, r.error_code().as_str()), (404, "not_found"));
+    // An oversized head: 431.
+    let mut s = Stream::connect(gw.listen, false).unwrap();
+    let big = format!("X-Pad: {}\r\n", "a".repeat(9000));
+    let r = client::send(&mut s, "GET", "/api/v1/resources", None, None, &big).unwrap();
+    assert_eq!(r.status, 431);
+    // Wrong method, bad JSON.
+    let r = client::request(gw.listen, "GET", "/api/v1/login", None, None).unwrap();
+    assert_eq!(r.status, 405);
+    let mut s = Stream::connect(gw.listen, false).unwrap();
+    s.write_all(b"POST /api/v1/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 5\r\n\r\n{oops")
+        .unwrap();
+    let r = client::read_response(&mut s).unwrap();
+    assert_eq!((r.status, r.error_code().as_str()), (400, "bad_request"));
+    // A slow client: the handshake timeout (2 s here) ends it.
+    let mut s = std::net::TcpStream::connect(gw.listen).unwrap();
+    s.write_all(b"POST /api/v1/lo").unwrap();
+    let t = Instant::now();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    println!("slow request closed after {:?}", t.elapsed());
+    assert!(t.elapsed() < Duration::from_secs(6));
+    echo_through(&mut tunnel, 50_000, 3, &r.rest[..0]);
+    let log = gw.proc.log_text();
+    assert!(log.contains("first bytes are not TLS, RDP or HTTP"), "{log}");
+}

@@ -1,0 +1,122 @@
+//! Forwarding gateways (DMZ): a chain passes the client on with PROXY v2 and the gateway
+//! path; failover along the chain; loops and untrusted PROXY headers refused.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use crate::client::{self, Stream};
+use crate::common::free_port;
+use crate::farm::{Gateway, GatewayFarm};
+
+fn addr() -> SocketAddr {
+    format!("127.0.0.1:{}", free_port()).parse().unwrap()
+}
+
+/// A forwarding-only gateway `id` at `listen` whose chain is `next` (in order).
+fn forwarder(
+    farm: &GatewayFarm,
+    id: &str,
+    listen: SocketAddr,
+    next: &[SocketAddr],
+    trusted: bool,
+) -> Gateway {
+    let admin = addr();
+    let backends: Vec<String> = next
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("{{ name = \"next-{i}\", address = \"{a}\" }}"))
+        .collect();
+    let trust = if trusted {
+        "accept_proxy_from = [\"127.0.0.1/32\"]\n"
+    } else {
+        ""
+    };
+    let text = format!(
+        "[node]\nname = \"{id}\"\nworkers = 1\n\n[admin]\nlisten = \"{admin}\"\n\n[gateway]\nid = \"{id}\"\n\n\
+         [[gateway.listener]]\nname = \"dmz\"\nbind = \"{listen}\"\npool = \"chain\"\nconnect_timeout = \"1s\"\n{trust}\n\
+         [[gateway.pool]]\nname = \"chain\"\nalgorithm = \"first\"\nsend_proxy = true\nretries = {}\nbackends = [{}]\n",
+        next.len().saturating_sub(1),
+        backends.join(", ")
+    );
+    farm.start_gateway_config(id, &text, listen, admin)
+}
+
+#[test]
+fn a_forwarding_chain_carries_the_client_with_failover() {
+    let farm = GatewayFarm::start(1);
+    // gw-a trusts PROXY headers from loopback (the forwarders) on its front listener.
+    let gw = farm.start_gateway("gw-a", "site-a", "accept_proxy_from = [\"127.0.0.1/32\"]\n");
+    // The chain's first hop is dead: the forwarder fails over to gw-a.
+    let dead = addr();
+    let fw = forwarder(&farm, "fw-1", addr(), &[dead, gw.listen], false);
+    // Everything through the forwarder, in TLS (passed through unchanged).
+    let ticket = client::ticket_for(fw.listen, true, "bob", "other");
+    let (mut s, r) = client::tunnel(fw.listen, true, &ticket);
+    assert_eq!(r.status, 101, "{r:?}");
+    s.write_all(b"hello through the DMZ").unwrap();
+    let mut back = [0u8; 21];
+    s.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"hello through the DMZ");
+    // gw-a saw the client's address from the PROXY header, and no direct client gets in
+    // without one (loopback must send PROXY on this listener).
+    let mut direct = TcpStream::connect(gw.listen).unwrap();
+    direct.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    direct
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = direct.read_to_end(&mut out);
+    assert!(
+        !String::from_utf8_lossy(&out).contains("200"),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+}
+
+#[test]
+fn a_forwarding_loop_is_refused() {
+    let farm = GatewayFarm::start(1);
+    let listen = addr();
+    // fw-loop forwards to itself and trusts itself: the second arrival finds its own id.
+    let fw = forwarder(&farm, "fw-loop", listen, &[listen], true);
+    let mut s = TcpStream::connect(fw.listen).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    // fw-loop expects a PROXY header from loopback, so the test is a forwarder too: a
+    // PROXY v2 header with no path.
+    let header = gatehouse::proxy_protocol::ProxyHeader::proxy("192.0.2.7:5000".parse().unwrap(), listen);
+    let mut bytes = Vec::new();
+    header.encode(&mut bytes).unwrap();
+    s.write_all(&bytes).unwrap();
+    s.write_all(b"GET /health HTTP/1.1\r\n\r\n").unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let log = fw.proc.log_text();
+    assert!(
+        fw.proc
+            .wait_log("gateway path refused", 1, Duration::from_secs(5)),
+        "{log}"
+    );
+    assert!(fw.proc.log_text().contains("fw-loop"), "{log}");
+}
+
+#[test]
+fn proxy_headers_from_untrusted_addresses_are_refused() {
+    let farm = GatewayFarm::start(1);
+    let gw = farm.start_gateway("gw-a", "site-a", "accept_proxy_from = [\"10.9.0.0/16\"]\n");
+    gw.wait_healthy();
+    let mut s = Stream::connect(gw.listen, false).unwrap();
+    let header = gatehouse::proxy_protocol::ProxyHeader::proxy("192.0.2.7:5000".parse().unwrap(), gw.listen);
+    let mut bytes = Vec::new();
+    header.encode(&mut bytes).unwrap();
+    s.write_all(&bytes).unwrap();
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let r = client::read_response(&mut s);
+    assert!(r.is_err() || r.as_ref().unwrap().status != 200, "{r:?}");
+    assert!(
+        gw.proc
+            .wait_log("not in accept_proxy_from", 1, Duration::from_secs(5)),
+        "{}",
+        gw.proc.log_text()
+    );
+}

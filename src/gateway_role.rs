@@ -265,3 +265,63 @@ impl Front {
 pub const MAX_PATH_IDS: usize = crate::gateway::path::MAX_PATH_ENTRIES;
 /// Longest gateway id.
 pub const MAX_ID_BYTES: usize = crate::gateway::path::MAX_ID_BYTES;
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{load_str, ValidateOptions};
+
+    fn problems(text: &str) -> String {
+        match load_str(text, "gw.toml", ValidateOptions::default()) {
+            Ok(_) => String::new(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_front_listener_needs_brokers_site_and_member_files() {
+        let e = problems("[gateway]\n[[gateway.listener]]\nname = \"front\"\nbind = \"127.0.0.1:8443\"\n");
+        for key in [
+            "gateway.site",
+            "gateway.brokers",
+            "gateway.cert_file",
+            "gateway.farm_key_file",
+        ] {
+            assert!(e.contains(key), "{key} missing from: {e}");
+        }
+        assert!(e.contains("gw.toml:1:"), "{e}");
+    }
+
+    #[test]
+    fn a_forwarding_listener_needs_send_proxy_and_no_front_keys() {
+        let text =
+            "[gateway]\nid = \"fw\"\n\n[[gateway.listener]]\nname = \"dmz\"\nbind = \"127.0.0.1:8443\"\n\
+                    pool = \"chain\"\nrdp_resource = \"desk\"\n\n[[gateway.pool]]\nname = \"chain\"\n\
+                    backends = [{ name = \"a\", address = \"127.0.0.1:9000\" }]\n";
+        let e = problems(text);
+        assert!(
+            e.contains("gw.toml:7:1: gateway.listener[0].pool: pool \"chain\" must have send_proxy = true"),
+            "{e}"
+        );
+        assert!(e.contains("gateway.listener[0].rdp_resource"), "{e}");
+        let ok = text.replace("rdp_resource = \"desk\"\n", "").replace(
+            "[[gateway.pool]]\nname = \"chain\"\n",
+            "[[gateway.pool]]\nname = \"chain\"\nsend_proxy = true\n",
+        );
+        assert_eq!(problems(&ok), "");
+    }
+
+    #[test]
+    fn gateway_keys_on_a_halb_listener_and_shared_names_are_refused() {
+        let text = "[halb]\n[[halb.listener]]\nname = \"a\"\nbind = \"127.0.0.1:8443\"\npool = \"p\"\n\
+                    forward_http = \"127.0.0.1:80\"\n\n[[halb.pool]]\nname = \"p\"\n\
+                    backends = [{ name = \"b\", address = \"127.0.0.1:9000\" }]\n\n\
+                    [gateway]\nid = \"fw\"\n[[gateway.listener]]\nname = \"a\"\nbind = \"127.0.0.1:8443\"\npool = \"p\"\n";
+        let e = problems(text);
+        assert!(
+            e.contains("halb.listener[0].forward_http: only a [[gateway.listener]]"),
+            "{e}"
+        );
+        assert!(e.contains("duplicate listener name \"a\""), "{e}");
+        assert!(e.contains("already bound by listener \"a\""), "{e}");
+    }
+}

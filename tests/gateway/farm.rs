@@ -331,6 +331,12 @@ impl Gateway {
         assert!(ok, "gateway never healthy: {}", self.proc.log_text());
     }
 
+    /// Waits until `healthy` (a custom probe) holds: for listeners that need a PROXY header.
+    pub fn wait_healthy_via(&self, mut healthy: impl FnMut() -> bool) {
+        let ok = wait_for(Duration::from_secs(10), &mut healthy);
+        assert!(ok, "gateway never healthy: {}", self.proc.log_text());
+    }
+
     /// The admin /metrics text.
     pub fn metrics(&self) -> String {
         crate::client::request(self.admin, "GET", "/metrics", None, None)

@@ -120,3 +120,52 @@ fn proxy_headers_from_untrusted_addresses_are_refused() {
         gw.proc.log_text()
     );
 }
+
+#[test]
+fn allow_and_deny_lists_apply_to_the_real_client_address() {
+    let farm = GatewayFarm::start(1);
+    // Direct clients from loopback are denied outright.
+    let denied = farm.start_gateway("gw-a", "site-a", "deny = [\"127.0.0.0/8\"]\n");
+    let mut s = TcpStream::connect(denied.listen).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    assert!(out.is_empty(), "{}", String::from_utf8_lossy(&out));
+    assert!(
+        denied
+            .proc
+            .wait_log("is not allowed on this listener", 1, Duration::from_secs(5)),
+        "{}",
+        denied.proc.log_text()
+    );
+    // Behind a trusted forwarder the PROXY header's source is what the lists see.
+    let gw = farm.start_gateway(
+        "gw-b",
+        "site-a",
+        "accept_proxy_from = [\"127.0.0.1/32\"]\nallow = [\"192.0.2.0/24\"]\ndeny = [\"192.0.2.66/32\"]\n",
+    );
+    let ask = |client: &str| -> Vec<u8> {
+        let mut s = TcpStream::connect(gw.listen).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let header = gatehouse::proxy_protocol::ProxyHeader::proxy(client.parse().unwrap(), gw.listen);
+        let mut bytes = Vec::new();
+        header.encode(&mut bytes).unwrap();
+        s.write_all(&bytes).unwrap();
+        s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        out
+    };
+    gw.wait_healthy_via(|| String::from_utf8_lossy(&ask("192.0.2.7:4000")).contains(" 200 "));
+    assert!(
+        ask("192.0.2.66:4000").is_empty(),
+        "a denied address got an answer"
+    );
+    assert!(
+        ask("198.51.100.1:4000").is_empty(),
+        "an address outside allow got an answer"
+    );
+    let log = gw.proc.log_text();
+    assert!(log.contains("192.0.2.66 (via 127.0.0.1:"), "{log}");
+}

@@ -7,6 +7,8 @@
 //! - [`wire`]: the byte formats the scenarios and stand-ins share (no I/O);
 //! - [`procstat`]: CPU and memory of the process under test from /proc;
 //! - [`capacity`]: the capacity ramp over `rdp-profile`, with multi-process load;
+//! - [`login_launch`]: the broker benchmark (a generated farm, `gatehouse run` as broker,
+//!   stand-in host agents, gateway links doing login + launch);
 //! - [`plot`]: latency-against-load plots as SVG.
 //!
 //! This crate must not depend on gatehouse: gatehouse depends on it.
@@ -15,6 +17,7 @@ use std::fmt;
 use std::net::SocketAddr;
 
 pub mod capacity;
+pub mod login_launch;
 pub mod net;
 pub mod plot;
 pub mod procstat;

@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use gatehouse_bench::capacity::{self, NodeSize, Ramp};
+use gatehouse_bench::login_launch;
 use gatehouse_bench::net::{parse_duration, parse_size, raise_nofile_limit};
 use gatehouse_bench::plot::{LatencyPlot, Series};
 use gatehouse_bench::report::Report;
@@ -218,6 +219,59 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The broker benchmark: generates a farm (users, hosts, certificates), starts
+    /// `gatehouse run` as its broker and stand-in host agents, then gateway links log in and
+    /// launch; reports launches/s and latencies next to the cost of one password check and
+    /// a launch-only run.
+    LoginLaunch {
+        /// A run of a few seconds with a small farm (defaults below become 200 users,
+        /// 6 hosts, 4 clients, 1 s windows); explicit options still apply.
+        #[arg(long)]
+        quick: bool,
+        /// Users in the users file [default: 10000].
+        #[arg(long)]
+        users: Option<usize>,
+        /// Session hosts [default: 100].
+        #[arg(long)]
+        hosts: Option<usize>,
+        /// Sites, each with a gateway, a desktop pool and an application pool [default: 2].
+        #[arg(long)]
+        sites: Option<usize>,
+        /// The broker's password-check threads [default: 2, the broker's default].
+        #[arg(long)]
+        hash_threads: Option<usize>,
+        /// Clients in flight at once, over one link per site's gateway [default: 8].
+        #[arg(long)]
+        concurrency: Option<usize>,
+        /// Load before each measured window [default: 2s].
+        #[arg(long, value_parser = parse_duration)]
+        warmup: Option<Duration>,
+        /// Each phase's measured window [default: 10s].
+        #[arg(long, value_parser = parse_duration)]
+        duration: Option<Duration>,
+        /// Launch-only phase: users each client logs in as beforehand [default: 16].
+        #[arg(long)]
+        tokens_per_client: Option<usize>,
+        /// Hash every user's password (in parallel on every CPU) instead of sharing one
+        /// hash; a check costs the same either way.
+        #[arg(long)]
+        distinct_hashes: bool,
+        /// Password checks timed alone [default: 20].
+        #[arg(long)]
+        check_samples: Option<usize>,
+        /// Seed of host loads, users and resources.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// The gatehouse binary [default: `gatehouse` beside this binary].
+        #[arg(long)]
+        gatehouse: Option<PathBuf>,
+        /// Build the farm in this directory and keep it (default: a temporary one).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Print the JSON report instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
     /// One client process of a multi-process capacity step (started by `capacity`).
     #[command(hide = true)]
     CapacityWorker {
@@ -361,6 +415,8 @@ enum Output {
     Capacity(Box<capacity::CapacityReport>, bool),
     /// A worker's outcome (JSON, always).
     Worker(capacity::WorkerOutcome),
+    /// The broker benchmark.
+    LoginLaunch(Box<login_launch::LoginLaunchReport>, bool),
 }
 
 fn main() -> ExitCode {
@@ -398,6 +454,20 @@ fn main() -> ExitCode {
             (text, Vec::new())
         }
         Output::Worker(w) => (serde_json::to_string(&w), Vec::new()),
+        Output::LoginLaunch(r, json) => {
+            if r.errors() > 0 {
+                eprintln!(
+                    "gatehouse-bench: {} logins or launches refused or failed",
+                    r.errors()
+                );
+            }
+            let text = if json {
+                serde_json::to_string_pretty(&r)
+            } else {
+                Ok(r.to_table())
+            };
+            (text, Vec::new())
+        }
     };
     match text {
         Ok(t) if t.ends_with('\n') => print!("{t}"),
@@ -423,6 +493,13 @@ fn main() -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+/// `gatehouse` beside this binary (both are built into the same target directory).
+fn default_gatehouse() -> Result<PathBuf, BenchError> {
+    let exe = std::env::current_exe()
+        .map_err(|e| BenchError::Usage(format!("cannot find this binary's directory: {e}")))?;
+    Ok(exe.with_file_name("gatehouse"))
 }
 
 fn write_plot(path: &PathBuf, plot: &LatencyPlot) -> Result<(), BenchError> {
@@ -671,6 +748,52 @@ fn run(command: Command) -> Result<Option<Output>, Box<dyn std::error::Error>> {
                 write_plot(path, &capacity_plot(&report, slo))?;
             }
             Output::Capacity(Box::new(report), json)
+        }
+        Command::LoginLaunch {
+            quick,
+            users,
+            hosts,
+            sites,
+            hash_threads,
+            concurrency,
+            warmup,
+            duration,
+            tokens_per_client,
+            distinct_hashes,
+            check_samples,
+            seed,
+            gatehouse,
+            dir,
+            json,
+        } => {
+            let gatehouse = match gatehouse {
+                Some(g) => g,
+                None => default_gatehouse()?,
+            };
+            let base = if quick {
+                login_launch::Params::quick(gatehouse)
+            } else {
+                login_launch::Params::full(gatehouse)
+            };
+            let p = login_launch::Params {
+                layout: login_launch::farm::Layout {
+                    users: users.unwrap_or(base.layout.users),
+                    hosts: hosts.unwrap_or(base.layout.hosts),
+                    sites: sites.unwrap_or(base.layout.sites),
+                },
+                hash_threads: hash_threads.unwrap_or(base.hash_threads),
+                concurrency: concurrency.unwrap_or(base.concurrency),
+                warmup: warmup.unwrap_or(base.warmup),
+                duration: duration.unwrap_or(base.duration),
+                tokens_per_client: tokens_per_client.unwrap_or(base.tokens_per_client),
+                distinct_hashes,
+                check_samples: check_samples.unwrap_or(base.check_samples),
+                seed,
+                dir,
+                ..base
+            };
+            let report = login_launch::run(&p, &mut |line| eprintln!("login-launch: {line}"))?;
+            Output::LoginLaunch(Box::new(report), json)
         }
         Command::CapacityWorker { spec } => {
             let spec: capacity::WorkerSpec =

@@ -136,6 +136,9 @@ impl Node {
         if let Some(g) = gateway {
             shared.set_gateway(g);
         }
+        if let Some(c) = &control_roles {
+            c.register_metrics(&shared);
+        }
         if !tls.listeners.is_empty() || !tls.pools.is_empty() {
             shared.set_tls(tls);
         }

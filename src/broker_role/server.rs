@@ -79,6 +79,65 @@ struct Shared {
     draining: Arc<AtomicBool>,
     /// Connection threads running.
     connections: AtomicUsize,
+    /// What the broker counted (the node's /metrics renders it).
+    metrics: Arc<BrokerMetrics>,
+}
+
+/// The broker's counters: replies by type and refusal reason, farm peers connected by role.
+#[derive(Default)]
+pub struct BrokerMetrics {
+    replies: Mutex<std::collections::BTreeMap<(&'static str, &'static str), u64>>,
+    gateways: AtomicUsize,
+    agents: AtomicUsize,
+}
+
+impl BrokerMetrics {
+    fn count(&self, reply: &Reply) {
+        let reason = match reply {
+            Reply::Refused(r) => r.reason.as_str(),
+            _ => "",
+        };
+        *self.replies.lock().entry((reply.name(), reason)).or_insert(0) += 1;
+    }
+
+    fn peers(&self, role: Role) -> &AtomicUsize {
+        if role == Role::Gateway {
+            &self.gateways
+        } else {
+            &self.agents
+        }
+    }
+
+    /// Appends the Prometheus text.
+    pub fn render(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let _ = writeln!(
+            out,
+            "# HELP gatehouse_broker_replies_total Broker replies by type and refusal reason."
+        );
+        let _ = writeln!(out, "# TYPE gatehouse_broker_replies_total counter");
+        for ((reply, reason), n) in self.replies.lock().iter() {
+            let _ = writeln!(
+                out,
+                "gatehouse_broker_replies_total{{reply=\"{reply}\",reason=\"{reason}\"}} {n}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP gatehouse_broker_peers Farm peers connected, by role."
+        );
+        let _ = writeln!(out, "# TYPE gatehouse_broker_peers gauge");
+        let _ = writeln!(
+            out,
+            "gatehouse_broker_peers{{role=\"gateway\"}} {}",
+            self.gateways.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "gatehouse_broker_peers{{role=\"host-agent\"}} {}",
+            self.agents.load(Ordering::Relaxed)
+        );
+    }
 }
 
 impl BrokerServer {
@@ -126,6 +185,7 @@ impl BrokerServer {
             stop: stop.clone(),
             draining: draining.clone(),
             connections: AtomicUsize::new(0),
+            metrics: Arc::new(BrokerMetrics::default()),
         });
         let mut threads = Vec::new();
         for i in 0..section.hash_threads.max(1) {
@@ -212,6 +272,11 @@ impl BrokerServer {
             }
         }
         Ok((!fixed.is_empty()).then(|| format!("broker {} change at the next restart", fixed.join(", "))))
+    }
+
+    /// The broker's counters (the node renders them on /metrics).
+    pub fn metrics(&self) -> Arc<BrokerMetrics> {
+        self.shared.metrics.clone()
     }
 
     /// The broker core (admin API, metrics, tests).
@@ -322,6 +387,7 @@ fn connection(sock: TcpStream, addr: SocketAddr, role: Role, shared: &Arc<Shared
         addr,
     };
     tracing::info!(peer = %addr, node = %peer.node, role = %role, "farm peer connected");
+    shared.metrics.peers(role).fetch_add(1, Ordering::Relaxed);
     let (done_tx, done_rx) = crossbeam_channel::unbounded::<(u64, Reply)>();
     let mut told_draining = false;
     let end = loop {
@@ -375,6 +441,7 @@ fn connection(sock: TcpStream, addr: SocketAddr, role: Role, shared: &Arc<Shared
                 }
             };
             if let Some((id, reply)) = answer {
+                shared.metrics.count(&reply);
                 if let Err(e) = send_reply(&mut link, id, &reply) {
                     failed = Some(e);
                     break;
@@ -383,6 +450,7 @@ fn connection(sock: TcpStream, addr: SocketAddr, role: Role, shared: &Arc<Shared
         }
         if failed.is_none() {
             while let Ok((id, reply)) = done_rx.try_recv() {
+                shared.metrics.count(&reply);
                 if let Err(e) = send_reply(&mut link, id, &reply) {
                     failed = Some(e);
                     break;
@@ -393,6 +461,7 @@ fn connection(sock: TcpStream, addr: SocketAddr, role: Role, shared: &Arc<Shared
             break Some(e);
         }
     };
+    shared.metrics.peers(role).fetch_sub(1, Ordering::Relaxed);
     match end {
         Some(e) => {
             tracing::info!(node = %peer.node, peer = %addr, reason = e.reason(), "farm peer gone: {e}")
@@ -522,6 +591,14 @@ fn directory_check(
 }
 
 impl ControlRoles {
+    /// Adds the broker's counters to the node's /metrics.
+    pub fn register_metrics(&self, node: &crate::shared::Shared) {
+        if let Some(server) = &self.broker {
+            let metrics = server.metrics();
+            node.add_metrics_source(Box::new(move |out: &mut String| metrics.render(out)));
+        }
+    }
+
     /// SIGHUP (the node's reload, after the new config validated): reloads the broker's farm
     /// file, users file and LDAP settings. `Err` refuses the whole reload and the previous
     /// farm keeps serving; `Ok` may carry a note on what changes only at the next restart.

@@ -100,6 +100,8 @@ pub struct GatewayFarm {
     pub hosts: Vec<StandIn>,
     pub broker: Proc,
     pub broker_gw: SocketAddr,
+    /// The broker's admin listener (its /metrics).
+    pub broker_admin: SocketAddr,
     pub agents: Vec<Proc>,
 }
 
@@ -171,8 +173,9 @@ impl GatewayFarm {
         let p = |f: &str| dir.path().join(f).display().to_string();
         let broker_gw: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let agents_at: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let broker_admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let config = format!(
-            "[node]\nname = \"broker-1\"\nworkers = 1\n\n[broker]\ngateway_listen = \"{broker_gw}\"\nagent_listen = \"{agents_at}\"\n\
+            "[node]\nname = \"broker-1\"\nworkers = 1\n\n[admin]\nlisten = \"{broker_admin}\"\n\n[broker]\ngateway_listen = \"{broker_gw}\"\nagent_listen = \"{agents_at}\"\n\
              farm_file = \"{}\"\nusers_file = \"{}\"\naudit_file = \"{}\"\nfarm_key_file = \"{}\"\n\
              cert_file = \"{}\"\nkey_file = \"{}\"\nca_file = \"{}\"\nhash_threads = 2\n",
             p("farm.toml"),
@@ -254,6 +257,7 @@ impl GatewayFarm {
             hosts,
             broker,
             broker_gw,
+            broker_admin,
             agents,
         };
         // Hosts are chosen once their agents reported (every 500 ms).
@@ -263,6 +267,13 @@ impl GatewayFarm {
 
     pub fn path(&self, file: &str) -> PathBuf {
         self.dir.path().join(file)
+    }
+
+    /// The broker's /metrics text.
+    pub fn broker_metrics(&self) -> String {
+        crate::client::request(self.broker_admin, "GET", "/metrics", None, None)
+            .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+            .unwrap_or_default()
     }
 
     /// The `[gateway]` section (brokers, member files) for gateway `id` of `site`.

@@ -67,6 +67,9 @@ enum Cmd {
     User(crate::broker_role::cli::UserArgs),
     /// Run only a host agent reporting to the given brokers.
     HostAgent(crate::broker_role::cli::HostAgentArgs),
+    // connect (issue 5): the client, implemented in crate::connect::cli.
+    /// Log in through a gateway and expose a remote desktop on a local port for any RDP client.
+    Connect(crate::connect::cli::ConnectArgs),
 }
 
 /// Parses the command line and runs it.
@@ -138,6 +141,11 @@ pub fn main() -> ExitCode {
         Cmd::HostAgent(args) => {
             init_logging("info");
             crate::broker_role::cli::run_host_agent(args)
+        }
+        // connect (issue 5)
+        Cmd::Connect(args) => {
+            init_logging("info");
+            crate::connect::cli::run(args)
         }
         Cmd::Standin { kind, listen } => {
             let kind = match kind.parse::<gatehouse_bench::standin::Kind>() {

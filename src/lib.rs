@@ -12,6 +12,8 @@ pub mod broker_role;
 pub mod cidr;
 pub mod cli;
 pub mod config;
+// connect (issue 5): the `gatehouse connect` client.
+pub mod connect;
 pub mod demo;
 pub mod engine;
 pub mod gateway;

@@ -266,37 +266,20 @@ impl Node {
             }
         };
         let old = self.shared.config();
-        if let Err(e) = check_new_listeners(&old, &new) {
+        let refuse = |e: String| {
             self.shared
                 .metrics
                 .reloads_failed
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::error!("reload refused: {e}; the previous configuration keeps serving");
-            return Err(e);
-        }
-        let tls = match build_listener_tls(&new) {
-            Ok(t) => t,
-            Err(e) => {
-                self.shared
-                    .metrics
-                    .reloads_failed
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tracing::error!("reload refused: {e}; the previous configuration keeps serving");
-                return Err(e);
-            }
+            e
         };
+        check_new_listeners(&old, &new).map_err(refuse)?;
+        let tls = build_listener_tls(&new).map_err(refuse)?;
         // broker (issue 4): SIGHUP reloads the farm file (and [ldap]) too; a farm that does
         // not load refuses the whole reload.
         let broker_note = match self.control_roles.as_ref().map(|c| c.reload(&new)) {
-            Some(Err(e)) => {
-                self.shared
-                    .metrics
-                    .reloads_failed
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tracing::error!("reload refused: {e}; the previous configuration keeps serving");
-                return Err(e);
-            }
-            Some(Ok(note)) => note,
+            Some(result) => result.map_err(refuse)?,
             None => None,
         };
         let mut notes = Vec::new();

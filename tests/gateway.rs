@@ -6,6 +6,7 @@ mod common;
 
 mod gateway {
     pub mod api;
+    pub mod connect;
     pub mod forwarding;
     pub mod rdp;
     pub mod real_rdp;

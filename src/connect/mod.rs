@@ -35,7 +35,7 @@ use api::{LaunchAnswer, Resource};
 use gateways::GatewaySet;
 use relay::RelayTotals;
 use transport::Dialer;
-use trust::Trust;
+pub use trust::Trust;
 
 /// The guide's four connection modes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

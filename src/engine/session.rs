@@ -759,6 +759,9 @@ impl Session {
         self.last_activity = ctx.now;
         // A gateway tunnel: the client learns that the host accepted (`101`) only now.
         let greeting = self.take_greeting();
+        if !greeting.is_empty() {
+            ctx.shared.metrics.count_gateway_answer("tunnel", 101);
+        }
         if self.handshaken.is_some() || self.pool.tls.is_some() {
             if let Some(conn) = self.handshaken.as_deref_mut() {
                 if !greeting.is_empty() {

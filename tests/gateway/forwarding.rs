@@ -9,12 +9,12 @@ use crate::client::{self, Stream};
 use crate::common::free_port;
 use crate::farm::{Gateway, GatewayFarm};
 
-fn addr() -> SocketAddr {
+pub fn addr() -> SocketAddr {
     format!("127.0.0.1:{}", free_port()).parse().unwrap()
 }
 
 /// A forwarding-only gateway `id` at `listen` whose chain is `next` (in order).
-fn forwarder(
+pub fn forwarder(
     farm: &GatewayFarm,
     id: &str,
     listen: SocketAddr,

@@ -201,3 +201,44 @@ fn bad_first_bytes_and_non_api_requests_get_a_specific_answer() {
     let log = gw.proc.log_text();
     assert!(log.contains("first bytes are not TLS, RDP or HTTP"), "{log}");
 }
+
+#[test]
+fn an_expired_ticket_opens_nothing() {
+    let farm = GatewayFarm::start(1);
+    let gw = farm.start_gateway("gw-a", "site-a", "");
+    gw.wait_healthy();
+    // The test farm's tickets live 3 s.
+    let ticket = client::ticket_for(gw.listen, false, "bob", "other");
+    std::thread::sleep(Duration::from_millis(3300));
+    let before = farm.hosts[0].accepted();
+    let (_s, r) = client::tunnel(gw.listen, false, &ticket);
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (403, "ticket_expired"),
+        "{r:?}"
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(farm.hosts[0].accepted(), before);
+}
+
+#[test]
+fn other_http_requests_go_to_the_configured_web_server_unchanged() {
+    let farm = GatewayFarm::start(1);
+    let web = crate::farm::StandIn::start("web");
+    let gw = farm.start_gateway("gw-a", "site-a", &format!("forward_http = \"{}\"\n", web.addr));
+    gw.wait_healthy();
+    for tls in [false, true] {
+        let mut s = Stream::connect(gw.listen, tls).unwrap();
+        let request = b"GET /index.html HTTP/1.1\r\nHost: portal\r\nX-Test: 1\r\n\r\n";
+        s.write_all(request).unwrap();
+        s.flush().unwrap();
+        // The stand-in echoes: the request comes back as the web server received it.
+        let mut back = vec![0u8; request.len()];
+        s.read_exact(&mut back).unwrap();
+        assert_eq!(back, request);
+        let got = web.received.lock().unwrap().last().cloned().unwrap();
+        assert_eq!(got, request, "the web server got other bytes (tls: {tls})");
+    }
+    let m = gw.metrics();
+    assert!(m.contains("endpoint=\"forward_http\""), "{m}");
+}

@@ -157,7 +157,8 @@ impl GatewayFarm {
             "[[pool]]\nname = \"pool-a\"\nsite = \"site-a\"\nhosts = [{}]\n\n\
              [[group]]\nname = \"staff\"\n\n\
              [[resource]]\nid = \"desktop-a\"\nname = \"Office desktop\"\nkind = \"desktop\"\npool = \"pool-a\"\ngroups = [\"staff\"]\n\n\
-             [balancing]\nhost_down_after = \"3s\"\n\n[login]\nuser_max_failures = 5\n",
+             [balancing]\nhost_down_after = \"3s\"\n\n[login]\nuser_max_failures = 5\n\n\
+             [launch]\nticket_lifetime = \"3s\"\n",
             names.join(", ")
         ));
         std::fs::write(dir.path().join("farm.toml"), farm).unwrap();

@@ -198,11 +198,12 @@ pub fn get(host: &str, path: &str, bearer: &str) -> Vec<u8> {
         .into_bytes()
 }
 
-/// `GET /api/v1/tunnel` with the launch ticket (CLIENT-API.md "GET /api/v1/tunnel").
-pub fn tunnel(host: &str, ticket: &str) -> Vec<u8> {
+/// `GET /api/v1/tunnel` with the launch ticket and the session token it was launched with
+/// (CLIENT-API.md "GET /api/v1/tunnel").
+pub fn tunnel(host: &str, session: &str, ticket: &str) -> Vec<u8> {
     format!(
         "GET /api/v1/tunnel HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\n\
-         Upgrade: gatehouse-tunnel\r\nAuthorization: Bearer {ticket}\r\n\r\n"
+         Upgrade: gatehouse-tunnel\r\nAuthorization: Bearer {ticket}\r\nGatehouse-Session: {session}\r\n\r\n"
     )
     .into_bytes()
 }

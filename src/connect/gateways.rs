@@ -84,9 +84,11 @@ impl GatewaySet {
         parse_json(&answer, "launch")
     }
 
-    /// `GET /api/v1/tunnel` with a launch ticket, on a new connection: the tunnel after `101`.
-    pub fn open_tunnel(&self, ticket: &str) -> Result<Tunnel, ConnectError> {
+    /// `GET /api/v1/tunnel` with a launch ticket and the session it was launched in, on a
+    /// new connection: the tunnel after `101`.
+    pub fn open_tunnel(&self, session: &str, ticket: &str) -> Result<Tunnel, ConnectError> {
         check_header_value(ticket, "launch ticket")?;
+        check_header_value(session, "session token")?;
         let mut failures = Vec::new();
         let mut refusal = None;
         for i in self.order() {
@@ -99,7 +101,7 @@ impl GatewaySet {
                     continue;
                 }
             };
-            match conn.exchange(&api::tunnel(gateway, ticket)) {
+            match conn.exchange(&api::tunnel(gateway, session, ticket)) {
                 Ok((head, _)) if head.status == 101 => {
                     if !head.upgrade_tunnel {
                         tracing::debug!(gateway = %gateway, "101 without Upgrade: gatehouse-tunnel");

@@ -446,7 +446,7 @@ impl Service {
                         ))
                     }
                 };
-                let tunnel = self.gateways.open_tunnel(&ticket)?;
+                let tunnel = self.gateways.open_tunnel(&self.token, &ticket)?;
                 let via = format!("tunnel through gateway {}", tunnel.gateway);
                 (tunnel.socket, tunnel.tls, tunnel.early, via)
             }

@@ -436,7 +436,7 @@ impl Session {
                 Pending::Launch(mode),
                 "launch",
             ),
-            ApiCall::Tunnel { ticket } => {
+            ApiCall::Tunnel { ticket, session } => {
                 // Signature, expiry and site here; the issuer spends the nonce.
                 let verified = match front.check_ticket(&ticket, &gateway.site) {
                     Ok(v) => v,
@@ -452,9 +452,21 @@ impl Session {
                     }
                 };
                 let c = verified.claims;
+                if session.broker != c.issuer {
+                    // Launches go to the session's broker, which issues the ticket.
+                    let err = ApiError::new(
+                        403,
+                        "ticket_binding_mismatch",
+                        "the ticket is not of this session",
+                    );
+                    ctx.shared.metrics.count_gateway_answer("tunnel", err.status);
+                    let detail = "tunnel refused: ticket issued by another broker than the session's";
+                    return self.answer_close(f, err.response(), CloseReason::Refused, detail);
+                }
                 (
                     Request::RedeemTicket(gatehouse_control::message::RedeemTicket {
                         ticket: Secret::new(ticket),
+                        session_token: Some(Secret::new(session.token)),
                     }),
                     Some(c.issuer),
                     Pending::Redeem {

@@ -77,6 +77,9 @@ pub enum ApiCall {
     Tunnel {
         /// The launch ticket from the bearer header (a credential: never log it).
         ticket: String,
+        /// The session token from `Gatehouse-Session`: the ticket must have been issued
+        /// to this session's user (a ticket alone is not enough).
+        session: ApiToken,
     },
     /// `GET /health`: answer with [`health`].
     Health,
@@ -245,7 +248,11 @@ impl fmt::Debug for ApiCall {
                 .field("resource", resource)
                 .field("mode", mode)
                 .finish(),
-            Self::Tunnel { ticket } => write!(f, "Tunnel {{ ticket: <{} bytes redacted> }}", ticket.len()),
+            Self::Tunnel { ticket, session } => write!(
+                f,
+                "Tunnel {{ ticket: <{} bytes redacted>, session: {session:?} }}",
+                ticket.len()
+            ),
             Self::Health => f.write_str("Health"),
             Self::NotApi => f.write_str("NotApi"),
         }
@@ -368,8 +375,18 @@ pub fn route(head: &RequestHead, body: &[u8]) -> Result<ApiCall, ApiError> {
             if ticket.len() > MAX_TICKET_CHARS {
                 return Err(ApiError::new(403, "ticket_malformed", "the ticket is too long"));
             }
+            let session = head.session.as_deref().ok_or_else(|| {
+                ApiError::new(
+                    401,
+                    "missing_token",
+                    "Gatehouse-Session: TOKEN is required with the ticket",
+                )
+            })?;
+            let session = ApiToken::parse(session)
+                .ok_or_else(|| ApiError::new(401, "session_invalid", "the session token is not valid"))?;
             Ok(ApiCall::Tunnel {
                 ticket: ticket.to_owned(),
+                session,
             })
         }
         _ => Err(ApiError::new(404, "not_found", "no such API endpoint")),
@@ -828,14 +845,20 @@ mod tests {
         let upgrade = "Connection: Upgrade\r\nUpgrade: gatehouse-tunnel\r\n";
         let raw = get(
             "/api/v1/tunnel",
-            &format!("{upgrade}Authorization: Bearer T.1-x\r\n"),
+            &format!("{upgrade}Authorization: Bearer T.1-x\r\nGatehouse-Session: broker-1~tok.EN~x\r\n"),
         );
         assert_eq!(
             call(&raw).unwrap(),
             ApiCall::Tunnel {
-                ticket: "T.1-x".into()
+                ticket: "T.1-x".into(),
+                session: token(),
             }
         );
+        let no_session = get(
+            "/api/v1/tunnel",
+            &format!("{upgrade}Authorization: Bearer T.1-x\r\n"),
+        );
+        assert_eq!(err(&no_session), (401, "missing_token"));
         assert_eq!(
             err(&get("/api/v1/tunnel", "Authorization: Bearer T\r\n")),
             (400, "bad_request")
@@ -928,6 +951,7 @@ mod tests {
         };
         let tunnel = ApiCall::Tunnel {
             ticket: "TICKETSECRET".into(),
+            session: token(),
         };
         let launch = ApiCall::Launch {
             token: token(),

@@ -41,6 +41,8 @@ pub struct RequestHead {
     pub keep_alive: bool,
     /// `Host`, trimmed; required in HTTP/1.1 (RFC 9112 §3.2).
     pub host: Option<String>,
+    /// `Gatehouse-Session`, trimmed: the session token that goes with a tunnel's ticket.
+    pub session: Option<String>,
 }
 
 /// Why a request head is refused; each maps to a status and a stable code of CLIENT-API.md.
@@ -199,6 +201,13 @@ impl fmt::Debug for RequestHead {
                     .as_ref()
                     .map(|t| format!("<{} bytes redacted>", t.len())),
             )
+            .field(
+                "session",
+                &self
+                    .session
+                    .as_ref()
+                    .map(|t| format!("<{} bytes redacted>", t.len())),
+            )
             .field("upgrade", &self.upgrade)
             .field("keep_alive", &self.keep_alive)
             .field("host", &self.host)
@@ -216,6 +225,7 @@ struct Collected<'a> {
     transfer_encoding: bool,
     content_type: Option<&'a str>,
     authorization: Option<&'a str>,
+    session: Option<&'a str>,
     upgrade: Option<&'a str>,
     host: Option<&'a str>,
     conn_close: bool,
@@ -257,6 +267,8 @@ fn build_head(req: &httparse::Request<'_, '_>, head_len: usize) -> Result<Reques
             once(&mut c.content_type, value()?, "Content-Type")?;
         } else if name.eq_ignore_ascii_case("authorization") {
             once(&mut c.authorization, value()?, "Authorization")?;
+        } else if name.eq_ignore_ascii_case("gatehouse-session") {
+            once(&mut c.session, value()?, "Gatehouse-Session")?;
         } else if name.eq_ignore_ascii_case("upgrade") {
             once(&mut c.upgrade, value()?, "Upgrade")?;
         } else if name.eq_ignore_ascii_case("host") {
@@ -298,6 +310,7 @@ fn build_head(req: &httparse::Request<'_, '_>, head_len: usize) -> Result<Reques
         upgrade: c.upgrade.filter(|_| c.conn_upgrade).map(str::to_ascii_lowercase),
         keep_alive,
         host: c.host.map(str::to_owned),
+        session: c.session.map(str::to_owned),
     })
 }
 

@@ -11,6 +11,7 @@ use super::common::{login, outcome, Farm};
 
 fn redeem(ticket: &str) -> Request {
     Request::RedeemTicket(RedeemTicket {
+        session_token: None,
         ticket: Secret::new(ticket),
     })
 }

@@ -74,10 +74,22 @@ fn wrong_password_gets_no_tunnel_and_the_host_sees_nothing() {
     let r = client::login(&mut s, "alice", "wrong");
     assert_eq!(r.status, 401, "{r:?}");
     assert_eq!(r.error_code(), "wrong_password");
-    // A tunnel without a ticket, and with a token instead of a ticket.
-    let (_s, r) = client::tunnel(gw.listen, false, "not-a-ticket");
+    // A tunnel with something that is not a ticket, and one with no session at all.
+    let junk = client::Launched {
+        session: "broker-1~nosuchsession".into(),
+        ticket: "not-a-ticket".into(),
+    };
+    let (_s, r) = client::tunnel(gw.listen, false, &junk);
     assert_eq!(r.status, 403, "{r:?}");
     assert_eq!(r.error_code(), "ticket_malformed");
+    let mut s = Stream::connect(gw.listen, false).unwrap();
+    let upgrade = "Connection: Upgrade\r\nUpgrade: gatehouse-tunnel\r\n";
+    let r = client::send(&mut s, "GET", "/api/v1/tunnel", Some("x"), None, upgrade).unwrap();
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (401, "missing_token"),
+        "{r:?}"
+    );
     std::thread::sleep(Duration::from_millis(300));
     let after: usize = farm.hosts.iter().map(|h| h.accepted()).sum();
     assert_eq!(before, after, "a host saw a connection");
@@ -118,13 +130,30 @@ fn tickets_work_once_and_only_where_issued() {
         "{r:?}"
     );
     // Forged: one character of the signature changed.
-    let mut forged = ticket.clone().into_bytes();
+    let mut forged = ticket.ticket.clone().into_bytes();
     let last = forged.len() - 2;
     forged[last] = if forged[last] == b'A' { b'B' } else { b'A' };
-    let (_s, r) = client::tunnel(gw_a.listen, false, &String::from_utf8(forged).unwrap());
+    let forged = client::Launched {
+        session: ticket.session.clone(),
+        ticket: String::from_utf8(forged).unwrap(),
+    };
+    let (_s, r) = client::tunnel(gw_a.listen, false, &forged);
     assert_eq!(
         (r.status, r.error_code().as_str()),
         (403, "ticket_forged"),
+        "{r:?}"
+    );
+    // Another user's ticket, presented with alice's session: refused before the nonce is
+    // spent, so bob can still use it.
+    let alice = client::ticket_for(gw_a.listen, false, "alice", "right");
+    let stolen = client::Launched {
+        session: alice.session.clone(),
+        ticket: ticket.ticket.clone(),
+    };
+    let (_s, r) = client::tunnel(gw_a.listen, false, &stolen);
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (403, "ticket_binding_mismatch"),
         "{r:?}"
     );
     // The unspent original still works after all that.

@@ -196,28 +196,43 @@ pub fn launch(stream: &mut Stream, token: &str, resource: &str, mode: &str) -> R
     send(stream, "POST", "/api/v1/launch", Some(token), Some(&body), "").expect("launch answer")
 }
 
-/// Asks for a tunnel with `ticket` on a new connection; the stream is the tunnel when 101.
-pub fn tunnel(addr: SocketAddr, tls: bool, ticket: &str) -> (Stream, Response) {
+/// Asks for a tunnel with `ticket` (launched in `session`) on a new connection; the stream
+/// is the tunnel when 101.
+pub fn tunnel(addr: SocketAddr, tls: bool, launch: &Launched) -> (Stream, Response) {
     let mut s = Stream::connect(addr, tls).expect("connect");
+    let headers = format!(
+        "Connection: Upgrade\r\nUpgrade: gatehouse-tunnel\r\nGatehouse-Session: {}\r\n",
+        launch.session
+    );
     let r = send(
         &mut s,
         "GET",
         "/api/v1/tunnel",
-        Some(ticket),
+        Some(&launch.ticket),
         None,
-        "Connection: Upgrade\r\nUpgrade: gatehouse-tunnel\r\n",
+        &headers,
     )
     .expect("tunnel answer");
     (s, r)
 }
 
-/// Login + gateway launch on one connection: the ticket.
-pub fn ticket_for(addr: SocketAddr, tls: bool, user: &str, password: &str) -> String {
+/// A gateway-mode launch: the session token it was made in and the ticket.
+#[derive(Clone, Debug)]
+pub struct Launched {
+    pub session: String,
+    pub ticket: String,
+}
+
+/// Login + gateway launch on one connection.
+pub fn ticket_for(addr: SocketAddr, tls: bool, user: &str, password: &str) -> Launched {
     let mut s = Stream::connect(addr, tls).expect("connect");
     let r = login(&mut s, user, password);
     assert_eq!(r.status, 200, "login: {r:?}");
     let token = r.json()["session_token"].as_str().unwrap().to_string();
     let r = launch(&mut s, &token, "desktop-a", "gateway");
     assert_eq!(r.status, 200, "launch: {r:?}");
-    r.json()["ticket"].as_str().unwrap().to_string()
+    Launched {
+        session: token,
+        ticket: r.json()["ticket"].as_str().unwrap().to_string(),
+    }
 }

@@ -504,6 +504,29 @@ impl Broker {
                     ),
                 ));
             }
+            // The session the client presented must be live and its user's; checked before
+            // the nonce is spent, so a stolen ticket tried with another session stays with
+            // its owner.
+            if let Some(token) = &r.session_token {
+                match self.sessions.lookup(token, now.instant) {
+                    None => {
+                        return Err(refuse(
+                            RefusalReason::SessionInvalid,
+                            "the session presented with the ticket is unknown or expired",
+                        ))
+                    }
+                    Some(s) if s.user != c.user => {
+                        return Err(refuse(
+                            RefusalReason::TicketBindingMismatch,
+                            format!(
+                                "ticket of user {:?} presented by a session of {:?}",
+                                c.user, s.user
+                            ),
+                        ))
+                    }
+                    Some(_) => {}
+                }
+            }
             self.ledger.redeem(&ticket, now.wall).map_err(ticket_refusal)?;
             Ok(Reply::Redeemed(Redeemed {
                 user: c.user.clone(),

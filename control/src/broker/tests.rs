@@ -150,6 +150,7 @@ impl Rig {
 
     fn redeem_on(&mut self, gw: &PeerInfo, ticket: &str) -> Reply {
         let request = Request::RedeemTicket(RedeemTicket {
+            session_token: None,
             ticket: Secret::new(ticket),
         });
         self.broker.handle(request, gw, self.now)

@@ -85,6 +85,10 @@ pub struct Launch {
 pub struct RedeemTicket {
     /// The ticket as the client presented it.
     pub ticket: Secret,
+    /// The session token the client presented with it: the issuer checks that the session
+    /// is live and belongs to the ticket's user (a ticket alone opens nothing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_token: Option<Secret>,
 }
 
 /// `host_report`: a host agent's periodic report (every few seconds).
@@ -167,7 +171,13 @@ impl Request {
                 check_secret("session_token", &r.session_token, MAX_SESSION_TOKEN_BYTES)?;
                 check_name("resource", &r.resource, MAX_RESOURCE_BYTES)
             }
-            Self::RedeemTicket(r) => check_secret("ticket", &r.ticket, MAX_TICKET_CHARS),
+            Self::RedeemTicket(r) => {
+                check_secret("ticket", &r.ticket, MAX_TICKET_CHARS)?;
+                match &r.session_token {
+                    Some(t) => check_secret("session_token", t, MAX_SESSION_TOKEN_BYTES),
+                    None => Ok(()),
+                }
+            }
             Self::HostReport(r) => {
                 check_name("host", &r.host, MAX_HOST_BYTES)?;
                 check_list("sessions", r.sessions.len(), MAX_SESSIONS_PER_REPORT)?;

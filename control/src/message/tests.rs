@@ -43,6 +43,7 @@ fn pinned_requests() -> Vec<(Request, &'static str)> {
         ),
         (
             Request::RedeemTicket(RedeemTicket {
+                session_token: None,
                 ticket: Secret::new("AQAAAAE"),
             }),
             r#"{"type":"redeem_ticket","ticket":"AQAAAAE"}"#,
@@ -295,6 +296,7 @@ fn invalid_fields_are_named() {
         ),
         (
             Request::RedeemTicket(RedeemTicket {
+                session_token: None,
                 ticket: Secret::new("x".repeat(crate::ticket::MAX_TICKET_CHARS + 1)),
             }),
             "ticket",

@@ -169,3 +169,40 @@ fn allow_and_deny_lists_apply_to_the_real_client_address() {
     let log = gw.proc.log_text();
     assert!(log.contains("192.0.2.66 (via 127.0.0.1:"), "{log}");
 }
+
+#[test]
+fn a_forwarder_can_offload_tls_and_re_encrypt_to_the_next_gateway() {
+    let farm = GatewayFarm::start(1);
+    let dmz = addr();
+    let extra = format!(
+        "\n[[gateway.listener]]\nname = \"from-dmz\"\nbind = \"{dmz}\"\ntls = \"offload\"\n\
+         accept_proxy_from = [\"127.0.0.1/32\"]\n"
+    );
+    let gw = farm.start_gateway("gw-a", "site-a", &extra);
+    gw.wait_healthy();
+    // fw-2 terminates the client's TLS (its own self-signed certificate) and speaks TLS
+    // again to gw-a, after the PROXY header.
+    let listen = addr();
+    let admin = addr();
+    let state = farm.path("fw-2-state");
+    let text = format!(
+        "[node]\nname = \"fw-2\"\nworkers = 1\nstate_dir = \"{}\"\n\n[admin]\nlisten = \"{admin}\"\n\n\
+         [gateway]\nid = \"fw-2\"\n\n[[gateway.listener]]\nname = \"dmz\"\nbind = \"{listen}\"\npool = \"chain\"\n\
+         tls = \"offload\"\n\n[[gateway.pool]]\nname = \"chain\"\nsend_proxy = true\n\
+         tls = {{ insecure_skip_verify = true }}\nbackends = [{{ name = \"gw-a\", address = \"{dmz}\" }}]\n",
+        state.display()
+    );
+    let fw = farm.start_gateway_config("fw-2", &text, listen, admin);
+    let ticket = client::ticket_for(fw.listen, true, "bob", "other");
+    let (mut s, r) = client::tunnel(fw.listen, true, &ticket);
+    assert_eq!(r.status, 101, "{r:?}");
+    s.write_all(b"re-encrypted all the way").unwrap();
+    s.flush().unwrap();
+    let mut back = [0u8; 24];
+    s.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"re-encrypted all the way");
+    // gw-a redeemed the ticket that came through both TLS legs.
+    assert!(gw
+        .proc
+        .wait_log("tunnel ticket redeemed", 1, Duration::from_secs(5)));
+}

@@ -20,7 +20,7 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// Start every role the config file declares (halb, ...). SIGHUP reloads, SIGTERM drains.
+    /// Start every role the config file declares (halb, gateway, broker, host agent). SIGHUP reloads, SIGTERM drains.
     Run {
         /// The config file (TOML).
         #[arg(short, long, value_name = "FILE")]

@@ -9,6 +9,8 @@
 //! - [`capacity`]: the capacity ramp over `rdp-profile`, with multi-process load;
 //! - [`login_launch`]: the broker benchmark (a generated farm, `gatehouse run` as broker,
 //!   stand-in host agents, gateway links doing login + launch);
+//! - [`launch`]: the gateway benchmark (tunnel open rate and added latency through
+//!   `gatehouse run` as gateway and forwarding gateway, against a direct connection);
 //! - [`plot`]: latency-against-load plots as SVG.
 //!
 //! This crate must not depend on gatehouse: gatehouse depends on it.
@@ -17,6 +19,7 @@ use std::fmt;
 use std::net::SocketAddr;
 
 pub mod capacity;
+pub mod launch;
 pub mod login_launch;
 pub mod net;
 pub mod plot;

@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use gatehouse_bench::capacity::{self, NodeSize, Ramp};
+use gatehouse_bench::launch;
 use gatehouse_bench::login_launch;
 use gatehouse_bench::net::{parse_duration, parse_size, raise_nofile_limit};
 use gatehouse_bench::plot::{LatencyPlot, Series};
@@ -272,6 +273,62 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The gateway benchmark: a farm with `gatehouse run` as broker, gateway gw-1 and
+    /// forwarding gateway fw-1 in front of echo stand-in hosts; clients logged in once then
+    /// open tunnels (launch + tunnel + one echo) on each path, and ping-pong through one held
+    /// tunnel per path; reports opens/s and the latency added against a direct connection.
+    Launch {
+        /// A run of a few seconds (defaults below become 2 hosts, 2 clients, 1 round of 1 s
+        /// windows, 0.5 s latency loops at 1000/s); explicit options still apply.
+        #[arg(long)]
+        quick: bool,
+        /// Echo stand-in hosts [default: 4].
+        #[arg(long)]
+        hosts: Option<usize>,
+        /// Client threads opening tunnels, each logged in once as its own user [default: 16].
+        #[arg(long)]
+        clients: Option<usize>,
+        /// Load before each measured window [default: 2s].
+        #[arg(long, value_parser = parse_duration)]
+        warmup: Option<Duration>,
+        /// Open-rate window per path [default: 10s].
+        #[arg(long, value_parser = parse_duration)]
+        duration: Option<Duration>,
+        /// Latency window per path and loop [default: 10s].
+        #[arg(long, value_parser = parse_duration)]
+        latency_duration: Option<Duration>,
+        /// Open-loop ping-pongs per second (0: closed loop only) [default: 2000].
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Ping-pong message size in bytes [default: 64].
+        #[arg(long)]
+        message: Option<usize>,
+        /// Bytes echoed through each opened tunnel [default: 64].
+        #[arg(long)]
+        payload: Option<usize>,
+        /// Rounds over the paths, each path taking its share of every window in turn
+        /// [default: 2].
+        #[arg(long)]
+        rounds: Option<usize>,
+        /// TLS clients resume sessions (tunnel connections skip the full handshake).
+        #[arg(long)]
+        tls_resume: bool,
+        /// Local source addresses 127.0.0.1..=N [default: 8].
+        #[arg(long)]
+        sources: Option<usize>,
+        /// Worker threads of gw-1 and of fw-1 [default: 1].
+        #[arg(long)]
+        gateway_workers: Option<usize>,
+        /// The gatehouse binary [default: `gatehouse` beside this binary].
+        #[arg(long)]
+        gatehouse: Option<PathBuf>,
+        /// Build the farm in this directory and keep it (default: a temporary one).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Print the JSON report instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
     /// One client process of a multi-process capacity step (started by `capacity`).
     #[command(hide = true)]
     CapacityWorker {
@@ -417,6 +474,8 @@ enum Output {
     Worker(capacity::WorkerOutcome),
     /// The broker benchmark.
     LoginLaunch(Box<login_launch::LoginLaunchReport>, bool),
+    /// The gateway benchmark.
+    Launch(Box<launch::LaunchReport>, bool),
 }
 
 fn main() -> ExitCode {
@@ -454,6 +513,17 @@ fn main() -> ExitCode {
             (text, Vec::new())
         }
         Output::Worker(w) => (serde_json::to_string(&w), Vec::new()),
+        Output::Launch(r, json) => {
+            if r.errors() > 0 {
+                eprintln!("gatehouse-bench: {} launches or tunnels failed", r.errors());
+            }
+            let text = if json {
+                serde_json::to_string_pretty(&r)
+            } else {
+                Ok(r.to_table())
+            };
+            (text, Vec::new())
+        }
         Output::LoginLaunch(r, json) => {
             if r.errors() > 0 {
                 eprintln!(
@@ -794,6 +864,52 @@ fn run(command: Command) -> Result<Option<Output>, Box<dyn std::error::Error>> {
             };
             let report = login_launch::run(&p, &mut |line| eprintln!("login-launch: {line}"))?;
             Output::LoginLaunch(Box::new(report), json)
+        }
+        Command::Launch {
+            quick,
+            hosts,
+            clients,
+            warmup,
+            duration,
+            latency_duration,
+            rate,
+            message,
+            payload,
+            rounds,
+            tls_resume,
+            sources,
+            gateway_workers,
+            gatehouse,
+            dir,
+            json,
+        } => {
+            let gatehouse = match gatehouse {
+                Some(g) => g,
+                None => default_gatehouse()?,
+            };
+            let base = if quick {
+                launch::Params::quick(gatehouse)
+            } else {
+                launch::Params::full(gatehouse)
+            };
+            let p = launch::Params {
+                hosts: hosts.unwrap_or(base.hosts),
+                clients: clients.unwrap_or(base.clients),
+                warmup: warmup.unwrap_or(base.warmup),
+                duration: duration.unwrap_or(base.duration),
+                latency_duration: latency_duration.unwrap_or(base.latency_duration),
+                rate: rate.unwrap_or(base.rate),
+                message: message.unwrap_or(base.message),
+                payload: payload.unwrap_or(base.payload),
+                rounds: rounds.unwrap_or(base.rounds),
+                tls_resume,
+                sources: sources.unwrap_or(base.sources).max(1),
+                gateway_workers: gateway_workers.unwrap_or(base.gateway_workers),
+                dir,
+                ..base
+            };
+            let report = launch::run(&p, &mut |line| eprintln!("launch: {line}"))?;
+            Output::Launch(Box::new(report), json)
         }
         Command::CapacityWorker { spec } => {
             let spec: capacity::WorkerSpec =

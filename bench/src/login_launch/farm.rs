@@ -277,6 +277,11 @@ pub struct FarmDir {
 impl FarmDir {
     /// Uses `dir` (created if missing; must not hold a farm yet), or a fresh temporary one.
     pub fn new(dir: Option<&Path>, gatehouse: &Path) -> Result<FarmDir, BenchError> {
+        FarmDir::with_prefix(dir, gatehouse, "gatehouse-login-launch.")
+    }
+
+    /// As [`FarmDir::new`], naming a temporary directory `PREFIX...`.
+    pub fn with_prefix(dir: Option<&Path>, gatehouse: &Path, prefix: &str) -> Result<FarmDir, BenchError> {
         if !gatehouse.is_file() {
             return Err(BenchError::Usage(format!(
                 "no gatehouse binary at {} (build it with `cargo build --release -p gatehouse`, or pass --gatehouse)",
@@ -290,7 +295,7 @@ impl FarmDir {
             }
             None => {
                 let t = tempfile::Builder::new()
-                    .prefix("gatehouse-login-launch.")
+                    .prefix(prefix)
                     .tempdir()
                     .map_err(|e| BenchError::Usage(format!("temporary directory: {e}")))?;
                 (t.path().to_path_buf(), Some(t))
@@ -313,6 +318,11 @@ impl FarmDir {
         self.path.join(name)
     }
 
+    /// A file of the directory as a string for a config file.
+    pub fn file_text(&self, name: &str) -> String {
+        self.file(name).display().to_string()
+    }
+
     /// The farm CA certificate.
     pub fn ca_file(&self) -> PathBuf {
         self.file("farm-ca.pem")
@@ -321,24 +331,50 @@ impl FarmDir {
     /// `gatehouse farm init`, then `gatehouse farm issue` for the broker, one gateway per
     /// site and one host agent per host.
     pub fn make_pki(&self, layout: &Layout) -> Result<(), BenchError> {
-        let d = self.path.display().to_string();
-        self.gatehouse_cli(&["farm", "init", "--dir", &d])?;
+        self.init_ca()?;
         let mut members = vec![(BROKER_NODE.to_string(), "broker")];
         members.extend((0..layout.sites).map(|s| (Layout::gateway(s), "gateway")));
         members.extend((0..layout.hosts).map(|h| (Layout::host(h), "host-agent")));
         for (name, role) in &members {
-            self.gatehouse_cli(&["farm", "issue", name, "--dir", &d, "--role", role])?;
+            self.issue(name, role)?;
         }
         Ok(())
     }
 
+    /// `gatehouse farm init`: the farm CA and ticket keys.
+    pub fn init_ca(&self) -> Result<(), BenchError> {
+        let d = self.path.display().to_string();
+        self.gatehouse_cli(&["farm", "init", "--dir", &d])
+    }
+
+    /// `gatehouse farm issue NAME --role ROLE` (`broker`, `gateway` or `host-agent`):
+    /// `NAME.pem` and `NAME.key`.
+    pub fn issue(&self, name: &str, role: &str) -> Result<(), BenchError> {
+        let d = self.path.display().to_string();
+        self.gatehouse_cli(&["farm", "issue", name, "--dir", &d, "--role", role])
+    }
+
+    /// Writes `text` into the directory's file `name`.
+    pub fn write(&self, name: &str, text: &str) -> Result<(), BenchError> {
+        write(&self.file(name), text)
+    }
+
     /// Writes the farm file and the users file, checking both with the broker's parsers.
     pub fn write_files(&self, layout: &Layout, hashes: &[String]) -> Result<(), BenchError> {
-        let farm = layout.farm_text();
-        gatehouse_control::broker::Farm::parse(&farm)
+        self.write_farm(&layout.farm_text())?;
+        self.write_users(layout.users, hashes)
+    }
+
+    /// Writes `farm.toml` after checking it with the broker's parser.
+    pub fn write_farm(&self, farm: &str) -> Result<(), BenchError> {
+        gatehouse_control::broker::Farm::parse(farm)
             .map_err(|e| BenchError::Usage(format!("generated farm file: {e}")))?;
-        write(&self.file("farm.toml"), &farm)?;
-        write(&self.file("users.toml"), &users_text(layout.users, hashes))?;
+        self.write("farm.toml", farm)
+    }
+
+    /// Writes `users.toml` ([`users_text`]) and checks it with the broker's parser.
+    pub fn write_users(&self, users: usize, hashes: &[String]) -> Result<(), BenchError> {
+        self.write("users.toml", &users_text(users, hashes))?;
         UserDb::load(&self.file("users.toml"))
             .map_err(|e| BenchError::Usage(format!("generated users file: {e}")))?;
         Ok(())
@@ -349,7 +385,7 @@ impl FarmDir {
     pub fn start_broker(&self, hash_threads: usize) -> Result<BrokerProcess, BenchError> {
         let gateway_addr = free_loopback_addr()?;
         let agent_addr = free_loopback_addr()?;
-        let p = |f: &str| self.file(f).display().to_string();
+        let p = |f: &str| self.file_text(f);
         let config = format!(
             "[node]\nname = \"{BROKER_NODE}\"\nworkers = 1\nlog_level = \"warn\"\n\n[broker]\n\
              gateway_listen = \"{gateway_addr}\"\nagent_listen = \"{agent_addr}\"\n\
@@ -363,9 +399,20 @@ impl FarmDir {
             p(&format!("{BROKER_NODE}.key")),
             p("farm-ca.pem"),
         );
-        let config_file = self.file(&format!("{BROKER_NODE}.toml"));
-        write(&config_file, &config)?;
-        let log = self.file(&format!("{BROKER_NODE}.log"));
+        let node = self.start_node(BROKER_NODE, &config, gateway_addr)?;
+        Ok(BrokerProcess {
+            node,
+            gateway_addr,
+            agent_addr,
+        })
+    }
+
+    /// Writes `NAME.toml` with `config`, starts `gatehouse run -c NAME.toml` (stderr into
+    /// `NAME.log`) and waits up to 20 s until `ready` accepts a TCP connection.
+    pub fn start_node(&self, name: &str, config: &str, ready: SocketAddr) -> Result<NodeProcess, BenchError> {
+        let config_file = self.file(&format!("{name}.toml"));
+        write(&config_file, config)?;
+        let log = self.file(&format!("{name}.log"));
         let log_file =
             std::fs::File::create(&log).map_err(|e| BenchError::Usage(format!("{}: {e}", log.display())))?;
         let child = Command::new(&self.gatehouse)
@@ -378,27 +425,26 @@ impl FarmDir {
             .stderr(log_file)
             .spawn()
             .map_err(|e| BenchError::Usage(format!("cannot start {}: {e}", self.gatehouse.display())))?;
-        let mut broker = BrokerProcess {
+        let mut node = NodeProcess {
+            name: name.to_string(),
             child,
             log,
-            gateway_addr,
-            agent_addr,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if TcpStream::connect_timeout(&gateway_addr, Duration::from_millis(200)).is_ok() {
-                return Ok(broker);
+            if TcpStream::connect_timeout(&ready, Duration::from_millis(200)).is_ok() {
+                return Ok(node);
             }
-            if let Ok(Some(status)) = broker.child.try_wait() {
+            if let Ok(Some(status)) = node.child.try_wait() {
                 return Err(BenchError::TargetDead {
-                    target: gateway_addr,
-                    reason: format!("broker exited ({status}): {}", broker.log_tail()),
+                    target: ready,
+                    reason: format!("{name} exited ({status}): {}", node.log_tail()),
                 });
             }
             if Instant::now() >= deadline {
                 return Err(BenchError::TargetDead {
-                    target: gateway_addr,
-                    reason: format!("broker not listening after 20 s: {}", broker.log_tail()),
+                    target: ready,
+                    reason: format!("{name} not listening after 20 s: {}", node.log_tail()),
                 });
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -423,17 +469,19 @@ impl FarmDir {
     }
 }
 
-/// The broker child process; killed and reaped on drop.
-pub struct BrokerProcess {
+/// A `gatehouse run` child process (broker, gateway, ...); killed and reaped on drop.
+pub struct NodeProcess {
+    name: String,
     child: Child,
     log: PathBuf,
-    /// Where gateways connect.
-    pub gateway_addr: SocketAddr,
-    /// Where host agents connect.
-    pub agent_addr: SocketAddr,
 }
 
-impl BrokerProcess {
+impl NodeProcess {
+    /// Its node name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// Its pid (for CPU and memory samples).
     pub fn pid(&self) -> u32 {
         self.child.id()
@@ -444,7 +492,7 @@ impl BrokerProcess {
         matches!(self.child.try_wait(), Ok(None))
     }
 
-    /// The last lines of its log (warnings and errors only: it runs at `warn`).
+    /// The last lines of its log (warnings and errors only when it runs at `warn`).
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
@@ -452,10 +500,36 @@ impl BrokerProcess {
     }
 }
 
-impl Drop for BrokerProcess {
+impl Drop for NodeProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// The broker child process; killed and reaped on drop.
+pub struct BrokerProcess {
+    node: NodeProcess,
+    /// Where gateways connect.
+    pub gateway_addr: SocketAddr,
+    /// Where host agents connect.
+    pub agent_addr: SocketAddr,
+}
+
+impl BrokerProcess {
+    /// Its pid (for CPU and memory samples).
+    pub fn pid(&self) -> u32 {
+        self.node.pid()
+    }
+
+    /// Whether it still runs.
+    pub fn alive(&mut self) -> bool {
+        self.node.alive()
+    }
+
+    /// The last lines of its log (warnings and errors only: it runs at `warn`).
+    pub fn log_tail(&self) -> String {
+        self.node.log_tail()
     }
 }
 
@@ -464,7 +538,7 @@ fn write(path: &Path, text: &str) -> Result<(), BenchError> {
 }
 
 /// A loopback port that was free a moment ago.
-fn free_loopback_addr() -> Result<SocketAddr, BenchError> {
+pub fn free_loopback_addr() -> Result<SocketAddr, BenchError> {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map_err(|e| BenchError::Usage(format!("no free loopback port: {e}")))

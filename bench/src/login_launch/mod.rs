@@ -476,7 +476,7 @@ fn thread_cpu_s() -> f64 {
 }
 
 /// The 1-minute load average from /proc/loadavg.
-fn loadavg() -> Option<f64> {
+pub(crate) fn loadavg() -> Option<f64> {
     std::fs::read_to_string("/proc/loadavg")
         .ok()?
         .split_whitespace()

@@ -215,7 +215,7 @@ fn run_connection(
 }
 
 /// Sleeps end within microseconds of their deadline (default timer slack is 50 us).
-fn set_fine_timer_slack() {
+pub(crate) fn set_fine_timer_slack() {
     // SAFETY: PR_SET_TIMERSLACK takes an integer argument and affects this thread only.
     unsafe {
         libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong);

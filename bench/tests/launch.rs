@@ -1,0 +1,76 @@
+//! `gatehouse-bench launch --quick` end to end: the real gatehouse binary as broker, as
+//! gateway gw-1 and as forwarding gateway fw-1, echo stand-in hosts, clients that log in once
+//! and then open tunnels. Checks that every path opened tunnels and answered ping-pongs
+//! without a failure, and that the figures hang together.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// The gatehouse binary of the same target directory and profile as this test's binary.
+fn gatehouse() -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_BIN_EXE_gatehouse-bench")).with_file_name("gatehouse");
+    assert!(
+        path.is_file(),
+        "{} is missing: build it first (`cargo build -p gatehouse`, or run `cargo test --workspace`)",
+        path.display()
+    );
+    path
+}
+
+#[test]
+fn quick_run_opens_tunnels_on_every_path_without_errors() {
+    let out = Command::new(env!("CARGO_BIN_EXE_gatehouse-bench"))
+        .args(["launch", "--quick", "--json", "--gatehouse"])
+        .arg(gatehouse())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "launch failed: {stderr}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {}\n{stderr}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
+    eprintln!("{stderr}");
+    assert_eq!(v["schema"], "gatehouse-bench/launch-1");
+    assert_eq!(v["scenario"], "launch");
+    let paths = ["direct", "gateway", "gateway-ssl", "forwarder-ssl"];
+
+    let open = v["open_rate"].as_array().unwrap();
+    let names: Vec<&str> = open.iter().map(|r| r["path"].as_str().unwrap()).collect();
+    assert_eq!(names, paths);
+    let direct_p50 = open[0]["latency_us"]["p50"].as_f64().unwrap();
+    for r in open {
+        assert_eq!(r["errors"], 0, "{r}");
+        let opens = r["opens"].as_u64().unwrap();
+        assert!(opens > 0, "{r}");
+        assert!(r["opens_per_s"].as_f64().unwrap() > 0.0, "{r}");
+        assert_eq!(r["latency_us"]["count"].as_u64().unwrap(), opens, "{r}");
+        if r["path"] != "direct" {
+            // A launch, a tunnel (redeemed at the broker) and an echo cost more than a
+            // TCP connect and an echo, and each part was timed.
+            assert!(r["latency_us"]["p50"].as_f64().unwrap() > direct_p50, "{r}");
+            assert!(r["launch_latency_us"]["count"].as_u64().unwrap() == opens, "{r}");
+            assert!(r["tunnel_latency_us"]["p50"].as_f64().unwrap() > 0.0, "{r}");
+            // CPU comes in clock ticks: a 1 s window may show none, but every process is there.
+            for p in ["broker-1", "gw-1", "fw-1"] {
+                assert!(r["cpu_us_per_open"][p].as_f64().is_some(), "{r}");
+            }
+            assert!(r["rate_vs_direct"].as_f64().unwrap() > 0.0, "{r}");
+        }
+    }
+
+    let lat = v["latency"].as_array().unwrap();
+    let names: Vec<&str> = lat.iter().map(|r| r["path"].as_str().unwrap()).collect();
+    assert_eq!(names, paths);
+    for r in lat {
+        assert!(r["closed_loop_us"]["count"].as_u64().unwrap() > 0, "{r}");
+        let sent = r["open_loop_sent"].as_u64().unwrap();
+        assert!(sent > 0, "{r}");
+        assert_eq!(r["open_loop_received"].as_u64().unwrap(), sent, "{r}");
+        assert!(r["open_loop_added_us"]["p50"].is_number(), "{r}");
+        assert!(r["closed_loop_vs_direct"]["p99"].is_number(), "{r}");
+    }
+    assert_eq!(lat[0]["open_loop_added_us"]["p50"].as_f64(), Some(0.0));
+}

@@ -11,6 +11,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
+use std::io::Write as _;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -177,6 +178,22 @@ struct LinkCmd {
     request: Request,
 }
 
+/// The control thread's end of one link thread: its command queue and the socket that wakes
+/// it (one byte per command; the link thread drains it).
+struct LinkHandle {
+    commands: Sender<LinkCmd>,
+    wake: std::os::unix::net::UnixStream,
+}
+
+impl LinkHandle {
+    fn send(&self, cmd: LinkCmd) {
+        if self.commands.send(cmd).is_ok() {
+            // Non-blocking: a full wake socket already means "wake up".
+            let _ = (&self.wake).write(&[1]);
+        }
+    }
+}
+
 /// The gateway's control client; cheap to share by reference among threads.
 pub struct ControlClient {
     commands: Sender<Command>,
@@ -200,13 +217,24 @@ impl ControlClient {
         let mut links = Vec::new();
         for (index, addr) in setup.brokers.iter().enumerate() {
             let (tx, rx) = crossbeam_channel::unbounded();
-            links.push(tx);
+            let (wake_tx, wake_rx) = std::os::unix::net::UnixStream::pair()
+                .and_then(|(a, b)| {
+                    a.set_nonblocking(true)?;
+                    b.set_nonblocking(true)?;
+                    Ok((a, b))
+                })
+                .map_err(|e| format!("cannot make a control link wake socket: {e}"))?;
+            links.push(LinkHandle {
+                commands: tx,
+                wake: wake_tx,
+            });
             let ctx = LinkThread {
                 index,
                 addr: *addr,
                 setup: setup.clone(),
                 events: events_tx.clone(),
                 commands: rx,
+                wake: wake_rx,
                 stop: stop.clone(),
             };
             threads.push(
@@ -325,7 +353,7 @@ struct Waiting {
 }
 
 struct Control {
-    links: Vec<Sender<LinkCmd>>,
+    links: Vec<LinkHandle>,
     /// The node name of each broker whose link is up.
     up: Vec<Option<String>>,
     /// A copy of `up` for [`ControlClient::connected_brokers`].
@@ -535,6 +563,8 @@ struct LinkThread {
     setup: ClientSetup,
     events: Sender<LinkEvent>,
     commands: Receiver<LinkCmd>,
+    /// Readable when the control thread queued a command.
+    wake: std::os::unix::net::UnixStream,
     stop: Arc<AtomicBool>,
 }
 
@@ -604,7 +634,14 @@ impl LinkThread {
                     }
                 }
             }
-            let frames = match link.poll(Duration::from_millis(5)) {
+            // Sleep until the broker sends, a request is queued, or (for keepalive and the stop
+            // flag) 50 ms pass.
+            match link.wait_readable(&self.wake, Duration::from_millis(50)) {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) => return e.to_string(),
+            }
+            let frames = match link.poll(Duration::from_millis(1)) {
                 Ok(f) => f,
                 Err(e) => return e.to_string(),
             };

@@ -389,6 +389,20 @@ fn connection(sock: TcpStream, addr: SocketAddr, role: Role, shared: &Arc<Shared
     tracing::info!(peer = %addr, node = %peer.node, role = %role, "farm peer connected");
     shared.metrics.peers(role).fetch_add(1, Ordering::Relaxed);
     let (done_tx, done_rx) = crossbeam_channel::unbounded::<(u64, Reply)>();
+    // Password and directory checks answer on other threads: they write a byte here so the
+    // reply goes out at once rather than at the next poll period.
+    let Ok((wake_tx, wake_rx)) = std::os::unix::net::UnixStream::pair().and_then(|(a, b)| {
+        a.set_nonblocking(true)?;
+        b.set_nonblocking(true)?;
+        Ok((a, b))
+    }) else {
+        tracing::error!(peer = %addr, "cannot make a wake socket");
+        return;
+    };
+    let done_tx = Done {
+        tx: done_tx,
+        wake: Arc::new(wake_tx),
+    };
     let mut told_draining = false;
     let end = loop {
         if shared.stop.load(Ordering::Relaxed) {
@@ -419,8 +433,12 @@ fn connection(sock: TcpStream, addr: SocketAddr, role: Role, shared: &Arc<Shared
         } else {
             AGENT_POLL_PERIOD
         };
-        let frames = match link.poll(period) {
-            Ok(f) => f,
+        let frames = match link.wait_readable(&wake_rx, period) {
+            Ok(true) => match link.poll(Duration::from_millis(1)) {
+                Ok(f) => f,
+                Err(e) => break Some(e),
+            },
+            Ok(false) => Vec::new(),
             Err(e) => break Some(e),
         };
         let mut failed = None;
@@ -479,6 +497,22 @@ fn send_reply(link: &mut Link, id: u64, reply: &Reply) -> Result<(), super::link
     link.send(&out)
 }
 
+/// Where a check that finishes on another thread sends its reply: the connection's queue,
+/// and the socket that wakes the connection thread.
+#[derive(Clone)]
+struct Done {
+    tx: Sender<(u64, Reply)>,
+    wake: Arc<std::os::unix::net::UnixStream>,
+}
+
+impl Done {
+    fn send(&self, answer: (u64, Reply)) {
+        if self.tx.send(answer).is_ok() {
+            let _ = std::io::Write::write(&mut &*self.wake, &[1]);
+        }
+    }
+}
+
 /// Answers a request now, or queues a login's password check on the pool (answered later
 /// through `done`).
 fn handle(
@@ -486,7 +520,7 @@ fn handle(
     id: u64,
     request: Request,
     peer: &PeerInfo,
-    done: &Sender<(u64, Reply)>,
+    done: &Done,
 ) -> Option<(u64, Reply)> {
     let Request::Login(login) = request else {
         let reply = shared.broker.lock().handle(request, peer, Now::read());
@@ -515,7 +549,7 @@ fn handle(
     let job: HashJob = Box::new(move || {
         let outcome = credentials.check(&login.user, login.password.expose());
         let reply = broker.lock().finish_login(pending, outcome, &peer, Now::read());
-        let _ = done.send((id, reply));
+        done.send((id, reply));
     });
     if let Err(e) = shared.hash_jobs.try_send(job) {
         let detail = match e {
@@ -545,7 +579,7 @@ fn directory_check(
     login: gatehouse_control::message::Login,
     pending: PendingLogin,
     peer: &PeerInfo,
-    done: &Sender<(u64, Reply)>,
+    done: &Done,
 ) -> Option<(u64, Reply)> {
     let max = credentials.directory().map_or(1, |d| d.settings().max_pending);
     let user = login.user.clone();
@@ -579,7 +613,7 @@ fn directory_check(
                 .lock()
                 .finish_login(pending, outcome, &job_peer, Now::read());
             job_shared.directory_checks.fetch_sub(1, Ordering::SeqCst);
-            let _ = job_done.send((id, reply));
+            job_done.send((id, reply));
         });
     match spawned {
         Ok(_) => None,

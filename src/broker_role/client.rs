@@ -217,13 +217,8 @@ impl ControlClient {
         let mut links = Vec::new();
         for (index, addr) in setup.brokers.iter().enumerate() {
             let (tx, rx) = crossbeam_channel::unbounded();
-            let (wake_tx, wake_rx) = std::os::unix::net::UnixStream::pair()
-                .and_then(|(a, b)| {
-                    a.set_nonblocking(true)?;
-                    b.set_nonblocking(true)?;
-                    Ok((a, b))
-                })
-                .map_err(|e| format!("cannot make a control link wake socket: {e}"))?;
+            let (wake_tx, wake_rx) =
+                Link::wake_pair().map_err(|e| format!("cannot make a control link wake socket: {e}"))?;
             links.push(LinkHandle {
                 commands: tx,
                 wake: wake_tx,
@@ -437,7 +432,7 @@ impl Control {
     ) {
         let id = self.next_id;
         self.next_id += 1;
-        let _ = self.links[broker].send(LinkCmd {
+        self.links[broker].send(LinkCmd {
             id,
             request: request.clone(),
         });
@@ -508,7 +503,7 @@ impl Control {
                                     tracing::info!(broker = %broker, reason = r.reason.as_str(), "retrying on the next broker");
                                     let id = self.next_id;
                                     self.next_id += 1;
-                                    let _ = self.links[next].send(LinkCmd {
+                                    self.links[next].send(LinkCmd {
                                         id,
                                         request: f.request.clone(),
                                     });

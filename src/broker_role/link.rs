@@ -236,6 +236,15 @@ impl Link {
         Ok(frames)
     }
 
+    /// A connected pair of non-blocking sockets for [`Link::wait_readable`]'s `wake`: other
+    /// threads write a byte to the first to wake the thread that waits on the second.
+    pub fn wake_pair() -> io::Result<(std::os::unix::net::UnixStream, std::os::unix::net::UnixStream)> {
+        let (a, b) = std::os::unix::net::UnixStream::pair()?;
+        a.set_nonblocking(true)?;
+        b.set_nonblocking(true)?;
+        Ok((a, b))
+    }
+
     /// Waits until the socket has bytes (`true`), `wake` has bytes (`false`, drained), or
     /// `max` passes (`false`), whichever comes first; keepalive runs either way. With
     /// `poll(2)` on both, a request queued for this link goes out at once instead of after a

@@ -391,11 +391,7 @@ fn connection(sock: TcpStream, addr: SocketAddr, role: Role, shared: &Arc<Shared
     let (done_tx, done_rx) = crossbeam_channel::unbounded::<(u64, Reply)>();
     // Password and directory checks answer on other threads: they write a byte here so the
     // reply goes out at once rather than at the next poll period.
-    let Ok((wake_tx, wake_rx)) = std::os::unix::net::UnixStream::pair().and_then(|(a, b)| {
-        a.set_nonblocking(true)?;
-        b.set_nonblocking(true)?;
-        Ok((a, b))
-    }) else {
+    let Ok((wake_tx, wake_rx)) = Link::wake_pair() else {
         tracing::error!(peer = %addr, "cannot make a wake socket");
         return;
     };

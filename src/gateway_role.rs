@@ -160,14 +160,13 @@ pub fn validate(g: &GatewaySection, at: &KeyPath, problems: &mut Vec<(KeyPath, S
             "a gateway with a front listener needs at least one broker".into(),
         ));
     }
-    for key in ["cert_file", "key_file", "ca_file", "farm_key_file"] {
-        let missing = match key {
-            "cert_file" => g.cert_file.is_none(),
-            "key_file" => g.key_file.is_none(),
-            "ca_file" => g.ca_file.is_none(),
-            _ => g.farm_key_file.is_none(),
-        };
-        if missing {
+    for (key, file) in [
+        ("cert_file", &g.cert_file),
+        ("key_file", &g.key_file),
+        ("ca_file", &g.ca_file),
+        ("farm_key_file", &g.farm_key_file),
+    ] {
+        if file.is_none() {
             problems.push((at.key(key), "required for a gateway with a front listener".into()));
         }
     }

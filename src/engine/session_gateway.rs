@@ -376,8 +376,7 @@ impl Session {
             ctx.shared.metrics.count_gateway_answer("health", status);
             f.output.extend_from_slice(&api::health(&brokers));
             // A /health answer ends the connection (`Connection: close`), as health checkers
-            // expect.
-            let _ = keep_alive;
+            // expect, whatever the request asked.
             f.close_after = Some((CloseReason::Done, format!("GET /health: {status}")));
             return Handled::Again;
         }

@@ -116,7 +116,10 @@ pub fn validate(g: &GatewaySection, at: &KeyPath, problems: &mut Vec<(KeyPath, S
         if id.is_empty() || id.len() > MAX_ID_BYTES || !id.bytes().all(|b| b.is_ascii_graphic()) {
             problems.push((
                 at.key("id"),
-                format!("must be 1..={} printable ASCII characters without spaces", MAX_ID_BYTES),
+                format!(
+                    "must be 1..={} printable ASCII characters without spaces",
+                    MAX_ID_BYTES
+                ),
             ));
         }
     }

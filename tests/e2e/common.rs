@@ -16,14 +16,9 @@ pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_gatehouse"))
 }
 
-/// A port that was free a moment ago.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+#[path = "../support/ports.rs"]
+mod ports;
+pub use ports::free_port;
 
 /// A child process killed (and reaped) on drop.
 pub struct Proc {
@@ -460,6 +455,21 @@ impl std::fmt::Debug for Seen {
             Seen::Silent => f.write_str("Silent"),
             Seen::Other(e) => write!(f, "Other({e})"),
         }
+    }
+}
+
+/// Connects to `target`, sends `msg` and classifies what comes back within `timeout`. A proxy
+/// that refuses at once (say, when its backend's handshake fails right after the accept) may
+/// reset the connection before `connect` has returned: that counts as [`Seen::Reset`] too.
+pub fn send_and_see(target: SocketAddr, msg: &[u8], timeout: Duration) -> Seen {
+    match connect_from(target, None) {
+        Ok(mut s) => {
+            // A write into a connection the proxy already closed fails; the read says how.
+            let _ = s.write_all(msg);
+            read_outcome(&mut s, timeout)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => Seen::Reset,
+        Err(e) => panic!("connect to {target}: {e}"),
     }
 }
 

@@ -215,9 +215,7 @@ fn pinned_certificate_is_required_and_enough() {
         ),
         admin,
     );
-    let mut c = connect_from(listen, None).unwrap();
-    let _ = c.write_all(b"abc\n");
-    let seen = read_outcome(&mut c, Duration::from_secs(5));
+    let seen = send_and_see(listen, b"abc\n", Duration::from_secs(5));
     assert!(matches!(seen, Seen::Eof | Seen::Reset), "{seen:?}");
     assert_eq!(
         g.wait_metric(

@@ -491,10 +491,7 @@ fn pick_port(preferred: u16, avoid: u16) -> u16 {
         return preferred;
     }
     loop {
-        let p = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free loopback port");
+        let p = crate::common::free_port();
         if p != avoid && free(p) {
             return p;
         }

@@ -514,7 +514,7 @@ fn start_health(shared: &Arc<Shared>) -> Option<Checks> {
                 spec: spec.clone(),
                 initial: b.health,
             });
-            names.push((plan.name.clone(), b.name.clone()));
+            names.push((plan.name.clone(), b.name.to_string()));
         }
     }
     if targets.is_empty() {

@@ -81,13 +81,6 @@ pub enum ListenerRole {
     },
 }
 
-impl ListenerPlan {
-    /// Whether a client address must send a PROXY v2 header first.
-    pub fn expects_proxy_from(&self, ip: IpAddr) -> bool {
-        self.trusted_proxies.iter().any(|c| c.contains(ip))
-    }
-}
-
 /// Whether a listener's allow and deny lists admit a client address.
 pub fn admits(allow: &[Cidr], deny: &[Cidr], ip: IpAddr) -> bool {
     !deny.iter().any(|c| c.contains(ip)) && (allow.is_empty() || allow.iter().any(|c| c.contains(ip)))
@@ -128,8 +121,8 @@ impl PoolPlan {
 
 /// A backend as workers use it.
 pub struct BackendPlan {
-    /// Backend name (unique within the pool).
-    pub name: String,
+    /// Backend name (unique within the pool; shared with the sessions that use it).
+    pub name: Arc<str>,
     /// Where to connect.
     pub address: SocketAddr,
     /// Relative share.
@@ -462,7 +455,7 @@ fn build_snapshot(control: &mut ControlState, generation: u64) -> Snapshot {
             }
             let runtime = control.runtimes.entry(id).or_default().clone();
             backends.push(BackendPlan {
-                name: b.name.clone(),
+                name: Arc::from(b.name.as_str()),
                 address: b.address,
                 weight: b.weight,
                 key: backend_key(&b.name),
@@ -683,7 +676,7 @@ impl Snapshot {
                     .iter()
                     .map(|b| {
                         serde_json::json!({
-                            "name": b.name,
+                            "name": &*b.name,
                             "address": b.address.to_string(),
                             "weight": b.weight,
                             "admin_state": b.admin.as_str(),

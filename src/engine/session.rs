@@ -30,7 +30,7 @@ use crate::config::TlsMode;
 use crate::gateway::path::{GatewayPath, PP2_TYPE_GATEWAY_PATH};
 use crate::metrics::CloseReason;
 use crate::proxy_protocol::{self, Parsed, ProxyHeader, SIGNATURE};
-use crate::shared::{admits, BackendRuntime, ControlEvent, ListenerPlan, ListenerRole, PoolPlan, Shared};
+use crate::shared::{admits, BackendRuntime, ControlEvent, ListenerRole, PoolPlan, Shared};
 use crate::tls::server::ServerTls;
 
 #[path = "session_tls.rs"]
@@ -139,14 +139,15 @@ pub struct BackendRef {
     /// Index in the pool (for retries).
     pub index: usize,
     /// Backend name.
-    pub name: String,
+    pub name: Arc<str>,
     /// Its address.
     pub address: SocketAddr,
     /// Its shared counters (the session holds one `active` slot).
     pub runtime: Arc<BackendRuntime>,
 }
 
-/// Per-listener settings a session needs, copied at accept so a reload does not touch it.
+/// Per-listener settings a session needs: built once per listener and snapshot, shared by
+/// its sessions, so an accept copies nothing and a reload does not touch sessions.
 #[derive(Clone)]
 pub struct SessionSettings {
     /// Listener name.
@@ -175,6 +176,8 @@ pub struct SessionSettings {
     pub allow: Vec<Cidr>,
     /// Client addresses refused (checked first).
     pub deny: Vec<Cidr>,
+    /// Sources that must (and alone may) send a PROXY v2 header.
+    pub trusted_proxies: Vec<Cidr>,
 }
 
 /// Worker resources a session step may use.
@@ -206,7 +209,7 @@ pub struct Session {
     /// The real client (from a PROXY header when a trusted forwarder sent one).
     pub client_addr: SocketAddr,
     /// Settings of the listener that accepted it.
-    pub settings: SessionSettings,
+    pub settings: Arc<SessionSettings>,
     pool: Arc<PoolPlan>,
     /// Phase of the pipeline.
     pub phase: Phase,
@@ -220,7 +223,7 @@ pub struct Session {
     /// Bytes client -> backend, backend -> client (final counts).
     pub bytes: (u64, u64),
     /// Name and address of the backend, once chosen (for the close log line).
-    pub backend_label: Option<(String, SocketAddr)>,
+    pub backend_label: Option<(Arc<str>, SocketAddr)>,
     /// The client's TLS connection between the end of its handshake and the tunnel: held
     /// only while `Connecting` (which retries backends without knowing about TLS).
     handshaken: Option<Box<ServerConnection>>,
@@ -248,9 +251,8 @@ impl Session {
         serial: u64,
         mut client: TcpStream,
         peer: SocketAddr,
-        plan: &ListenerPlan,
+        settings: Arc<SessionSettings>,
         pool: Arc<PoolPlan>,
-        settings: SessionSettings,
         ctx: &mut Ctx<'_>,
     ) -> io::Result<(Session, Step)> {
         ctx.registry.register(
@@ -260,9 +262,9 @@ impl Session {
         )?;
         // TCP_NODELAY and keepalive are inherited from the listening socket (set once at
         // bind), so an accepted client costs no setsockopt calls.
-        let mode = if plan.expects_proxy_from(peer.ip()) {
+        let mode = if settings.trusted_proxies.iter().any(|c| c.contains(peer.ip())) {
             Some(ReadMode::ExpectProxy)
-        } else if !plan.trusted_proxies.is_empty() {
+        } else if !settings.trusted_proxies.is_empty() {
             Some(ReadMode::RefuseProxy)
         } else {
             None
@@ -1061,7 +1063,7 @@ fn note_failure(pool: &PoolPlan, backend: &BackendRef, detail: &str, ctx: &mut C
     if pool.passive_fall > 0 && pool.health_checked && in_row == pool.passive_fall {
         let _ = ctx.shared.events.send(ControlEvent::PassiveDown {
             pool: pool.name.clone(),
-            backend: backend.name.clone(),
+            backend: backend.name.to_string(),
             reason: detail.to_string(),
         });
     }

@@ -731,7 +731,7 @@ impl Session {
         runtime.total.fetch_add(1, Ordering::Relaxed);
         let backend = super::BackendRef {
             index: usize::MAX,
-            name: name.to_string(),
+            name: Arc::from(name),
             address,
             runtime,
         };

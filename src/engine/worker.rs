@@ -37,7 +37,6 @@ const LIMIT_RETRY: Duration = Duration::from_millis(20);
 /// A listener as one worker holds it.
 struct WorkerListener {
     name: String,
-    label: Arc<str>,
     spec: (std::net::SocketAddr, u32, bool, std::time::Duration),
     socket: TcpListener,
     plan_index: usize,
@@ -95,6 +94,8 @@ struct Worker {
     poll: Poll,
     shared: Arc<Shared>,
     snapshot: Arc<Snapshot>,
+    /// What sessions of each listener plan of `snapshot` need (same indices).
+    settings: Vec<Arc<SessionSettings>>,
     listeners: HashMap<usize, WorkerListener>,
     next_listener: usize,
     sessions: Slab<Session>,
@@ -112,6 +113,37 @@ struct Worker {
     draining: bool,
 }
 
+/// The settings of every listener plan of `snapshot`, in its order.
+fn session_settings(snapshot: &Snapshot) -> Vec<Arc<SessionSettings>> {
+    snapshot
+        .listeners
+        .iter()
+        .map(|plan| {
+            let cfg = &plan.config;
+            Arc::new(SessionSettings {
+                listener: Arc::from(cfg.name.as_str()),
+                handshake_timeout: cfg.handshake_timeout.get(),
+                connect_timeout: cfg.connect_timeout.get(),
+                idle_timeout: cfg.idle_timeout.get(),
+                keepalive: cfg.tcp_keepalive.get(),
+                splice: cfg.splice,
+                max_per_source: cfg.max_per_source,
+                tls: cfg.tls,
+                server_tls: plan.tls.clone(),
+                sni_routes: plan
+                    .sni_routes
+                    .iter()
+                    .map(|(name, pool)| (name.clone(), snapshot.pools[*pool].clone()))
+                    .collect(),
+                role: plan.role.clone(),
+                allow: plan.allow.clone(),
+                deny: plan.deny.clone(),
+                trusted_proxies: plan.trusted_proxies.clone(),
+            })
+        })
+        .collect()
+}
+
 impl Worker {
     fn new(id: usize, poll: Poll, waker: Arc<Waker>, shared: Arc<Shared>) -> Self {
         let snapshot = shared.snapshot();
@@ -120,6 +152,7 @@ impl Worker {
             id,
             poll,
             shared,
+            settings: session_settings(&snapshot),
             snapshot,
             listeners: HashMap::new(),
             next_listener: 0,
@@ -158,7 +191,6 @@ impl Worker {
         self.listeners.insert(
             idx,
             WorkerListener {
-                label: Arc::from(name.as_str()),
                 name,
                 spec,
                 socket,
@@ -355,7 +387,6 @@ impl Worker {
                 return;
             }
             let plan_index = listener.plan_index;
-            let label = listener.label.clone();
             match listener.socket.accept() {
                 Ok((stream, peer)) => {
                     self.backoff = MIN_BACKOFF;
@@ -370,7 +401,7 @@ impl Worker {
                         drop(stream);
                         continue;
                     }
-                    self.start_session(stream, peer, plan_index, label, now);
+                    self.start_session(stream, peer, plan_index, now);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -390,38 +421,17 @@ impl Worker {
         stream: mio::net::TcpStream,
         peer: std::net::SocketAddr,
         plan_index: usize,
-        label: Arc<str>,
         now: Instant,
     ) {
-        let snapshot = self.snapshot.clone();
-        let plan = &snapshot.listeners[plan_index];
-        let pool = snapshot.pools[plan.pool].clone();
-        let cfg = &plan.config;
-        let settings = SessionSettings {
-            listener: label,
-            handshake_timeout: cfg.handshake_timeout.get(),
-            connect_timeout: cfg.connect_timeout.get(),
-            idle_timeout: cfg.idle_timeout.get(),
-            keepalive: cfg.tcp_keepalive.get(),
-            splice: cfg.splice,
-            max_per_source: cfg.max_per_source,
-            tls: cfg.tls,
-            server_tls: plan.tls.clone(),
-            sni_routes: plan
-                .sni_routes
-                .iter()
-                .map(|(name, pool)| (name.clone(), snapshot.pools[*pool].clone()))
-                .collect(),
-            role: plan.role.clone(),
-            allow: plan.allow.clone(),
-            deny: plan.deny.clone(),
-        };
+        let plan = &self.snapshot.listeners[plan_index];
+        let pool = self.snapshot.pools[plan.pool].clone();
+        let settings = self.settings[plan_index].clone();
         self.serial += 1;
         let serial = self.serial;
         let entry = self.sessions.vacant_entry();
         let key = entry.key();
         let mut ctx = worker_ctx!(self, now);
-        match Session::accept(key, serial, stream, peer, plan, pool, settings, &mut ctx) {
+        match Session::accept(key, serial, stream, peer, settings, pool, &mut ctx) {
             Ok((session, step)) => {
                 entry.insert(session);
                 let step = match step {
@@ -459,7 +469,7 @@ impl Worker {
         self.shared.metrics.count_close(reason);
         let duration = now.saturating_duration_since(s.started);
         let (backend, address) = match &s.backend_label {
-            Some((n, a)) => (n.as_str(), a.to_string()),
+            Some((n, a)) => (&**n, a.to_string()),
             None => ("-", "-".to_string()),
         };
         tracing::info!(
@@ -515,6 +525,7 @@ impl Worker {
     /// Picks up a new snapshot: listeners added, removed or re-pointed; sessions untouched.
     fn reload(&mut self) {
         self.snapshot = self.shared.snapshot();
+        self.settings = session_settings(&self.snapshot);
         session::retain_balancers(&self.snapshot.pools);
         if self.draining {
             return;

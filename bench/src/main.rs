@@ -277,6 +277,8 @@ enum Command {
     /// forwarding gateway fw-1 in front of echo stand-in hosts; clients logged in once then
     /// open tunnels (launch + tunnel + one echo) on each path, and ping-pong through one held
     /// tunnel per path; reports opens/s and the latency added against a direct connection.
+    /// Then the logon storm: users arriving at a HALB in front of gw-1 and gw-2 log in,
+    /// launch, open a tunnel and hold an RDP-like session; reports time to desktop.
     Launch {
         /// A run of a few seconds (defaults below become 2 hosts, 2 clients, 1 round of 1 s
         /// windows, 0.5 s latency loops at 1000/s); explicit options still apply.
@@ -319,6 +321,43 @@ enum Command {
         /// Worker threads of gw-1 and of fw-1 [default: 1].
         #[arg(long)]
         gateway_workers: Option<usize>,
+        /// Phase C, the logon storm through a HALB to gw-1 and gw-2: users arriving
+        /// (0: no storm) [default: 400; quick: 12].
+        #[arg(long)]
+        storm_users: Option<usize>,
+        /// Storm arrivals per second (0: all at once) [default: 50; quick: 40].
+        #[arg(long)]
+        storm_rate: Option<f64>,
+        /// Each storm session's hold after its desktop appeared [default: 10s; quick: 1s].
+        #[arg(long, value_parser = parse_duration)]
+        storm_hold: Option<Duration>,
+        /// Input events per second per storm session [default: 10].
+        #[arg(long)]
+        storm_event_rate: Option<f64>,
+        /// Bytes per input event [default: 80].
+        #[arg(long)]
+        storm_input: Option<u32>,
+        /// Bytes of the update answering each event [default: 1200].
+        #[arg(long)]
+        storm_update: Option<u32>,
+        /// The HALB's algorithm: least-connections or source-hash [default: least-connections].
+        #[arg(long)]
+        storm_balance: Option<String>,
+        /// Storm source addresses 127.0.0.1..=N, one per user in rotation [default: 254].
+        #[arg(long)]
+        storm_sources: Option<usize>,
+        /// Direct sessions measuring the in-session baseline during the storm [default: 4].
+        #[arg(long)]
+        storm_baseline: Option<usize>,
+        /// RDP-like stand-in hosts of the storm [default: 4; quick: 2].
+        #[arg(long)]
+        rdp_hosts: Option<usize>,
+        /// Worker threads of the HALB [default: 1].
+        #[arg(long)]
+        halb_workers: Option<usize>,
+        /// Run the logon storm alone (skip phases A and B).
+        #[arg(long)]
+        storm_only: bool,
         /// The gatehouse binary [default: `gatehouse` beside this binary].
         #[arg(long)]
         gatehouse: Option<PathBuf>,
@@ -879,6 +918,18 @@ fn run(command: Command) -> Result<Option<Output>, Box<dyn std::error::Error>> {
             tls_resume,
             sources,
             gateway_workers,
+            storm_users,
+            storm_rate,
+            storm_hold,
+            storm_event_rate,
+            storm_input,
+            storm_update,
+            storm_balance,
+            storm_sources,
+            storm_baseline,
+            rdp_hosts,
+            halb_workers,
+            storm_only,
             gatehouse,
             dir,
             json,
@@ -905,6 +956,18 @@ fn run(command: Command) -> Result<Option<Output>, Box<dyn std::error::Error>> {
                 tls_resume,
                 sources: sources.unwrap_or(base.sources).max(1),
                 gateway_workers: gateway_workers.unwrap_or(base.gateway_workers),
+                storm_users: storm_users.unwrap_or(base.storm_users),
+                storm_rate: storm_rate.unwrap_or(base.storm_rate),
+                storm_hold: storm_hold.unwrap_or(base.storm_hold),
+                storm_event_rate: storm_event_rate.unwrap_or(base.storm_event_rate),
+                storm_input: storm_input.unwrap_or(base.storm_input),
+                storm_update: storm_update.unwrap_or(base.storm_update),
+                storm_algorithm: storm_balance.unwrap_or_else(|| base.storm_algorithm.clone()),
+                storm_sources: storm_sources.unwrap_or(base.storm_sources).max(1),
+                storm_baseline: storm_baseline.unwrap_or(base.storm_baseline),
+                rdp_hosts: rdp_hosts.unwrap_or(base.rdp_hosts),
+                halb_workers: halb_workers.unwrap_or(base.halb_workers),
+                storm_only,
                 dir,
                 ..base
             };

@@ -1,7 +1,9 @@
 //! `gatehouse-bench launch --quick` end to end: the real gatehouse binary as broker, as
 //! gateway gw-1 and as forwarding gateway fw-1, echo stand-in hosts, clients that log in once
-//! and then open tunnels. Checks that every path opened tunnels and answered ping-pongs
-//! without a failure, and that the figures hang together.
+//! and then open tunnels, then the logon storm through a HALB in front of gw-1 and gw-2.
+//! Checks that every path opened tunnels and answered ping-pongs without a failure, that
+//! the storm reached both gateways with every user at a desktop, and that the figures hang
+//! together with the servers' own counters.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -73,4 +75,50 @@ fn quick_run_opens_tunnels_on_every_path_without_errors() {
         assert!(r["closed_loop_vs_direct"]["p99"].is_number(), "{r}");
     }
     assert_eq!(lat[0]["open_loop_added_us"]["p50"].as_f64(), Some(0.0));
+
+    // Phase C: the logon storm went through the HALB to both gateways, every user reached
+    // a desktop and held it, and the servers' counters match what the clients did.
+    let s = &v["storm"];
+    let users = v["parameters"]["storm_users"].as_u64().unwrap();
+    assert!(users >= 4, "{s}");
+    assert_eq!(s["users"].as_u64(), Some(users), "{s}");
+    for field in ["arrived", "logged_on", "tunnels", "desktops", "completed"] {
+        assert_eq!(s[field].as_u64(), Some(users), "{field}: {s}");
+    }
+    assert_eq!(s["failed"], 0, "{s}");
+    assert_eq!(s["time_to_desktop_us"]["count"].as_u64(), Some(users), "{s}");
+    // A desktop comes after a login (an argon2id check), a launch and a tunnel.
+    let desktop = &s["time_to_desktop_us"];
+    let login = s["arrival_to_login_us"]["p50"].as_f64().unwrap();
+    assert!(desktop["p50"].as_f64().unwrap() > login, "{s}");
+    for step in ["login_us", "resources_us", "launch_us", "connect_101_us"] {
+        assert_eq!(s[step]["count"].as_u64(), Some(users), "{step}: {s}");
+    }
+    let spread = s["per_gateway"].as_array().unwrap();
+    let names: Vec<&str> = spread.iter().map(|g| g["gateway"].as_str().unwrap()).collect();
+    assert_eq!(names, ["gw-1", "gw-2"]);
+    let sum = |k: &str| spread.iter().map(|g| g[k].as_u64().unwrap()).sum::<u64>();
+    for g in spread {
+        assert!(
+            g["tunnels"].as_u64().unwrap() > 0,
+            "the HALB sent no session to {g}"
+        );
+        assert!(g["halb_connections"].as_u64().unwrap() > 0, "{g}");
+    }
+    // Each user: one API connection and one tunnel connection, both through the HALB.
+    assert_eq!(sum("tunnels"), users, "{s}");
+    assert_eq!(sum("logins"), users, "{s}");
+    assert_eq!(sum("halb_connections"), 2 * users, "{s}");
+    // Every event got its update, in the tunnels and on the direct baseline.
+    let sent = s["events_sent"].as_u64().unwrap();
+    assert!(sent >= users, "{s}");
+    assert_eq!(s["events_received"].as_u64(), Some(sent), "{s}");
+    assert_eq!(s["event_us"]["count"].as_u64(), Some(sent), "{s}");
+    assert!(s["baseline_sent"].as_u64().unwrap() > 0, "{s}");
+    assert_eq!(s["baseline_received"], s["baseline_sent"], "{s}");
+    assert!(s["event_added_us"]["p50"].is_number(), "{s}");
+    for p in ["halb-1", "gw-1", "gw-2", "broker-1"] {
+        assert!(s["cpu_ms_per_logon"][p].as_f64().is_some(), "{p}: {s}");
+    }
+    assert!(s["password_check"]["logins_per_s"].as_f64().unwrap() > 0.0, "{s}");
 }

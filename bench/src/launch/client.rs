@@ -10,10 +10,11 @@
 
 use std::fmt;
 use std::io::{self, ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use socket2::{Domain, Socket, Type};
 
 use crate::net::SourcePool;
 use crate::tls::{TlsClient, TlsStream};
@@ -216,6 +217,44 @@ impl ClientStream {
         }
     }
 
+    /// Connects to `addr` from the source address `source` (a user of a logon storm keeps
+    /// one address for all its connections, as a real client does); TLS when `tls` is given.
+    pub fn connect_from(
+        addr: SocketAddr,
+        tls: Option<&TlsClient>,
+        source: IpAddr,
+    ) -> io::Result<ClientStream> {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+        socket.set_nodelay(true)?;
+        if addr.ip().is_loopback() {
+            // Let connect() pick the port per (source, destination) pair instead of bind()
+            // reserving one per source address (IP_BIND_ADDRESS_NO_PORT, Linux 4.2).
+            let one: libc::c_int = 1;
+            // SAFETY: valid fd, option value is a c_int of the given size.
+            unsafe {
+                libc::setsockopt(
+                    std::os::fd::AsRawFd::as_raw_fd(&socket),
+                    libc::IPPROTO_IP,
+                    libc::IP_BIND_ADDRESS_NO_PORT,
+                    (&one as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                );
+            }
+            socket.bind(&SocketAddr::new(source, 0).into())?;
+        }
+        socket.connect_timeout(&addr.into(), Duration::from_secs(5))?;
+        let sock: TcpStream = socket.into();
+        sock.set_read_timeout(Some(ANSWER_TIMEOUT))?;
+        sock.set_write_timeout(Some(ANSWER_TIMEOUT))?;
+        match tls {
+            None => Ok(ClientStream::Plain(sock)),
+            Some(c) => c
+                .wrap(sock)
+                .map(|s| ClientStream::Tls(Box::new(s)))
+                .map_err(io::Error::other),
+        }
+    }
+
     /// The TCP socket under it.
     pub fn tcp(&self) -> &TcpStream {
         match self {
@@ -308,6 +347,15 @@ impl HttpConn {
         })
     }
 
+    /// An API connection over a stream the caller opened (its own source address, say).
+    pub fn over(stream: ClientStream) -> HttpConn {
+        HttpConn {
+            stream,
+            buf: Vec::with_capacity(4096),
+            closed: false,
+        }
+    }
+
     /// Whether the gateway said it closes the connection after its last answer.
     pub fn is_closed(&self) -> bool {
         self.closed
@@ -344,6 +392,27 @@ impl HttpConn {
             .call("POST", "/api/v1/launch", Some(token), Some(&body), "")?
             .expect(200)?;
         string_field(&a, "ticket")
+    }
+
+    /// `GET /api/v1/resources`: the ids of the resources the session may launch.
+    pub fn resources(&mut self, token: &str) -> Result<Vec<String>, ClientError> {
+        let a = self
+            .call("GET", "/api/v1/resources", Some(token), None, "")?
+            .expect(200)?;
+        let list = a.json()["resources"]
+            .as_array()
+            .map(|rs| {
+                rs.iter()
+                    .filter_map(|r| r["id"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .ok_or_else(|| ClientError::Malformed("no \"resources\" list in the answer".into()))?;
+        Ok(list)
+    }
+
+    /// Closes the connection (TLS close_notify, then shutdown).
+    pub fn close(self) {
+        self.stream.close();
     }
 
     /// `GET /health` answered `200`.
@@ -387,7 +456,11 @@ pub fn tunnel(
     token: &str,
     ticket: &str,
 ) -> Result<Tunnel, ClientError> {
-    let mut conn = HttpConn::connect(addr, tls, sources)?;
+    tunnel_over(HttpConn::connect(addr, tls, sources)?, token, ticket)
+}
+
+/// As [`tunnel`], on a connection the caller opened (nothing sent on it yet).
+pub fn tunnel_over(mut conn: HttpConn, token: &str, ticket: &str) -> Result<Tunnel, ClientError> {
     let headers =
         format!("Connection: Upgrade\r\nUpgrade: gatehouse-tunnel\r\nGatehouse-Session: {token}\r\n");
     conn.call("GET", "/api/v1/tunnel", Some(ticket), None, &headers)?

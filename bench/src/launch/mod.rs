@@ -16,7 +16,13 @@
 //!
 //! Both phases run in `rounds`: each round visits every path for its share of the window,
 //! so a path is not favoured by when the shared machine happened to be quiet.
-//! 5. figures against the direct path of the same run: ratios and added latency.
+//! 5. figures against the direct path of the same run: ratios and added latency;
+//! 6. phase C, the logon storm ([`storm`]): distinct users arrive open loop at the HALB
+//!    (TLS passthrough to gw-1 and gw-2, health-checked), each logs in, lists resources,
+//!    launches, opens its tunnel and holds an RDP-like session against RDP-like stand-ins,
+//!    while direct sessions measure the baseline; time to desktop from the intended
+//!    arrival, the per-step times, the HALB's spread, CPU per logon of each process
+//!    ([`storm_report`]).
 //!
 //! Owns the scenario; the rig is [`rig`]'s, the API client [`client`]'s, the load [`load`]'s,
 //! the report and its table [`report`]'s.
@@ -25,7 +31,10 @@ pub mod client;
 pub mod load;
 pub mod report;
 pub mod rig;
+pub mod storm;
+pub mod storm_report;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -35,7 +44,10 @@ use self::client::HttpConn;
 use self::load::{OpenPhase, OpenTally, PathKind, PingParams, PingTally, Route};
 use self::report::{add_open_ratios, latency_reports};
 pub use self::report::{Added, LatencyPathReport, LaunchReport, OpenPathReport};
-use self::rig::{Rig, RigParams};
+use self::rig::{Rig, RigParams, StormRigParams};
+use self::storm::{StormPlan, StormTargets};
+pub use self::storm_report::StormReport;
+use self::storm_report::{PasswordBound, StormCpu};
 use crate::login_launch::farm::{self, Layout};
 use crate::login_launch::{loadavg, Machine};
 use crate::net::SourcePool;
@@ -79,6 +91,30 @@ pub struct Params {
     pub gatehouse: PathBuf,
     /// Keep the farm in this directory instead of a temporary one.
     pub dir: Option<PathBuf>,
+    /// Phase C: users of the logon storm (0: no storm, and no HALB or gw-2 in the rig).
+    pub storm_users: usize,
+    /// Phase C: arrivals per second (0: all at once).
+    pub storm_rate: f64,
+    /// Phase C: each session's hold after its desktop appeared.
+    pub storm_hold: Duration,
+    /// Phase C: input events per second per session.
+    pub storm_event_rate: f64,
+    /// Phase C: bytes per input event.
+    pub storm_input: u32,
+    /// Phase C: bytes of the update answering each event.
+    pub storm_update: u32,
+    /// Phase C: the HALB pool's algorithm (`least-connections` or `source-hash`).
+    pub storm_algorithm: String,
+    /// Phase C: source addresses 127.0.0.1..=N, one per user in rotation.
+    pub storm_sources: usize,
+    /// Phase C: direct sessions measuring the baseline during the storm.
+    pub storm_baseline: usize,
+    /// Phase C: RDP-like stand-in hosts.
+    pub rdp_hosts: usize,
+    /// Phase C: worker threads of the HALB.
+    pub halb_workers: usize,
+    /// Run phase C alone (phases A and B skipped).
+    pub storm_only: bool,
 }
 
 impl Params {
@@ -99,6 +135,18 @@ impl Params {
             gateway_workers: 1,
             gatehouse,
             dir: None,
+            storm_users: 400,
+            storm_rate: 50.0,
+            storm_hold: Duration::from_secs(10),
+            storm_event_rate: 10.0,
+            storm_input: 80,
+            storm_update: 1200,
+            storm_algorithm: "least-connections".into(),
+            storm_sources: 254,
+            storm_baseline: 4,
+            rdp_hosts: 4,
+            halb_workers: 1,
+            storm_only: false,
         }
     }
 
@@ -112,6 +160,11 @@ impl Params {
             latency_duration: Duration::from_millis(500),
             rate: 1000.0,
             rounds: 1,
+            storm_users: 12,
+            storm_rate: 40.0,
+            storm_hold: Duration::from_secs(1),
+            storm_baseline: 1,
+            rdp_hosts: 2,
             ..Params::full(gatehouse)
         }
     }
@@ -139,6 +192,28 @@ impl Params {
                 "--rate must be >= 0, --gateway-workers >= 1, --duration > 0".into(),
             ));
         }
+        if self.storm_users > 4000
+            || !(self.storm_rate.is_finite() && self.storm_rate >= 0.0)
+            || !(self.storm_event_rate.is_finite()
+                && self.storm_event_rate > 0.0
+                && self.storm_event_rate <= 1000.0)
+            || !(24..=4096).contains(&self.storm_input)
+            || !(16..=1 << 20).contains(&self.storm_update)
+            || !["least-connections", "source-hash"].contains(&self.storm_algorithm.as_str())
+            || !(1..=64).contains(&self.rdp_hosts)
+            || self.halb_workers == 0
+            || self.storm_baseline > 64
+        {
+            return Err(BenchError::Usage(
+                "--storm-users must be 0..=4000, --storm-rate >= 0, --storm-event-rate 0..=1000 (not 0), \
+                 --storm-input 24..=4096, --storm-update 16..=1048576, --storm-balance least-connections or source-hash, \
+                 --rdp-hosts 1..=64, --halb-workers >= 1, --storm-baseline <= 64"
+                    .into(),
+            ));
+        }
+        if self.storm_only && self.storm_users == 0 {
+            return Err(BenchError::Usage("--storm-only needs --storm-users > 0".into()));
+        }
         Ok(())
     }
 
@@ -157,6 +232,18 @@ impl Params {
             "sources": self.sources,
             "gateway_workers": self.gateway_workers,
             "gatehouse": self.gatehouse.display().to_string(),
+            "storm_users": self.storm_users,
+            "storm_rate": self.storm_rate,
+            "storm_hold_s": self.storm_hold.as_secs_f64(),
+            "storm_event_rate": self.storm_event_rate,
+            "storm_input": self.storm_input,
+            "storm_update": self.storm_update,
+            "storm_algorithm": self.storm_algorithm,
+            "storm_sources": self.storm_sources,
+            "storm_baseline": self.storm_baseline,
+            "rdp_hosts": self.rdp_hosts,
+            "halb_workers": self.halb_workers,
+            "storm_only": self.storm_only,
         })
     }
 }
@@ -165,7 +252,13 @@ impl Params {
 pub fn run(p: &Params, progress: &mut dyn FnMut(&str)) -> Result<LaunchReport, BenchError> {
     p.check()?;
     let loadavg_start = loadavg();
-    let mut rig = Rig::start(
+    let storm_rig = (p.storm_users > 0).then(|| StormRigParams {
+        rdp_hosts: p.rdp_hosts,
+        users: p.storm_users,
+        algorithm: p.storm_algorithm.clone(),
+        halb_workers: p.halb_workers,
+    });
+    let mut rig = Rig::start_with_storm(
         &RigParams {
             hosts: p.hosts,
             users: p.clients,
@@ -173,8 +266,43 @@ pub fn run(p: &Params, progress: &mut dyn FnMut(&str)) -> Result<LaunchReport, B
             gatehouse: p.gatehouse.clone(),
             dir: p.dir.clone(),
         },
+        storm_rig.as_ref(),
         progress,
     )?;
+    let (open_rate, latency) = if p.storm_only {
+        (Vec::new(), Vec::new())
+    } else {
+        phases_a_b(p, &mut rig, progress)?
+    };
+    let storm = if p.storm_users > 0 {
+        Some(phase_c(p, &mut rig, progress)?)
+    } else {
+        None
+    };
+    let setup = rig.setup.clone();
+    drop(rig);
+    Ok(LaunchReport {
+        schema: SCHEMA,
+        scenario: "launch",
+        parameters: p.to_json(),
+        setup,
+        open_rate,
+        latency,
+        storm,
+        machine: Machine {
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            loadavg_start,
+            loadavg_end: loadavg(),
+        },
+    })
+}
+
+/// Phases A and B: their reports, ratios against `direct` filled in.
+fn phases_a_b(
+    p: &Params,
+    rig: &mut Rig,
+    progress: &mut dyn FnMut(&str),
+) -> Result<(Vec<OpenPathReport>, Vec<LatencyPathReport>), BenchError> {
     let front = rig.gateway_addrs.front;
     let sources = SourcePool::new(front, p.sources);
     let tokens = login_all(front, p.clients, &sources)?;
@@ -324,23 +452,149 @@ pub fn run(p: &Params, progress: &mut dyn FnMut(&str)) -> Result<LaunchReport, B
             reason: dead,
         });
     }
-    let setup = rig.setup.clone();
-    drop(rig);
     add_open_ratios(&mut open_rate);
-    let latency = latency_reports(&tallies);
-    Ok(LaunchReport {
-        schema: SCHEMA,
-        scenario: "launch",
-        parameters: p.to_json(),
-        setup,
-        open_rate,
-        latency,
-        machine: Machine {
-            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            loadavg_start,
-            loadavg_end: loadavg(),
+    Ok((open_rate, latency_reports(&tallies)))
+}
+
+/// Each gateway's answers by `endpoint_status`, and the HALB's connections per gateway.
+type Counters = (Vec<BTreeMap<String, u64>>, BTreeMap<String, u64>);
+
+/// Phase C, the logon storm through the HALB ([`storm`]).
+fn phase_c(p: &Params, rig: &mut Rig, progress: &mut dyn FnMut(&str)) -> Result<StormReport, BenchError> {
+    let nodes = rig
+        .storm
+        .as_ref()
+        .ok_or_else(|| BenchError::Usage("the rig was built without the storm's nodes".into()))?;
+    let halb = nodes.halb_addr;
+    let gateway_names: Vec<String> = nodes.gateway_admins.iter().map(|(n, _)| n.clone()).collect();
+    let read_counters = |nodes: &rig::StormNodes| -> Result<Counters, BenchError> {
+        let answers = nodes
+            .gateway_admins
+            .iter()
+            .map(|(name, admin)| {
+                rig::gateway_answers(*admin).map_err(|e| BenchError::NoProgress {
+                    target: *admin,
+                    detail: format!("{name} metrics: {e}"),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let halb_conns = rig::halb_backends(nodes.halb_admin)
+            .map_err(|e| BenchError::NoProgress {
+                target: nodes.halb_admin,
+                detail: format!("{} backends: {e}", rig::HALB),
+            })?
+            .into_iter()
+            .map(|b| (b.name, b.total))
+            .collect();
+        Ok((answers, halb_conns))
+    };
+    let (answers_before, halb_before) = read_counters(nodes)?;
+    let pids = [
+        (rig::HALB.to_string(), nodes.halb.pid()),
+        (rig::GATEWAY.to_string(), rig.gateway.pid()),
+        (rig::GATEWAY_2.to_string(), nodes.gateway_2.pid()),
+        (farm::BROKER_NODE.to_string(), rig.broker.pid()),
+    ];
+    let me = std::process::id();
+    let plan = StormPlan {
+        users: p.storm_users,
+        arrival_rate: p.storm_rate,
+        hold: p.storm_hold,
+        event_rate: p.storm_event_rate,
+        input_bytes: p.storm_input,
+        update_bytes: p.storm_update,
+        sources: p.storm_sources,
+        baseline_sessions: p.storm_baseline,
+    };
+    let tls = TlsClient::new(&Verify::Insecure, "gateway.bench", TlsVersion::Tls13, false)?;
+    let password = farm::password(0);
+    let credentials = |u: usize| (Layout::user(u), password.clone());
+    let targets = StormTargets {
+        halb,
+        tls: &tls,
+        resource: rig::STORM_RESOURCE,
+        direct: nodes.hosts[0].local_addr(),
+        credentials: &credentials,
+    };
+    progress(&format!(
+        "storm: {} users at {} through {} ({})",
+        plan.users,
+        if plan.arrival_rate > 0.0 {
+            format!("{}/s", plan.arrival_rate)
+        } else {
+            "once".into()
         },
-    })
+        rig::HALB,
+        p.storm_algorithm
+    ));
+    let cpu_now = || -> Vec<f64> {
+        pids.iter()
+            .map(|(_, pid)| *pid)
+            .chain([me])
+            .map(|pid| procstat::sample(pid).map_or(0.0, |s| s.cpu_s))
+            .collect()
+    };
+    let mut cpu_marks: Vec<Vec<f64>> = Vec::new();
+    let tally = storm::run(&plan, &targets, &mut |_| cpu_marks.push(cpu_now()), progress);
+    let one_hash_ms = nodes.one_hash_ms;
+    if let Some(dead) = rig.dead_process() {
+        return Err(BenchError::TargetDead {
+            target: halb,
+            reason: dead,
+        });
+    }
+    let nodes = rig
+        .storm
+        .as_ref()
+        .ok_or_else(|| BenchError::Usage("the rig lost the storm's nodes".into()))?;
+    let (answers_after, halb_after) = read_counters(nodes)?;
+    if tally.logged_on == 0 || tally.desktops == 0 {
+        return Err(BenchError::NoProgress {
+            target: halb,
+            detail: format!(
+                "storm: {} of {} users logged on, {} desktops; failures {:?}; first: {}",
+                tally.logged_on,
+                plan.users,
+                tally.desktops,
+                tally.failures,
+                tally.first_failure.as_deref().unwrap_or("none")
+            ),
+        });
+    }
+    let mut cpu = StormCpu::default();
+    if let [start, end] = cpu_marks.as_slice() {
+        let used: Vec<f64> = start.iter().zip(end).map(|(a, b)| (b - a).max(0.0)).collect();
+        cpu.processes = pids
+            .iter()
+            .zip(&used)
+            .map(|((n, _), c)| (n.clone(), *c))
+            .collect();
+        cpu.client_s = used.last().copied();
+    }
+    let per_gateway = storm_report::spread(
+        &gateway_names,
+        &answers_before,
+        &answers_after,
+        &halb_before,
+        &halb_after,
+    );
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let report = storm_report::storm_report(
+        &plan,
+        &p.storm_algorithm,
+        &tally,
+        per_gateway,
+        &cpu,
+        PasswordBound::new(one_hash_ms, rig::HASH_THREADS, cpus),
+    );
+    progress(&format!(
+        "storm: {} of {} users at their desktop, time to desktop p50 {:.0} ms, {} failed",
+        report.desktops,
+        report.users,
+        report.time_to_desktop_us.map_or(0.0, |t| t.p50 / 1e3),
+        report.failed
+    ));
+    Ok(report)
 }
 
 /// One login per client thread, as user 1..=clients (all with user 1's password: one hash).
@@ -462,6 +716,19 @@ mod tests {
             },
             Params {
                 gateway_workers: 0,
+                ..base.clone()
+            },
+            Params {
+                storm_algorithm: "random".into(),
+                ..base.clone()
+            },
+            Params {
+                storm_input: 8,
+                ..base.clone()
+            },
+            Params {
+                storm_users: 0,
+                storm_only: true,
                 ..base.clone()
             },
         ] {

@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use super::load::{PathKind, PingTally};
 use super::rig::SetupTimes;
+use super::storm_report::StormReport;
 use crate::login_launch::Machine;
 use crate::report::Percentiles;
 
@@ -26,6 +27,8 @@ pub struct LaunchReport {
     pub open_rate: Vec<OpenPathReport>,
     /// Phase B, one entry per path, `direct` first.
     pub latency: Vec<LatencyPathReport>,
+    /// Phase C, the logon storm through the HALB (null when not run).
+    pub storm: Option<StormReport>,
     /// The machine's load around the run.
     pub machine: Machine,
 }
@@ -172,9 +175,9 @@ pub fn latency_reports(tallies: &[(PathKind, PingTally)]) -> Vec<LatencyPathRepo
 type LoopFigures = fn(&LatencyPathReport) -> (Option<Percentiles>, Option<Added>, Option<Added>);
 
 impl LaunchReport {
-    /// Failures of phase A (phase B stops at the first one).
+    /// Failures of phase A (phase B stops at the first one) and users failed in phase C.
     pub fn errors(&self) -> u64 {
-        self.open_rate.iter().map(|r| r.errors).sum()
+        self.open_rate.iter().map(|r| r.errors).sum::<u64>() + self.storm.as_ref().map_or(0, |s| s.failed)
     }
 
     /// The human table.
@@ -196,12 +199,17 @@ impl LaunchReport {
             "setup      certificates {:.1} s   broker {:.2} s   hosts up {:.2} s   gateways healthy {:.2} s",
             st.pki_s, st.broker_start_s, st.hosts_up_s, st.gateways_up_s
         );
-        let _ = writeln!(
-            s,
-            "open rate  launch + tunnel (101) + first echo + close, {} s per path (direct: TCP connect + echo + close)",
-            p["duration_s"]
-        );
-        let _ = writeln!(
+        if self.open_rate.is_empty() {
+            let _ = writeln!(s, "open rate  not run (--storm-only)");
+        } else {
+            let _ = writeln!(
+                s,
+                "open rate  launch + tunnel (101) + first echo + close, {} s per path (direct: TCP connect + echo + close)",
+                p["duration_s"]
+            );
+        }
+        if !self.open_rate.is_empty() {
+            let _ = writeln!(
             s,
             "{:<14} {:>8} {:>9} {:>6} {:>9} {:>9} {:>9} {:>9} {:>10} {:>9} {:>7} {:>7} {:>7}  CPU us/open",
             "path",
@@ -218,6 +226,7 @@ impl LaunchReport {
             "p50 x",
             "p99 x"
         );
+        }
         let f = |v: Option<f64>| match v {
             None => "-".to_string(),
             Some(v) if v.abs() < 0.1 => format!("{v:.4}"),
@@ -253,11 +262,13 @@ impl LaunchReport {
                 let _ = writeln!(s, "{:<14} errors {:?}", "", r.error_reasons);
             }
         }
-        let _ = writeln!(
-            s,
-            "latency    {}-byte ping-pong through one held tunnel, {} s per loop; added = path - direct, x = path / direct",
-            p["message"], p["latency_duration_s"]
-        );
+        if !self.latency.is_empty() {
+            let _ = writeln!(
+                s,
+                "latency    {}-byte ping-pong through one held tunnel, {} s per loop; added = path - direct, x = path / direct",
+                p["message"], p["latency_duration_s"]
+            );
+        }
         let loops: [(&str, LoopFigures); 2] = [
             ("closed loop", |r| {
                 (r.closed_loop_us, r.closed_loop_added_us, r.closed_loop_vs_direct)
@@ -310,6 +321,9 @@ impl LaunchReport {
                     f(x.map(|v| v.p99_9))
                 );
             }
+        }
+        if let Some(storm) = &self.storm {
+            s.push_str(&storm.to_table());
         }
         let m = &self.machine;
         let la = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.2}"));

@@ -337,11 +337,14 @@ impl MemberTls {
     /// The server side (broker): presents the member certificate and requires a client
     /// certificate issued by the farm CA.
     pub fn server_config(&self) -> Result<Arc<ServerConfig>, PkiError> {
-        let verifier = WebPkiClientVerifier::builder(self.roots()?)
+        let provider = crate::tls::provider();
+        let verifier = WebPkiClientVerifier::builder_with_provider(self.roots()?, provider.clone())
             .build()
             .map_err(|e| err(format!("client verifier: {e}")))?;
         let (chain, key) = self.identity()?;
-        let config = ServerConfig::builder()
+        let config = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| err(format!("protocol versions: {e}")))?
             .with_client_cert_verifier(verifier)
             .with_single_cert(chain, key)
             .map_err(|e| err(format!("{}: {e}", self.cert_file.display())))?;
@@ -352,11 +355,15 @@ impl MemberTls {
     /// any server certificate issued by the farm CA for the name in its own CN (the hello
     /// name is then checked against that CN).
     pub fn client_config(&self) -> Result<Arc<ClientConfig>, PkiError> {
-        let inner = rustls::client::WebPkiServerVerifier::builder(self.roots()?)
-            .build()
-            .map_err(|e| err(format!("server verifier: {e}")))?;
+        let provider = crate::tls::provider();
+        let inner =
+            rustls::client::WebPkiServerVerifier::builder_with_provider(self.roots()?, provider.clone())
+                .build()
+                .map_err(|e| err(format!("server verifier: {e}")))?;
         let (chain, key) = self.identity()?;
-        let config = ClientConfig::builder()
+        let config = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| err(format!("protocol versions: {e}")))?
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(FarmServerVerifier { inner }))
             .with_client_auth_cert(chain, key)

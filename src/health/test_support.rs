@@ -179,11 +179,11 @@ impl TestPki {
             std::env::temp_dir().join(format!("gh-health-ca-{}-{}.pem", std::process::id(), serial));
         std::fs::write(&ca_file, ca.pem()).expect("temp dir is writable");
 
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = crate::tls::provider();
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der()));
         let server_config = ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .expect("ring supports the default versions")
+            .expect("the provider supports the default versions")
             .with_no_client_auth()
             .with_single_cert(vec![leaf.der().clone(), ca.der().clone()], key)
             .expect("matching certificate and key");

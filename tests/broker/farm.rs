@@ -56,7 +56,9 @@ fn peers_without_a_farm_certificate_are_refused() {
     for cert in rustls_pemfile::certs(&mut ca.as_slice()) {
         roots.add(cert.unwrap()).unwrap();
     }
-    let no_cert = rustls::ClientConfig::builder()
+    let no_cert = rustls::ClientConfig::builder_with_provider(gatehouse::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
     assert!(

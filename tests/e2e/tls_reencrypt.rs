@@ -240,7 +240,7 @@ fn tls_echo(ca: &TestCa, name: &str) -> SocketAddr {
     let key = rustls_pemfile::private_key(&mut &std::fs::read(&k).unwrap()[..])
         .unwrap()
         .unwrap();
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let provider = gatehouse::tls::provider();
     let config = std::sync::Arc::new(
         rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()

@@ -12,6 +12,15 @@
 //! generator's own delays cancel. A step passes when it has no errors and its added p99 is
 //! within the SLO. CPU per session-second and memory per session are taken at the largest
 //! passing step, where fixed costs weigh least.
+//!
+//! Three [`Mode`]s: `l4` drives plain sessions at a target the caller started (a HALB in
+//! front of RDP stand-ins); `halb-passthrough` and `gateway-ssl` start their own system
+//! under test (`capacity/sut.rs`: TLS stand-ins, `gatehouse run` as a passthrough HALB or
+//! as gateway gw-1 with its broker) and drive TLS sessions, tunnels for the gateway. In the
+//! TLS modes the direct baseline is the same TLS conversation straight to a TLS stand-in,
+//! so "added" is what the proxy adds. Tunnel tickets are launched before a step's schedule
+//! starts, and sessions open during the warmup: the measured window holds only the
+//! profile's traffic.
 
 use std::fmt::Write as _;
 use std::io::Read as _;
@@ -25,11 +34,90 @@ use serde::{Deserialize, Serialize};
 
 use crate::net::probe;
 use crate::report::{new_histogram, Percentiles, Window};
-use crate::scenario::rdp_profile::{self, Outcome, Schedule, Shard};
+use crate::scenario::rdp_profile::{self, Outcome, Schedule, Shard, Transport, TunnelTicket};
+use crate::tls::{TlsClient, TlsVersion, Verify};
 use crate::BenchError;
 
-/// Schema identifier of a capacity report.
-pub const SCHEMA: &str = "gatehouse-bench/capacity-1";
+pub mod sut;
+
+/// Schema identifier of a capacity report (2: `mode`, and per step the TLS, tunnel and
+/// host connection counts and the warmup used).
+pub const SCHEMA: &str = "gatehouse-bench/capacity-2";
+
+/// What is measured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// A proxy the caller started (`--target`, `--pid`), plain TCP sessions.
+    L4,
+    /// A HALB alone with a `tls = "passthrough"` listener over TLS stand-ins: TLS end to end.
+    HalbPassthrough,
+    /// A gateway alone in Gateway SSL mode: TLS offload, each session a tunnel to a stand-in
+    /// session host.
+    GatewaySsl,
+}
+
+impl Mode {
+    /// The name on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::L4 => "l4",
+            Mode::HalbPassthrough => "halb-passthrough",
+            Mode::GatewaySsl => "gateway-ssl",
+        }
+    }
+}
+
+/// How the sessions of one run reach their first hop (serializable: workers get it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PathSpec {
+    /// Plain TCP.
+    Plain,
+    /// TLS 1.3, verified against `ca_file` (or not at all without it).
+    Tls {
+        /// PEM file of the trusted certificate.
+        ca_file: Option<PathBuf>,
+        /// SNI and the name verified.
+        server_name: String,
+    },
+    /// TLS 1.3 to a gateway (not verified: its certificate is the farm's), then a tunnel per
+    /// session with a ticket launched for the step.
+    Tunnel {
+        /// SNI.
+        server_name: String,
+    },
+}
+
+impl PathSpec {
+    /// The session transport, with the shard's tickets for a tunnel.
+    pub fn transport(&self, tickets: Vec<TunnelTicket>) -> Result<Transport, BenchError> {
+        Ok(match self {
+            PathSpec::Plain => Transport::Plain,
+            PathSpec::Tls { ca_file, server_name } => {
+                let verify = match ca_file {
+                    Some(f) => Verify::CaFile(f.clone()),
+                    None => Verify::Insecure,
+                };
+                Transport::Tls(TlsClient::new(&verify, server_name, TlsVersion::Tls13, false)?)
+            }
+            PathSpec::Tunnel { server_name } => Transport::Tunnel {
+                tls: TlsClient::new(&Verify::Insecure, server_name, TlsVersion::Tls13, false)?,
+                tickets: std::sync::Arc::new(tickets),
+            },
+        })
+    }
+}
+
+/// The system under test as a ramp sees it between runs (implemented by `sut::Sut`).
+pub trait SystemUnderTest {
+    /// `n` tunnel tickets, for sessions `0..n` in order (tunnel modes only).
+    fn tickets(&mut self, n: usize, progress: &mut dyn FnMut(&str)) -> Result<Vec<TunnelTicket>, BenchError>;
+    /// Connections the stand-in session hosts behind the target accepted so far.
+    fn host_connections(&self) -> u64;
+    /// A process of the system that died, with its last log lines.
+    fn dead_process(&mut self) -> Option<String>;
+}
 
 /// File descriptors a client process keeps for itself (stdio, epoll, pipes).
 const FD_MARGIN: u64 = 64;
@@ -68,6 +156,19 @@ pub struct Params {
     pub worker_exe: Option<PathBuf>,
     /// Node to extrapolate to.
     pub node: Option<NodeSize>,
+    /// What is measured (recorded in the report; the paths below say how to reach it).
+    pub mode: Mode,
+    /// How sessions reach the target.
+    pub target_path: PathSpec,
+    /// How sessions reach the direct baseline.
+    pub direct_path: PathSpec,
+    /// Drive every step from worker processes, even a small one (the stand-ins run in this
+    /// process: keep the clients' sockets and CPU out of it).
+    pub always_workers: bool,
+    /// Sessions opened per second at most: a step's stagger grows to `sessions / open_rate`
+    /// (and its warmup with it) when that is longer than the profile's (TLS handshakes and
+    /// tunnel set-ups must not crowd into one second).
+    pub open_rate: Option<f64>,
 }
 
 /// Which session counts a ramp tries.
@@ -162,6 +263,21 @@ pub struct Step {
     pub added_p99_us: Option<f64>,
     /// Sessions connected through the target.
     pub connected: u64,
+    /// Of those, sessions whose TLS handshake completed (0 in plain mode).
+    pub tls_sessions: u64,
+    /// Sessions whose tunnel upgrade was answered `101` (gateway mode).
+    pub tunnels: u64,
+    /// Connections the stand-in hosts behind the target accepted during the run through
+    /// the target (modes that start their own stand-ins).
+    pub host_connections: Option<u64>,
+    /// Span over which the sessions started, seconds.
+    pub stagger_s: f64,
+    /// Load before the measured window, seconds.
+    pub warmup_s: f64,
+    /// Seconds the threads of the processes under test were runnable but waited for a CPU
+    /// during the window (/proc/PID/task/*/schedstat): other tasks on their CPU, which a
+    /// shared machine has.
+    pub runqueue_wait_s: Option<f64>,
     /// Events answered in the window.
     pub operations: u64,
     /// Failed sessions and unanswered events through the target.
@@ -214,14 +330,16 @@ pub struct Extrapolation {
     pub assumptions: Vec<String>,
 }
 
-/// The capacity report: `{"schema", "scenario", "target", "direct", "parameters", "steps",
-/// "held_sessions", "stop_reason", "stop_detail", "at_slo", "extrapolation"}`.
+/// The capacity report: `{"schema", "scenario", "mode", "target", "direct", "parameters",
+/// "steps", "held_sessions", "stop_reason", "stop_detail", "at_slo", "extrapolation"}`.
 #[derive(Clone, Debug, Serialize)]
 pub struct CapacityReport {
     /// Always [`SCHEMA`].
     pub schema: &'static str,
     /// Always `capacity`.
     pub scenario: &'static str,
+    /// What was measured.
+    pub mode: Mode,
     /// The target.
     pub target: String,
     /// The direct baseline, if any.
@@ -242,8 +360,43 @@ pub struct CapacityReport {
     pub extrapolation: Option<Extrapolation>,
 }
 
-/// Runs the ramp; `progress` receives one line per step.
+/// Runs the ramp against a target the caller started; `progress` receives one line per step.
 pub fn run(p: &Params, progress: &mut dyn FnMut(&str)) -> Result<CapacityReport, BenchError> {
+    run_with(p, None, progress)
+}
+
+/// Starts the system under test of a TLS mode (`sut`), points `p` at it and runs the ramp.
+pub fn run_mode(
+    p: &Params,
+    sp: &sut::SutParams,
+    progress: &mut dyn FnMut(&str),
+) -> Result<CapacityReport, BenchError> {
+    // Before starting anything: the processes under test inherit the raised limit.
+    crate::net::raise_nofile_limit();
+    let mut system = sut::Sut::start(sp, progress)?;
+    let p = Params {
+        target: system.target,
+        direct: Some(system.direct),
+        pids: vec![system.pid],
+        target_path: system.target_path.clone(),
+        direct_path: system.direct_path.clone(),
+        always_workers: true,
+        mode: sp.mode,
+        ..p.clone()
+    };
+    let mut report = run_with(&p, Some(&mut system), progress)?;
+    if let serde_json::Value::Object(m) = &mut report.parameters {
+        m.insert("system".into(), system.describe());
+    }
+    Ok(report)
+}
+
+/// Runs the ramp; with `system`, tickets come from it and its hosts are counted.
+pub fn run_with(
+    p: &Params,
+    mut system: Option<&mut dyn SystemUnderTest>,
+    progress: &mut dyn FnMut(&str),
+) -> Result<CapacityReport, BenchError> {
     if p.slo.is_zero() || p.duration.is_zero() || p.profile.stagger > p.warmup {
         return Err(BenchError::Usage(
             "capacity: --slo and --duration must be > 0 and --stagger <= --warmup".into(),
@@ -281,7 +434,7 @@ pub fn run(p: &Params, progress: &mut dyn FnMut(&str)) -> Result<CapacityReport,
     let mut stop: Option<(StopReason, String)> = None;
     let mut first_fail: Option<usize> = None;
     for &n in &counts {
-        match run_confirmed(p, n, per_process, idle_rss, &mut steps, progress)? {
+        match run_confirmed(p, n, per_process, idle_rss, &mut system, &mut steps, progress)? {
             None => best = Some(steps.len() - 1),
             Some(reason) => {
                 first_fail = Some(n);
@@ -298,7 +451,7 @@ pub fn run(p: &Params, progress: &mut dyn FnMut(&str)) -> Result<CapacityReport,
                 break;
             }
             let mid = pass + (fail - pass) / 2;
-            match run_confirmed(p, mid, per_process, idle_rss, &mut steps, progress)? {
+            match run_confirmed(p, mid, per_process, idle_rss, &mut system, &mut steps, progress)? {
                 None => {
                     pass = mid;
                     best = Some(steps.len() - 1);
@@ -341,6 +494,7 @@ pub fn run(p: &Params, progress: &mut dyn FnMut(&str)) -> Result<CapacityReport,
     Ok(CapacityReport {
         schema: SCHEMA,
         scenario: "capacity",
+        mode: p.mode,
         target: p.target.to_string(),
         direct: p.direct.map(|d| d.to_string()),
         parameters: parameters(p, per_process, target_limit, idle_rss),
@@ -360,12 +514,13 @@ fn run_confirmed(
     sessions: usize,
     per_process: usize,
     idle_rss: u64,
+    system: &mut Option<&mut dyn SystemUnderTest>,
     steps: &mut Vec<Step>,
     progress: &mut dyn FnMut(&str),
 ) -> Result<Option<(StopReason, String)>, BenchError> {
     let mut tries = 0;
     loop {
-        let step = run_step(p, sessions, per_process, idle_rss, progress)?;
+        let step = run_step(p, sessions, per_process, idle_rss, system, progress)?;
         let verdict = judge(p, &step);
         steps.push(step);
         match &verdict {
@@ -427,17 +582,57 @@ fn run_step(
     sessions: usize,
     per_process: usize,
     idle_rss: u64,
+    system: &mut Option<&mut dyn SystemUnderTest>,
     progress: &mut dyn FnMut(&str),
 ) -> Result<Step, BenchError> {
     let processes = sessions.div_ceil(per_process);
+    let timing = StepTiming::of(p, sessions);
     let direct = match p.direct {
         Some(d) => {
-            let (out, _, _) = run_load(p, d, sessions, processes, &[])?;
-            Percentiles::from_histogram(&out.hist)
+            let run = Run {
+                addr: d,
+                path: &p.direct_path,
+                tickets: Vec::new(),
+                pids: &[],
+            };
+            Percentiles::from_histogram(&run_load(p, &run, sessions, processes, timing)?.out.hist)
         }
         None => None,
     };
-    let (out, procs, elapsed_s) = run_load(p, p.target, sessions, processes, &p.pids)?;
+    let tickets = match (&p.target_path, system.as_deref_mut()) {
+        (PathSpec::Tunnel { .. }, Some(sys)) => sys.tickets(sessions, progress)?,
+        (PathSpec::Tunnel { .. }, None) => {
+            return Err(BenchError::Usage(
+                "capacity: tunnel sessions need a system under test that launches them".into(),
+            ))
+        }
+        _ => Vec::new(),
+    };
+    let hosts_before = system.as_deref().map(|s| s.host_connections());
+    let run = Run {
+        addr: p.target,
+        path: &p.target_path,
+        tickets,
+        pids: &p.pids,
+    };
+    let Loaded {
+        out,
+        procs,
+        elapsed_s,
+        wait_s,
+    } = run_load(p, &run, sessions, processes, timing)?;
+    let host_connections = match (system.as_deref_mut(), hosts_before) {
+        (Some(sys), Some(before)) => {
+            if let Some(dead) = sys.dead_process() {
+                return Err(BenchError::TargetDead {
+                    target: p.target,
+                    reason: dead,
+                });
+            }
+            Some(sys.host_connections().saturating_sub(before))
+        }
+        _ => None,
+    };
     let latency = Percentiles::from_histogram(&out.hist);
     let (added_p50, added_p99) = match (&latency, &direct) {
         (Some(t), Some(d)) => (Some(t.p50 - d.p50), Some(t.p99 - d.p99)),
@@ -455,6 +650,12 @@ fn run_step(
         added_p50_us: added_p50,
         added_p99_us: added_p99,
         connected: out.connected,
+        tls_sessions: out.tls_sessions,
+        tunnels: out.tunnels,
+        host_connections,
+        stagger_s: timing.stagger.as_secs_f64(),
+        warmup_s: timing.warmup.as_secs_f64(),
+        runqueue_wait_s: wait_s,
         operations: out.done_in_window,
         errors: out.errors,
         first_error: out.first_error,
@@ -469,49 +670,119 @@ fn run_step(
     let fmt_opt = |v: Option<f64>, unit: &str| v.map_or("-".into(), |v| format!("{v:.0}{unit}"));
     progress(&format!(
         "capacity: {sessions} sessions ({processes} client process(es)): added p50 {} p99 {}, \
-         CPU {} per session-s, errors {} -> {}",
+         CPU {} per session-s (waited for a CPU {}), errors {} -> {}",
         fmt_opt(step.added_p50_us, " us"),
         fmt_opt(step.added_p99_us, " us"),
         fmt_opt(step.cpu_us_per_session_s, " us"),
+        fmt_opt(step.runqueue_wait_s.map(|w| w * 1e3), " ms"),
         step.errors,
         if step.passed { "pass" } else { "FAIL" }
     ));
     Ok(step)
 }
 
-/// Runs `sessions` sessions against `addr` over `processes` client processes; returns the
-/// merged outcome, the process reports of `pids` and the window length.
+/// The stagger and warmup of a step: the profile's, or longer when `open_rate` asks for it.
+#[derive(Clone, Copy, Debug)]
+struct StepTiming {
+    stagger: Duration,
+    warmup: Duration,
+}
+
+impl StepTiming {
+    fn of(p: &Params, sessions: usize) -> StepTiming {
+        let needed = match p.open_rate {
+            Some(r) if r > 0.0 && r.is_finite() => Duration::from_secs_f64((sessions as f64 / r).min(3600.0)),
+            _ => Duration::ZERO,
+        };
+        let stagger = p.profile.stagger.max(needed);
+        StepTiming {
+            stagger,
+            warmup: p.warmup + (stagger - p.profile.stagger),
+        }
+    }
+}
+
+/// What [`run_load`] measured: the merged outcome, the process reports of the run's pids,
+/// the window length and the run-queue wait of the pids' threads in it.
+struct Loaded {
+    out: Outcome,
+    procs: Vec<crate::report::ProcessReport>,
+    elapsed_s: f64,
+    wait_s: Option<f64>,
+}
+
+/// Sum over the threads of `pids` of the time spent runnable but not running, seconds
+/// (second field of /proc/PID/task/TID/schedstat, nanoseconds); `None` without pids or
+/// without schedstats.
+fn runqueue_wait_s(pids: &[u32]) -> Option<f64> {
+    if pids.is_empty() {
+        return None;
+    }
+    let mut total_ns = 0u64;
+    for pid in pids {
+        for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
+            let text = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
+            total_ns += parse_schedstat_wait_ns(&text).unwrap_or(0);
+        }
+    }
+    Some(total_ns as f64 / 1e9)
+}
+
+/// The run-queue wait (second field, ns) of a schedstat line `RUN_NS WAIT_NS SLICES`.
+pub fn parse_schedstat_wait_ns(text: &str) -> Option<u64> {
+    text.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// One run of a step: where, how, and whose CPU counts.
+struct Run<'a> {
+    addr: SocketAddr,
+    path: &'a PathSpec,
+    /// One per session, in session order (tunnels only).
+    tickets: Vec<TunnelTicket>,
+    pids: &'a [u32],
+}
+
+/// Runs `sessions` sessions over `processes` client processes; returns the merged outcome,
+/// the process reports of the run's pids and the window length.
 fn run_load(
     p: &Params,
-    addr: SocketAddr,
+    run: &Run<'_>,
     sessions: usize,
     processes: usize,
-    pids: &[u32],
-) -> Result<(Outcome, Vec<crate::report::ProcessReport>, f64), BenchError> {
+    timing: StepTiming,
+) -> Result<Loaded, BenchError> {
+    let (addr, pids) = (run.addr, run.pids);
     let profile = rdp_profile::Params {
         sessions,
+        stagger: timing.stagger,
         ..p.profile.clone()
     };
+    let use_workers = processes > 1 || p.always_workers;
     // Children need time to start before session 0 is due.
-    let lead = if processes > 1 {
+    let lead = if use_workers {
         Duration::from_millis(300 + 20 * processes as u64)
     } else {
         Duration::from_millis(50)
     };
     let schedule = Schedule {
         base: Instant::now() + lead,
-        warmup: p.warmup,
+        warmup: timing.warmup,
         duration: p.duration,
+    };
+    // Shard k's tickets: sessions k, k + processes, ... (as Shard assigns them).
+    let shard_tickets = |index: usize, count: usize| -> Vec<TunnelTicket> {
+        run.tickets.iter().skip(index).step_by(count).cloned().collect()
     };
     let mut local = None;
     let mut children = Vec::new();
-    if processes == 1 {
+    if !use_workers {
         local = Some(rdp_profile::start_shard(
             addr,
             p.sources,
             &profile,
             schedule,
             Shard::WHOLE,
+            &run.path.transport(run.tickets.clone())?,
         )?);
     } else {
         let exe = match &p.worker_exe {
@@ -524,27 +795,41 @@ fn run_load(
                 target: addr,
                 sources: p.sources,
                 base_unix_ns,
-                warmup_s: p.warmup.as_secs_f64(),
+                warmup_s: timing.warmup.as_secs_f64(),
                 duration_s: p.duration.as_secs_f64(),
                 shard_index: index,
                 shard_count: processes,
                 profile: ProfileSpec::from_params(&profile),
+                path: run.path.clone(),
+                tickets: shard_tickets(index, processes),
             };
             let json = serde_json::to_string(&spec).expect("a worker spec serializes");
-            let child = Command::new(&exe)
-                .args(["capacity-worker", "--spec", &json])
-                .stdin(Stdio::null())
+            // The spec goes on stdin: a shard's tickets pass the 128 KiB bound of one argument.
+            let mut child = Command::new(&exe)
+                .args(["capacity-worker", "--spec", "-"])
+                .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .spawn()
                 .map_err(|e| BenchError::Usage(format!("starting worker {}: {e}", exe.display())))?;
+            if let Some(mut stdin) = child.stdin.take() {
+                use std::io::Write as _;
+                stdin
+                    .write_all(json.as_bytes())
+                    .map_err(|e| BenchError::Usage(format!("writing a worker's spec: {e}")))?;
+            }
             children.push(child);
         }
     }
     std::thread::sleep(schedule.window_start().saturating_duration_since(Instant::now()));
     let window = Window::open(pids).map_err(|e| BenchError::Process(e.to_string()))?;
+    let wait_before = runqueue_wait_s(pids);
     crate::scenario::wait_with_progress("capacity", schedule.window_start(), schedule.end());
     let elapsed_s = window.elapsed_s();
+    let wait_s = match (wait_before, runqueue_wait_s(pids)) {
+        (Some(a), Some(b)) => Some((b - a).max(0.0)),
+        _ => None,
+    };
     let procs = window.close().map_err(|e| BenchError::Process(e.to_string()))?;
     let mut out = Outcome::empty();
     if let Some(r) = local {
@@ -553,7 +838,12 @@ fn run_load(
     for child in children {
         out.merge(&collect_worker(child)?);
     }
-    Ok((out, procs, elapsed_s))
+    Ok(Loaded {
+        out,
+        procs,
+        elapsed_s,
+        wait_s,
+    })
 }
 
 fn collect_worker(mut child: Child) -> Result<Outcome, BenchError> {
@@ -669,6 +959,22 @@ fn extrapolate(node: NodeSize, a: &AtSlo, idle_rss: u64, p: &Params) -> Extrapol
          not the bottleneck"
             .into(),
     ];
+    let mut assumptions = assumptions;
+    match p.mode {
+        Mode::L4 => {}
+        Mode::HalbPassthrough => assumptions.push(
+            "sessions are long-lived: the TLS handshakes (end to end, client and stand-in) fall in \
+             the warmup, and the HALB only relays records it does not decrypt"
+                .into(),
+        ),
+        Mode::GatewaySsl => assumptions.push(
+            "sessions are long-lived: login, launch, the TLS handshake with the gateway and the \
+             tunnel set-up fall before the measured window; the figures are the steady cost of \
+             decrypting, relaying and re-encrypting the profile's traffic (a logon storm costs \
+             more: see the launch benchmark)"
+                .into(),
+        ),
+    }
     Extrapolation {
         node,
         sessions_by_cpu,
@@ -699,6 +1005,10 @@ fn parameters(
             Ramp::Geometric { start, growth, max } =>
                 serde_json::json!({"start": start, "growth": growth, "max": max}),
         },
+        "mode": p.mode.name(),
+        "target_path": p.target_path,
+        "direct_path": p.direct_path,
+        "open_rate": p.open_rate,
         "sessions_per_process": per_process,
         "target_fds_per_session": p.target_fds_per_session,
         "target_session_limit": target_limit,
@@ -726,6 +1036,16 @@ pub struct WorkerSpec {
     pub shard_count: usize,
     /// The whole run's profile.
     pub profile: ProfileSpec,
+    /// How sessions reach the target.
+    #[serde(default = "plain_path")]
+    pub path: PathSpec,
+    /// This shard's tunnel tickets, in its session order.
+    #[serde(default)]
+    pub tickets: Vec<TunnelTicket>,
+}
+
+fn plain_path() -> PathSpec {
+    PathSpec::Plain
 }
 
 /// The serializable form of [`rdp_profile::Params`].
@@ -803,6 +1123,10 @@ pub struct WorkerOutcome {
     errors: u64,
     bytes_up: u64,
     bytes_down: u64,
+    #[serde(default)]
+    tls_sessions: u64,
+    #[serde(default)]
+    tunnels: u64,
     first_error: Option<String>,
 }
 
@@ -818,6 +1142,8 @@ impl WorkerOutcome {
             errors: o.errors,
             bytes_up: o.bytes_up,
             bytes_down: o.bytes_down,
+            tls_sessions: o.tls_sessions,
+            tunnels: o.tunnels,
             first_error: o.first_error.clone(),
         }
     }
@@ -833,6 +1159,8 @@ impl WorkerOutcome {
             errors: self.errors,
             bytes_up: self.bytes_up,
             bytes_down: self.bytes_down,
+            tls_sessions: self.tls_sessions,
+            tunnels: self.tunnels,
             first_error: self.first_error,
         }
     }
@@ -865,12 +1193,14 @@ pub fn run_worker(spec: &WorkerSpec) -> Result<WorkerOutcome, BenchError> {
         index: spec.shard_index,
         count: spec.shard_count.max(1),
     };
+    let transport = spec.path.transport(spec.tickets.clone())?;
     let running = rdp_profile::start_shard(
         spec.target,
         spec.sources,
         &spec.profile.to_params(),
         schedule,
         shard,
+        &transport,
     )?;
     Ok(WorkerOutcome::from_outcome(&running.join()))
 }
@@ -881,7 +1211,8 @@ impl CapacityReport {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "capacity   target {}  direct {}",
+            "capacity   mode {}  target {}  direct {}",
+            self.mode.name(),
             self.target,
             self.direct.as_deref().unwrap_or("-")
         );
@@ -971,6 +1302,15 @@ mod tests {
     }
 
     #[test]
+    fn parses_schedstat_and_reads_this_process() {
+        assert_eq!(parse_schedstat_wait_ns("123456 7890 12\n"), Some(7890));
+        assert_eq!(parse_schedstat_wait_ns("123456"), None);
+        assert_eq!(parse_schedstat_wait_ns(""), None);
+        assert!(runqueue_wait_s(&[std::process::id()]).is_some_and(|w| w >= 0.0));
+        assert_eq!(runqueue_wait_s(&[]), None);
+    }
+
+    #[test]
     fn parses_proc_limits() {
         let text = "Limit                     Soft Limit           Hard Limit           Units     \n\
                     Max processes             63897                63897                processes \n\
@@ -1036,6 +1376,11 @@ mod tests {
             sessions_per_process: None,
             worker_exe: None,
             node: Some(node),
+            mode: Mode::L4,
+            target_path: PathSpec::Plain,
+            direct_path: PathSpec::Plain,
+            always_workers: false,
+            open_rate: None,
         };
         let x = extrapolate(node, &a, 0, &p);
         // CPU: 2 CPUs * 0.5 / 40 us = 25,000; memory: 2 GiB / 1000 B = 2.1 M.

@@ -152,9 +152,14 @@ enum Command {
     /// reports sessions held, CPU per session-second, memory per session and the capacity of
     /// a node of a given size.
     Capacity {
-        /// The proxy under test.
-        #[arg(long)]
-        target: SocketAddr,
+        /// What to measure: `l4` a proxy started by the caller (--target, --pid) with plain
+        /// sessions; `halb-passthrough` and `gateway-ssl` start their own system under test
+        /// (TLS stand-ins, `gatehouse run` from --gatehouse) and drive TLS sessions.
+        #[arg(long, value_enum, default_value_t = capacity::Mode::L4)]
+        mode: capacity::Mode,
+        /// The proxy under test (l4 mode).
+        #[arg(long, required_if_eq("mode", "l4"))]
+        target: Option<SocketAddr>,
         /// The stand-in behind the target: each step also runs directly against it and the
         /// SLO applies to target minus direct (without it, to the latency through the target).
         #[arg(long)]
@@ -216,6 +221,25 @@ enum Command {
         /// Write an SVG plot of latency against sessions.
         #[arg(long)]
         plot: Option<PathBuf>,
+        /// TLS modes: the gatehouse binary (default: next to this one).
+        #[arg(long)]
+        gatehouse: Option<PathBuf>,
+        /// TLS modes: stand-in session hosts behind the target.
+        #[arg(long, default_value_t = 2)]
+        hosts: usize,
+        /// TLS modes: pin the process under test to this CPU.
+        #[arg(long)]
+        target_cpu: Option<usize>,
+        /// gateway-ssl: users (one login each) and threads launching tickets.
+        #[arg(long, default_value_t = 4)]
+        api_threads: usize,
+        /// Sessions opened per second at most: a step's stagger (and warmup) grows to
+        /// sessions / rate when that is longer than --stagger [TLS modes default: 1000].
+        #[arg(long)]
+        open_rate: Option<f64>,
+        /// TLS modes: build the farm in this directory and keep it.
+        #[arg(long)]
+        farm_dir: Option<PathBuf>,
         /// Print the JSON report instead of the table.
         #[arg(long)]
         json: bool,
@@ -371,7 +395,7 @@ enum Command {
     /// One client process of a multi-process capacity step (started by `capacity`).
     #[command(hide = true)]
     CapacityWorker {
-        /// The worker spec as JSON.
+        /// The worker spec as JSON, or `-` to read it from stdin.
         #[arg(long)]
         spec: String,
     },
@@ -790,6 +814,7 @@ fn run(command: Command) -> Result<Option<Output>, Box<dyn std::error::Error>> {
             Output::Report(Box::new(rdp_profile::run(&common.common(), &p)?), common.json)
         }
         Command::Capacity {
+            mode,
             target,
             direct,
             pids,
@@ -812,6 +837,12 @@ fn run(command: Command) -> Result<Option<Output>, Box<dyn std::error::Error>> {
             profile,
             plot,
             json,
+            gatehouse,
+            hosts,
+            target_cpu,
+            api_threads,
+            open_rate,
+            farm_dir,
         } => {
             let node = match (node_cpus, node_mem) {
                 (Some(cpus), Some(mem_bytes)) => Some(NodeSize {
@@ -835,8 +866,10 @@ fn run(command: Command) -> Result<Option<Output>, Box<dyn std::error::Error>> {
             } else {
                 Ramp::List(steps)
             };
+            let tls_mode = mode != capacity::Mode::L4;
             let p = capacity::Params {
-                target,
+                // TLS modes: replaced by the system under test's own addresses.
+                target: target.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
                 direct,
                 pids,
                 profile: profile.params(1),
@@ -851,8 +884,28 @@ fn run(command: Command) -> Result<Option<Output>, Box<dyn std::error::Error>> {
                 sessions_per_process,
                 worker_exe: None,
                 node,
+                mode,
+                target_path: capacity::PathSpec::Plain,
+                direct_path: capacity::PathSpec::Plain,
+                always_workers: false,
+                open_rate: open_rate.or(tls_mode.then_some(1000.0)),
             };
-            let report = capacity::run(&p, &mut |line| eprintln!("{line}"))?;
+            let report = if tls_mode {
+                let sp = capacity::sut::SutParams {
+                    mode,
+                    gatehouse: match gatehouse {
+                        Some(g) => g,
+                        None => default_gatehouse()?,
+                    },
+                    hosts,
+                    target_cpu,
+                    api_threads,
+                    dir: farm_dir,
+                };
+                capacity::run_mode(&p, &sp, &mut |line| eprintln!("{line}"))?
+            } else {
+                capacity::run(&p, &mut |line| eprintln!("{line}"))?
+            };
             if let Some(path) = &plot {
                 write_plot(path, &capacity_plot(&report, slo))?;
             }
@@ -975,6 +1028,14 @@ fn run(command: Command) -> Result<Option<Output>, Box<dyn std::error::Error>> {
             Output::Launch(Box::new(report), json)
         }
         Command::CapacityWorker { spec } => {
+            let spec = if spec == "-" {
+                let mut text = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+                    .map_err(|e| BenchError::Usage(format!("worker spec on stdin: {e}")))?;
+                text
+            } else {
+                spec
+            };
             let spec: capacity::WorkerSpec =
                 serde_json::from_str(&spec).map_err(|e| BenchError::Usage(format!("worker spec: {e}")))?;
             Output::Worker(capacity::run_worker(&spec)?)

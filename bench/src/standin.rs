@@ -44,6 +44,10 @@
 //! treats it like any event, so the client can time it too. The client measures latency from
 //! the intended send time of an event to the last byte of its update. A malformed frame
 //! closes the connection.
+//!
+//! An Rdp stand-in may terminate TLS ([`StandIn::with_tls`]): the same bytes then travel
+//! inside TLS, as an RDP host with TLS security would carry them behind a passthrough
+//! balancer. rustls only frames and encrypts here; the conversation is unchanged.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -57,6 +61,7 @@ use std::time::Duration;
 
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
+use rustls::{ServerConfig, ServerConnection};
 use socket2::{Domain, Socket, Type};
 
 mod rdp_host;
@@ -107,6 +112,7 @@ pub struct StandIn {
     listener: TcpListener,
     addr: SocketAddr,
     stats: Arc<Stats>,
+    tls: Option<Arc<ServerConfig>>,
 }
 
 /// A stand-in serving on its own thread. Dropping it stops the thread without waiting;
@@ -148,7 +154,21 @@ impl StandIn {
             listener: TcpListener::from_std(std_listener),
             addr,
             stats: Arc::new(Stats::default()),
+            tls: None,
         })
+    }
+
+    /// Terminates TLS with `config` on every connection (Rdp stand-ins only: the other kinds
+    /// count raw bytes, which TLS would change).
+    pub fn with_tls(mut self, config: Arc<ServerConfig>) -> Result<StandIn, String> {
+        if self.kind != Kind::Rdp {
+            return Err(format!(
+                "a {} stand-in cannot terminate TLS (rdp only)",
+                self.kind
+            ));
+        }
+        self.tls = Some(config);
+        Ok(self)
     }
 
     /// The address it listens on (with the real port when bound to port 0).
@@ -193,6 +213,7 @@ impl StandIn {
             .register(&mut self.listener, LISTENER, Interest::READABLE)?;
         let mut server = Server {
             kind: self.kind,
+            tls: self.tls.take(),
             conns: Vec::new(),
             free: Vec::new(),
             scratch: vec![0; SCRATCH_LEN].into_boxed_slice(),
@@ -261,6 +282,7 @@ impl Drop for StandInHandle {
 
 struct Server {
     kind: Kind,
+    tls: Option<Arc<ServerConfig>>,
     conns: Vec<Option<Conn>>,
     free: Vec<usize>,
     scratch: Box<[u8]>,
@@ -280,6 +302,13 @@ enum Session {
         host: RdpHost,
         out: VecDeque<Outgoing>,
         read_closed: bool,
+    },
+    /// Rdp inside TLS (boxed: a rustls connection is large).
+    RdpTls {
+        host: RdpHost,
+        out: VecDeque<Outgoing>,
+        read_closed: bool,
+        tls: Box<ServerConnection>,
     },
 }
 
@@ -317,10 +346,26 @@ impl Server {
                             read_closed: false,
                         }),
                         Kind::Sink => Session::Sink(SinkConn::default()),
-                        Kind::Rdp => Session::Rdp {
-                            host: RdpHost::default(),
-                            out: VecDeque::new(),
-                            read_closed: false,
+                        Kind::Rdp => match &self.tls {
+                            None => Session::Rdp {
+                                host: RdpHost::default(),
+                                out: VecDeque::new(),
+                                read_closed: false,
+                            },
+                            Some(config) => match ServerConnection::new(config.clone()) {
+                                Ok(tls) => Session::RdpTls {
+                                    host: RdpHost::default(),
+                                    out: VecDeque::new(),
+                                    read_closed: false,
+                                    tls: Box::new(tls),
+                                },
+                                Err(e) => {
+                                    eprintln!("stand-in: TLS session: {e}");
+                                    let _ = poll.registry().deregister(&mut stream);
+                                    self.free.push(idx);
+                                    continue;
+                                }
+                            },
                         },
                     };
                     self.conns[idx] = Some(Conn { stream, session });
@@ -350,6 +395,12 @@ impl Server {
                 out,
                 read_closed,
             } => drive_rdp(&mut conn.stream, host, out, read_closed, &mut self.scratch),
+            Session::RdpTls {
+                host,
+                out,
+                read_closed,
+                tls,
+            } => drive_rdp_tls(&mut conn.stream, tls, host, out, read_closed, &mut self.scratch),
         };
         if let Step::Close = step {
             if let Some(mut conn) = self.conns[idx].take() {
@@ -477,7 +528,7 @@ fn drive_rdp(
     scratch: &mut [u8],
 ) -> Step {
     loop {
-        match flush_outgoing(stream, out) {
+        match flush_outgoing(&mut |b| write_some(stream, b), out) {
             Ok(true) => {}
             Ok(false) => return Step::Wait,
             Err(_) => return Step::Close,
@@ -501,12 +552,90 @@ fn drive_rdp(
     }
 }
 
-/// Writes queued frames; `Ok(true)` when the queue is empty, `Ok(false)` when the socket is full.
-fn flush_outgoing(stream: &mut TcpStream, out: &mut VecDeque<Outgoing>) -> io::Result<bool> {
+/// An Rdp connection inside TLS: as [`drive_rdp`], with rustls between the socket and the
+/// host core. Plaintext goes into rustls only as far as its buffer limit takes it, and the
+/// host stops reading while records wait for the socket (the same backpressure as plain).
+fn drive_rdp_tls(
+    stream: &mut TcpStream,
+    tls: &mut ServerConnection,
+    host: &mut RdpHost,
+    out: &mut VecDeque<Outgoing>,
+    read_closed: &mut bool,
+    scratch: &mut [u8],
+) -> Step {
+    loop {
+        // Encrypt queued frames (once the handshake is done), then send the records.
+        let mut queue_empty = out.is_empty();
+        if !tls.is_handshaking() {
+            match flush_outgoing(&mut |b| tls.writer().write(b), out) {
+                Ok(empty) => queue_empty = empty,
+                Err(_) => return Step::Close,
+            }
+        }
+        while tls.wants_write() {
+            match tls.write_tls(stream) {
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Step::Wait,
+                Err(_) => return Step::Close,
+            }
+        }
+        if *read_closed && queue_empty {
+            return Step::Close;
+        }
+        if !queue_empty && !tls.is_handshaking() {
+            // rustls took part of the queue and the socket took every record: go on filling.
+            continue;
+        }
+        if out.len() >= MAX_QUEUED_UPDATES || *read_closed {
+            return Step::Wait;
+        }
+        match tls.read_tls(stream) {
+            Ok(0) => *read_closed = true,
+            Ok(_) => {
+                if tls.process_new_packets().is_err() {
+                    // Send the alert rustls queued, best effort.
+                    let _ = tls.write_tls(stream);
+                    return Step::Close;
+                }
+                loop {
+                    match tls.reader().read(scratch) {
+                        Ok(0) => {
+                            *read_closed = true;
+                            break;
+                        }
+                        Ok(n) => {
+                            if host.on_bytes(&scratch[..n], out).is_err() {
+                                return Step::Close;
+                            }
+                        }
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                        Err(_) => return Step::Close,
+                    }
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                if tls.wants_write() || (!out.is_empty() && !tls.is_handshaking()) {
+                    continue;
+                }
+                return Step::Wait;
+            }
+            Err(_) => return Step::Close,
+        }
+    }
+}
+
+/// Writes queued frames through `write` (the socket, or rustls's plaintext writer);
+/// `Ok(true)` when the queue is empty, `Ok(false)` when `write` took nothing more.
+fn flush_outgoing(
+    write: &mut dyn FnMut(&[u8]) -> io::Result<usize>,
+    out: &mut VecDeque<Outgoing>,
+) -> io::Result<bool> {
     while let Some(front) = out.front_mut() {
         let done = match front {
             Outgoing::Bytes { buf, sent } => {
-                let n = write_some(stream, &buf[*sent..])?;
+                let n = write(&buf[*sent..])?;
                 *sent += n;
                 if n == 0 {
                     return Ok(false);
@@ -519,12 +648,12 @@ fn flush_outgoing(stream: &mut TcpStream, out: &mut VecDeque<Outgoing>) -> io::R
                 payload_left,
             } => {
                 let n = if *sent < header.len() {
-                    let n = write_some(stream, &header[*sent..])?;
+                    let n = write(&header[*sent..])?;
                     *sent += n;
                     n
                 } else {
                     let chunk = (*payload_left as usize).min(PATTERN.len());
-                    let n = write_some(stream, &PATTERN[..chunk])?;
+                    let n = write(&PATTERN[..chunk])?;
                     *payload_left -= n as u32;
                     n
                 };
@@ -638,6 +767,86 @@ mod tests {
         let mut rest = Vec::new();
         let _ = c.read_to_end(&mut rest);
         assert!(rest.is_empty());
+        h.stop();
+    }
+
+    fn tls_pair() -> (Arc<ServerConfig>, Arc<rustls::ClientConfig>) {
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["standin.test".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let server = ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![CertificateDer::from(cert.der().to_vec())],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+            )
+            .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(CertificateDer::from(cert.der().to_vec())).unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        (Arc::new(server), Arc::new(client))
+    }
+
+    #[test]
+    fn rdp_over_tls_confirms_and_answers_bursts_in_order() {
+        let (server, client) = tls_pair();
+        assert!(StandIn::bind(Kind::Echo, loopback())
+            .unwrap()
+            .with_tls(server.clone())
+            .is_err());
+        let h = StandIn::bind(Kind::Rdp, loopback())
+            .unwrap()
+            .with_tls(server)
+            .unwrap()
+            .spawn();
+        let sock = TcpStream::connect(h.local_addr()).unwrap();
+        let name = rustls::pki_types::ServerName::try_from("standin.test").unwrap();
+        let conn = rustls::ClientConnection::new(client, name).unwrap();
+        let mut c = rustls::StreamOwned::new(conn, sock);
+        c.write_all(&connection_request("bench", 0)).unwrap();
+        let mut cc = [0u8; 19];
+        c.read_exact(&mut cc).unwrap();
+        assert_eq!(parse_connection_confirm(&cc), Ok(Some((19, Some(0)))));
+        // Two bursts larger than rustls's 64 KiB send buffer, then a small update.
+        let mut frames = Vec::new();
+        for (seq, reply) in [(1u64, 200_000u32), (2, 150_000), (3, 300)] {
+            InputEvent {
+                len: 80,
+                seq,
+                reply_len: reply,
+                flags: 0,
+            }
+            .encode(&mut frames);
+        }
+        c.write_all(&frames).unwrap();
+        for (seq, len) in [(1u64, 200_000usize), (2, 150_000), (3, 300)] {
+            let mut hdr = [0u8; UPDATE_HEADER_LEN];
+            c.read_exact(&mut hdr).unwrap();
+            assert_eq!(
+                UpdateHeader::parse(&hdr),
+                Ok(UpdateHeader { len: len as u32, seq })
+            );
+            let mut body = vec![0u8; len - UPDATE_HEADER_LEN];
+            c.read_exact(&mut body).unwrap();
+            assert!(body.iter().all(|&b| b == 0xA5));
+        }
+        assert_eq!(h.connections(), 1);
+        // Plain bytes on a TLS stand-in are no handshake: the connection closes.
+        let mut plain = TcpStream::connect(h.local_addr()).unwrap();
+        plain.write_all(&connection_request("bench", 0)).unwrap();
+        let mut rest = Vec::new();
+        let _ = plain.read_to_end(&mut rest);
+        assert!(parse_connection_confirm(&rest).map_or(true, |c| c.is_none()));
         h.stop();
     }
 

@@ -1,9 +1,12 @@
 //! The capacity ramp stops where a stand-in proxy with a known, load-dependent delay passes
-//! the SLO, spreads sessions over worker processes, and writes the fields scripts read.
+//! the SLO, spreads sessions over worker processes, and writes the fields scripts read. The
+//! TLS modes start the real gatehouse binary (as a passthrough HALB, and as gateway gw-1
+//! with its broker) and must show every session going through TLS to the stand-ins.
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -53,6 +56,115 @@ fn loaded_relay(backend: SocketAddr, per_connection: Duration) -> SocketAddr {
     addr
 }
 
+/// The fields of a step (schema capacity-2).
+const STEP_KEYS: &[&str] = &[
+    "sessions",
+    "client_processes",
+    "latency_us",
+    "burst_latency_us",
+    "direct_latency_us",
+    "added_p50_us",
+    "added_p99_us",
+    "connected",
+    "tls_sessions",
+    "tunnels",
+    "host_connections",
+    "stagger_s",
+    "warmup_s",
+    "runqueue_wait_s",
+    "operations",
+    "errors",
+    "first_error",
+    "elapsed_s",
+    "cpu_s",
+    "cpu_us_per_session_s",
+    "rss_bytes",
+    "rss_bytes_per_session",
+    "passed",
+];
+
+/// The gatehouse binary of the same target directory and profile as this test's binary.
+fn gatehouse() -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_BIN_EXE_gatehouse-bench")).with_file_name("gatehouse");
+    assert!(
+        path.is_file(),
+        "{} is missing: build it first (`cargo build -p gatehouse`, or run `cargo test --workspace`)",
+        path.display()
+    );
+    path
+}
+
+/// A quick two-step run of a TLS mode; returns the JSON report.
+fn quick_tls_run(mode: &str) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_gatehouse-bench"))
+        .args(["capacity", "--mode", mode, "--gatehouse"])
+        .arg(gatehouse())
+        .args([
+            "--steps",
+            "6,12",
+            "--refine",
+            "0",
+            "--confirm",
+            "0",
+            "--slo",
+            "1s",
+        ])
+        .args(["--warmup", "600ms", "--duration", "800ms", "--stagger", "200ms"])
+        .args([
+            "--sessions-per-process",
+            "8",
+            "--sources",
+            "2",
+            "--api-threads",
+            "2",
+        ])
+        .args(["--node-cpus", "2", "--node-mem", "2GiB", "--json"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{mode}: {stderr}");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{mode}: not JSON ({e}): {stderr}"))
+}
+
+/// What every step of a TLS run must show: all sessions through TLS to the stand-ins, every
+/// event of the window answered, byte counts that match the profile.
+fn check_tls_steps(v: &serde_json::Value, tunnels: bool) {
+    let steps = v["steps"].as_array().unwrap();
+    let tried: Vec<u64> = steps.iter().map(|s| s["sessions"].as_u64().unwrap()).collect();
+    assert_eq!(tried, [6, 12], "{v}");
+    for s in steps {
+        assert_eq!(keys(s), set(STEP_KEYS));
+        let n = s["sessions"].as_u64().unwrap();
+        assert_eq!(s["errors"], 0, "{s}");
+        assert_eq!(s["connected"], n, "{s}");
+        assert_eq!(s["tls_sessions"], n, "every session confirmed through TLS: {s}");
+        assert_eq!(s["tunnels"], if tunnels { n } else { 0 }, "{s}");
+        assert_eq!(
+            s["host_connections"], n,
+            "each session reached a stand-in host through the target: {s}"
+        );
+        // 10 events/s per session over 0.8 s.
+        let ops = s["operations"].as_u64().unwrap();
+        assert!(ops >= 7 * n && ops <= 9 * n, "{n} sessions x 8 events: {ops}");
+        assert!(s["latency_us"]["p50"].as_f64().unwrap() > 0.0, "{s}");
+        assert!(s["direct_latency_us"]["p50"].as_f64().unwrap() > 0.0, "{s}");
+        assert!(s["cpu_us_per_session_s"].as_f64().unwrap() >= 0.0, "{s}");
+        assert_eq!(s["client_processes"], n.div_ceil(8), "{s}");
+    }
+    assert_eq!(v["held_sessions"], 12, "{v}");
+    let x = &v["extrapolation"];
+    assert!(x["assumptions"].as_array().unwrap().len() >= 6, "{x}");
+}
+
+/// A gatehouse stand-in that fails at once, as a process under test that cannot start.
+fn failing_gatehouse(dir: &std::path::Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("gatehouse");
+    std::fs::write(&path, "#!/bin/sh\necho 'boom: cannot bind' >&2\nexit 3\n").unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
 fn keys(v: &serde_json::Value) -> BTreeSet<String> {
     v.as_object().unwrap().keys().cloned().collect()
 }
@@ -93,12 +205,14 @@ fn ramp_stops_at_the_slo_of_a_relay_with_a_known_delay() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
 
-    assert_eq!(v["schema"], "gatehouse-bench/capacity-1");
+    assert_eq!(v["schema"], "gatehouse-bench/capacity-2");
+    assert_eq!(v["mode"], "l4");
     assert_eq!(
         keys(&v),
         set(&[
             "schema",
             "scenario",
+            "mode",
             "target",
             "direct",
             "parameters",
@@ -117,25 +231,12 @@ fn ramp_stops_at_the_slo_of_a_relay_with_a_known_delay() {
     let steps = v["steps"].as_array().unwrap();
     let tried: Vec<u64> = steps.iter().map(|s| s["sessions"].as_u64().unwrap()).collect();
     assert_eq!(tried, [1, 2, 4, 8, 8, 6, 6]);
-    let step_keys = set(&[
-        "sessions",
-        "client_processes",
-        "latency_us",
-        "burst_latency_us",
-        "direct_latency_us",
-        "added_p50_us",
-        "added_p99_us",
-        "connected",
-        "operations",
-        "errors",
-        "first_error",
-        "elapsed_s",
-        "cpu_s",
-        "cpu_us_per_session_s",
-        "rss_bytes",
-        "rss_bytes_per_session",
-        "passed",
-    ]);
+    let step_keys = set(STEP_KEYS);
+    for s in steps {
+        assert_eq!(s["tls_sessions"], 0, "plain sessions: {s}");
+        assert_eq!(s["tunnels"], 0, "{s}");
+        assert!(s["host_connections"].is_null(), "the caller's stand-ins: {s}");
+    }
     for s in steps {
         assert_eq!(keys(s), step_keys);
         assert_eq!(s["errors"], 0, "{s}");
@@ -227,4 +328,58 @@ fn rr_latency_sweep_reports_every_rate_and_plots_them() {
     let _ = std::fs::remove_file(&plot);
     assert_eq!(svg.matches("<polyline").count(), 2, "p50 and p99");
     assert_eq!(svg.matches("<circle").count(), 4);
+}
+
+#[test]
+fn halb_passthrough_carries_tls_end_to_end_to_the_stand_ins() {
+    let v = quick_tls_run("halb-passthrough");
+    assert_eq!(v["mode"], "halb-passthrough");
+    // The client verified the stand-ins' own certificate through the HALB: a proxy that
+    // terminated TLS would have shown another one and every session would have failed.
+    let path = &v["parameters"]["target_path"]["tls"];
+    assert!(
+        path["ca_file"].as_str().unwrap().ends_with("standin.pem"),
+        "{path}"
+    );
+    assert_eq!(v["parameters"]["direct_path"], v["parameters"]["target_path"]);
+    let config = v["parameters"]["system"]["config"].as_str().unwrap();
+    assert!(config.contains("tls = \"passthrough\""), "{config}");
+    check_tls_steps(&v, false);
+}
+
+#[test]
+fn gateway_ssl_tunnels_every_session_to_a_stand_in_host() {
+    let v = quick_tls_run("gateway-ssl");
+    assert_eq!(v["mode"], "gateway-ssl");
+    assert_eq!(
+        v["parameters"]["target_path"],
+        serde_json::json!({"tunnel": {"server_name": "gateway.bench"}})
+    );
+    // The baseline is the same TLS conversation, straight to a TLS stand-in.
+    assert!(
+        v["parameters"]["direct_path"]["tls"]["ca_file"].is_string(),
+        "{v}"
+    );
+    let config = v["parameters"]["system"]["config"].as_str().unwrap();
+    assert!(config.contains("workers = 1"), "{config}");
+    check_tls_steps(&v, true);
+}
+
+#[test]
+fn tls_modes_with_a_process_under_test_that_dies_say_so() {
+    let dir = std::env::temp_dir().join(format!("capacity-dead-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let fake = failing_gatehouse(&dir);
+    for mode in ["halb-passthrough", "gateway-ssl"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_gatehouse-bench"))
+            .args(["capacity", "--mode", mode, "--steps", "1", "--gatehouse"])
+            .arg(&fake)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{mode}: {stderr}");
+        assert!(out.stdout.is_empty(), "{mode}: no report of zeros");
+        assert!(stderr.contains("boom: cannot bind"), "{mode}: {stderr}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

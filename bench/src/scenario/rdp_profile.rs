@@ -8,6 +8,15 @@
 //! Connection Request and waits for the Confirm. Events are sent at their intended times
 //! whatever the replies do (open loop); latency runs from an event's intended time to the
 //! last byte of its update. Sessions are spread over `threads` mio event loops.
+//!
+//! A session reaches its host over a [`Transport`]: plain TCP (the default and the cheapest
+//! path: no TLS state at all), TLS end to end (a TLS stand-in, alone or behind a passthrough
+//! balancer), or a gateway tunnel: TLS to the gateway, `GET /api/v1/tunnel` with the
+//! session's ticket (src/gateway/CLIENT-API.md), the `101`, then the same conversation. The
+//! tunnel request and the Connection Request are written at once: the gateway carries bytes
+//! sent after the request head to the host. rustls is driven over the non-blocking socket
+//! (`read_tls` / `process_new_packets` / `reader` / `writer` / `write_tls`); byte counts are
+//! then plaintext bytes, as for plain sessions.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
@@ -21,11 +30,15 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use rustls::ClientConnection;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{finish, Common, FirstError};
+use crate::launch::client::{parse_head, request_bytes, HeadProgress};
 use crate::net::{probe, SourcePool};
 use crate::report::{new_histogram, Percentiles, Report, Results};
+use crate::tls::TlsClient;
 use crate::wire::rdp::{
     connection_request, parse_connection_confirm, InputEvent, UpdateHeader, FLAG_BURST, INPUT_HEADER_LEN,
     MAX_CONNECTION_REQUEST, MAX_INPUT_LEN, MAX_UPDATE_LEN, UPDATE_HEADER_LEN,
@@ -75,6 +88,43 @@ impl Params {
             threads: 1,
             seed: 1,
         }
+    }
+}
+
+/// How every session of a shard reaches the RDP-like host.
+#[derive(Clone, Debug)]
+pub enum Transport {
+    /// Plain TCP to the target (a stand-in, or an L4 proxy in front of one).
+    Plain,
+    /// TLS to the target (a TLS stand-in, or a passthrough proxy in front of one).
+    Tls(TlsClient),
+    /// TLS to a gateway, then the tunnel upgrade: the shard's `k`-th session uses
+    /// `tickets[k]`.
+    Tunnel {
+        /// The TLS client for the gateway.
+        tls: TlsClient,
+        /// One ticket per session of the shard, in the shard's session order.
+        tickets: Arc<Vec<TunnelTicket>>,
+    },
+}
+
+/// What opens one tunnel: a launch ticket and the session token it was launched with.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TunnelTicket {
+    /// The session token (`Gatehouse-Session`).
+    pub token: String,
+    /// The ticket (`Authorization: Bearer`).
+    pub ticket: String,
+}
+
+impl TunnelTicket {
+    /// The upgrade request (CLIENT-API.md §`GET /api/v1/tunnel`).
+    pub fn request(&self) -> Vec<u8> {
+        let headers = format!(
+            "Connection: Upgrade\r\nUpgrade: gatehouse-tunnel\r\nGatehouse-Session: {}\r\n",
+            self.token
+        );
+        request_bytes("GET", "/api/v1/tunnel", Some(&self.ticket), None, &headers)
     }
 }
 
@@ -131,7 +181,13 @@ enum TimerKind {
 
 enum Phase {
     NotStarted,
-    AwaitConfirm { got: Vec<u8> },
+    /// A tunnel: waiting for the gateway's `101` (head bounded by `parse_head`).
+    AwaitUpgrade {
+        got: Vec<u8>,
+    },
+    AwaitConfirm {
+        got: Vec<u8>,
+    },
     Running,
     Dead,
 }
@@ -144,7 +200,11 @@ struct Outstanding {
 
 struct Session {
     start_at: Instant,
+    /// Bytes sent before the Connection Request (a tunnel's upgrade request).
+    preamble: Vec<u8>,
     stream: Option<TcpStream>,
+    /// TLS state (boxed: plain sessions carry only the pointer).
+    tls: Option<Box<ClientConnection>>,
     phase: Phase,
     out: Vec<u8>,
     out_off: usize,
@@ -171,6 +231,8 @@ struct Tally {
     errors: u64,
     bytes_up: u64,
     bytes_down: u64,
+    tls_sessions: u64,
+    tunnels: u64,
 }
 
 struct Plan {
@@ -178,6 +240,7 @@ struct Plan {
     window_start: Instant,
     end: Instant,
     p: Params,
+    tls: Option<TlsClient>,
 }
 
 /// When a run's load starts and which part of it counts: shared by every process of a
@@ -241,8 +304,12 @@ pub struct Outcome {
     pub errors: u64,
     /// Bytes sent in the window.
     pub bytes_up: u64,
-    /// Bytes received in the window.
+    /// Bytes received in the window (plaintext bytes for TLS sessions).
     pub bytes_down: u64,
+    /// Sessions confirmed through TLS (their handshake completed and verified).
+    pub tls_sessions: u64,
+    /// Sessions whose tunnel upgrade was answered `101`.
+    pub tunnels: u64,
     /// The first error any session met.
     pub first_error: Option<String>,
 }
@@ -259,6 +326,8 @@ impl Outcome {
             errors: 0,
             bytes_up: 0,
             bytes_down: 0,
+            tls_sessions: 0,
+            tunnels: 0,
             first_error: None,
         }
     }
@@ -275,6 +344,8 @@ impl Outcome {
         self.errors += other.errors;
         self.bytes_up += other.bytes_up;
         self.bytes_down += other.bytes_down;
+        self.tls_sessions += other.tls_sessions;
+        self.tunnels += other.tunnels;
         if self.first_error.is_none() {
             self.first_error.clone_from(&other.first_error);
         }
@@ -304,6 +375,8 @@ impl Running {
                 errors: t.errors,
                 bytes_up: t.bytes_up,
                 bytes_down: t.bytes_down,
+                tls_sessions: t.tls_sessions,
+                tunnels: t.tunnels,
                 first_error: None,
             };
             out.merge(&part);
@@ -339,6 +412,7 @@ pub fn start_shard(
     p: &Params,
     schedule: Schedule,
     shard: Shard,
+    transport: &Transport,
 ) -> Result<Running, BenchError> {
     validate(p)?;
     let sources = Arc::new(SourcePool::new(target, sources));
@@ -350,6 +424,20 @@ pub fn start_shard(
             first,
         });
     }
+    let (tls, tickets) = match transport {
+        Transport::Plain => (None, None),
+        Transport::Tls(c) => (Some(c.clone()), None),
+        Transport::Tunnel { tls, tickets } => {
+            if tickets.len() < mine.len() {
+                return Err(BenchError::Usage(format!(
+                    "rdp-profile: {} tunnel tickets for {} sessions",
+                    tickets.len(),
+                    mine.len()
+                )));
+            }
+            (Some(tls.clone()), Some(tickets.clone()))
+        }
+    };
     let threads = p.threads.clamp(1, mine.len());
     let workers = (0..threads)
         .map(|t| {
@@ -358,12 +446,20 @@ pub fn start_shard(
                 window_start: schedule.window_start(),
                 end: schedule.end(),
                 p: p.clone(),
+                tls: tls.clone(),
             };
             let (sources, first) = (sources.clone(), first.clone());
-            let starts: Vec<Instant> = mine[t..]
+            // (start time, preamble) of this thread's sessions: shard positions t, t+threads, ...
+            let starts: Vec<(Instant, Vec<u8>)> = mine
                 .iter()
+                .enumerate()
+                .skip(t)
                 .step_by(threads)
-                .map(|&i| schedule.base + p.stagger.mul_f64(i as f64 / p.sessions as f64))
+                .map(|(k, &i)| {
+                    let at = schedule.base + p.stagger.mul_f64(i as f64 / p.sessions as f64);
+                    let preamble = tickets.as_ref().map(|v| v[k].request()).unwrap_or_default();
+                    (at, preamble)
+                })
                 .collect();
             let id = (shard.index * threads + t) as u64;
             std::thread::spawn(move || event_loop(&plan, &starts, &sources, &first, id))
@@ -382,7 +478,14 @@ pub fn run(common: &Common, p: &Params) -> Result<Report, BenchError> {
         warmup: common.warmup,
         duration: common.duration,
     };
-    let running = start_shard(common.target, common.sources, p, schedule, Shard::WHOLE)?;
+    let running = start_shard(
+        common.target,
+        common.sources,
+        p,
+        schedule,
+        Shard::WHOLE,
+        &Transport::Plain,
+    )?;
     std::thread::sleep(schedule.window_start().saturating_duration_since(Instant::now()));
     let window = common.open_window()?;
     super::wait_with_progress("rdp-profile", schedule.window_start(), schedule.end());
@@ -424,7 +527,7 @@ pub fn run(common: &Common, p: &Params) -> Result<Report, BenchError> {
 
 fn event_loop(
     plan: &Plan,
-    starts: &[Instant],
+    starts: &[(Instant, Vec<u8>)],
     sources: &SourcePool,
     first: &FirstError,
     thread: u64,
@@ -448,9 +551,11 @@ fn event_loop(
     let interval = Duration::from_secs_f64(1.0 / p.input_rate);
     let mut sessions: Vec<Session> = starts
         .iter()
-        .map(|&start_at| Session {
-            start_at,
+        .map(|(start_at, preamble)| Session {
+            start_at: *start_at,
+            preamble: preamble.clone(),
             stream: None,
+            tls: None,
             phase: Phase::NotStarted,
             out: Vec::new(),
             out_off: 0,
@@ -511,7 +616,7 @@ fn event_loop(
             let s = &mut sessions[i];
             match kind {
                 TimerKind::Start => {
-                    match start(s, plan.target, sources, &poll, i) {
+                    match start(s, plan, sources, &poll, i) {
                         Ok(()) => {
                             timers.push(Reverse((t + interval, TimerKind::Input, i)));
                             if p.burst_bytes > 0 {
@@ -573,20 +678,25 @@ fn event_loop(
     tally
 }
 
-fn start(
-    s: &mut Session,
-    target: SocketAddr,
-    sources: &SourcePool,
-    poll: &Poll,
-    i: usize,
-) -> std::io::Result<()> {
-    let std_stream = sources.connect_nonblocking(target)?;
+fn start(s: &mut Session, plan: &Plan, sources: &SourcePool, poll: &Poll, i: usize) -> std::io::Result<()> {
+    if let Some(c) = &plan.tls {
+        let conn =
+            ClientConnection::new(c.config.clone(), c.server_name.clone()).map_err(std::io::Error::other)?;
+        s.tls = Some(Box::new(conn));
+    }
+    let std_stream = sources.connect_nonblocking(plan.target)?;
     let mut stream = TcpStream::from_std(std_stream);
     poll.registry()
         .register(&mut stream, Token(i), Interest::READABLE | Interest::WRITABLE)?;
     s.stream = Some(stream);
+    let preamble = std::mem::take(&mut s.preamble);
+    s.phase = if preamble.is_empty() {
+        Phase::AwaitConfirm { got: Vec::new() }
+    } else {
+        Phase::AwaitUpgrade { got: Vec::new() }
+    };
+    s.out.extend_from_slice(&preamble);
     s.out.extend_from_slice(&connection_request("bench", 0));
-    s.phase = Phase::AwaitConfirm { got: Vec::new() };
     Ok(())
 }
 
@@ -600,10 +710,14 @@ fn drive(s: &mut Session, plan: &Plan, tally: &mut Tally, scratch: &mut [u8], fi
         tally.errors += 1;
         s.phase = Phase::Dead;
         s.stream = None;
+        s.tls = None;
     }
 }
 
 fn pump(s: &mut Session, plan: &Plan, tally: &mut Tally, scratch: &mut [u8]) -> Result<(), String> {
+    if s.tls.is_some() {
+        return pump_tls(s, plan, tally, scratch);
+    }
     let Some(stream) = s.stream.as_mut() else {
         return Ok(());
     };
@@ -632,28 +746,149 @@ fn pump(s: &mut Session, plan: &Plan, tally: &mut Tally, scratch: &mut [u8]) -> 
         if now >= plan.window_start && now < plan.end {
             tally.bytes_down += n as u64;
         }
-        let mut data = &scratch[..n];
-        if let Phase::AwaitConfirm { got } = &mut s.phase {
-            got.extend_from_slice(data);
-            // Updates may follow the confirm in the same read (events are sent open-loop
-            // before it arrives): parse first, and bound only a confirm still incomplete.
-            match parse_connection_confirm(got) {
-                Ok(None) if got.len() > MAX_CONNECTION_REQUEST => {
-                    return Err("oversized connection confirm".into());
-                }
-                Ok(None) => continue,
-                Ok(Some((len, _))) => {
-                    let rest = got.split_off(len);
-                    s.phase = Phase::Running;
-                    tally.connected += 1;
-                    take_updates(&mut s.rx, &mut s.outstanding, &rest, now, plan, tally)?;
-                    data = &[];
-                }
-                Err(e) => return Err(format!("connection confirm: {e}")),
+        on_data(
+            &mut s.phase,
+            &mut s.rx,
+            &mut s.outstanding,
+            &scratch[..n],
+            now,
+            plan,
+            tally,
+        )?;
+    }
+}
+
+/// [`pump`] for a TLS session: plaintext into rustls as far as its buffer limit takes it,
+/// records out until the socket is full, records in until it is empty, plaintext to
+/// [`on_data`].
+fn pump_tls(s: &mut Session, plan: &Plan, tally: &mut Tally, scratch: &mut [u8]) -> Result<(), String> {
+    let (Some(stream), Some(tls)) = (s.stream.as_mut(), s.tls.as_mut()) else {
+        return Ok(());
+    };
+    loop {
+        let mut took = 0;
+        if s.out_off < s.out.len() {
+            took = tls
+                .writer()
+                .write(&s.out[s.out_off..])
+                .map_err(|e| format!("TLS write: {e}"))?;
+            s.out_off += took;
+            if s.out_off == s.out.len() {
+                s.out.clear();
+                s.out_off = 0;
             }
         }
-        take_updates(&mut s.rx, &mut s.outstanding, data, now, plan, tally)?;
+        let mut blocked = false;
+        while tls.wants_write() {
+            match tls.write_tls(stream) {
+                Ok(_) => {}
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::NotConnected) => {
+                    blocked = true;
+                    break;
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(format!("write: {e}")),
+            }
+        }
+        let read = match tls.read_tls(stream) {
+            Ok(0) => return Err("session closed by the far end".into()),
+            Ok(n) => n,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::NotConnected) => 0,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return Err(format!("read: {e}")),
+        };
+        if read > 0 {
+            tls.process_new_packets().map_err(|e| format!("TLS: {e}"))?;
+            let now = Instant::now();
+            loop {
+                let n = match tls.reader().read(scratch) {
+                    Ok(0) => return Err("session closed by the far end (close_notify)".into()),
+                    Ok(n) => n,
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(format!("TLS read: {e}")),
+                };
+                if now >= plan.window_start && now < plan.end {
+                    tally.bytes_down += n as u64;
+                }
+                on_data(
+                    &mut s.phase,
+                    &mut s.rx,
+                    &mut s.outstanding,
+                    &scratch[..n],
+                    now,
+                    plan,
+                    tally,
+                )?;
+            }
+            // More records may wait, and the handshake may have queued an answer.
+            continue;
+        }
+        if !blocked && took > 0 && s.out_off < s.out.len() {
+            continue;
+        }
+        return Ok(());
     }
+}
+
+/// Handles bytes from the host (plaintext for TLS): the tunnel's `101`, then the Connection
+/// Confirm, then updates.
+fn on_data(
+    phase: &mut Phase,
+    rx: &mut UpdateReader,
+    outstanding: &mut VecDeque<Outstanding>,
+    data: &[u8],
+    now: Instant,
+    plan: &Plan,
+    tally: &mut Tally,
+) -> Result<(), String> {
+    if let Phase::AwaitUpgrade { got } = phase {
+        got.extend_from_slice(data);
+        // Bounded: parse_head refuses a head past MAX_HEAD_BYTES, complete or not.
+        let head = match parse_head(got) {
+            Ok(HeadProgress::NeedMore) => return Ok(()),
+            Ok(HeadProgress::Done(h)) => h,
+            Err(e) => return Err(format!("tunnel answer: {e}")),
+        };
+        if head.status != 101 {
+            let body = got.get(head.head_len..).unwrap_or_default();
+            let code = serde_json::from_slice::<serde_json::Value>(body)
+                .ok()
+                .and_then(|v| v["error"].as_str().map(str::to_string));
+            return Err(format!(
+                "tunnel refused: {} {}",
+                head.status,
+                code.as_deref().unwrap_or("(no error code yet)")
+            ));
+        }
+        let rest = got.split_off(head.head_len);
+        tally.tunnels += 1;
+        *phase = Phase::AwaitConfirm { got: Vec::new() };
+        return on_data(phase, rx, outstanding, &rest, now, plan, tally);
+    }
+    let mut data = data;
+    if let Phase::AwaitConfirm { got } = phase {
+        got.extend_from_slice(data);
+        // Updates may follow the confirm in the same read (events are sent open-loop
+        // before it arrives): parse first, and bound only a confirm still incomplete.
+        match parse_connection_confirm(got) {
+            Ok(None) if got.len() > MAX_CONNECTION_REQUEST => {
+                return Err("oversized connection confirm".into());
+            }
+            Ok(None) => return Ok(()),
+            Ok(Some((len, _))) => {
+                let rest = got.split_off(len);
+                *phase = Phase::Running;
+                tally.connected += 1;
+                if plan.tls.is_some() {
+                    tally.tls_sessions += 1;
+                }
+                take_updates(rx, outstanding, &rest, now, plan, tally)?;
+                data = &[];
+            }
+            Err(e) => return Err(format!("connection confirm: {e}")),
+        }
+    }
+    take_updates(rx, outstanding, data, now, plan, tally)
 }
 
 fn take_updates(
@@ -717,6 +952,137 @@ fn set_fine_timer_slack() {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::standin::{Outgoing, RdpHost};
+
+    /// What an Rdp host writes for a Connection Request and one event `seq 0` asking for
+    /// `reply` bytes.
+    fn host_answer(reply: u32) -> Vec<u8> {
+        let mut input = connection_request("bench", 0);
+        InputEvent {
+            len: 80,
+            seq: 0,
+            reply_len: reply,
+            flags: 0,
+        }
+        .encode(&mut input);
+        let mut out = VecDeque::new();
+        RdpHost::default().on_bytes(&input, &mut out).unwrap();
+        let mut bytes = Vec::new();
+        for o in out {
+            match o {
+                Outgoing::Bytes { buf, .. } => bytes.extend(buf),
+                Outgoing::Update {
+                    header, payload_left, ..
+                } => {
+                    bytes.extend(header);
+                    bytes.extend(std::iter::repeat_n(0xA5, payload_left as usize));
+                }
+            }
+        }
+        bytes
+    }
+
+    fn plan(now: Instant) -> Plan {
+        Plan {
+            target: "127.0.0.1:1".parse().unwrap(),
+            window_start: now - Duration::from_secs(1),
+            end: now + Duration::from_secs(10),
+            p: Params::office(1),
+            tls: None,
+        }
+    }
+
+    #[test]
+    fn tunnel_answer_then_confirm_then_update_split_anywhere() {
+        let mut stream =
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: gatehouse-tunnel\r\nConnection: Upgrade\r\n\r\n"
+                .to_vec();
+        stream.extend(host_answer(1200));
+        let now = Instant::now();
+        let plan = plan(now);
+        for split in 0..stream.len() {
+            let mut phase = Phase::AwaitUpgrade { got: Vec::new() };
+            let mut rx = UpdateReader::default();
+            let mut outstanding = VecDeque::from([Outstanding {
+                seq: 0,
+                intended: now,
+                burst: false,
+            }]);
+            let mut tally = Tally {
+                hist: Some(new_histogram()),
+                ..Tally::default()
+            };
+            for part in [&stream[..split], &stream[split..]] {
+                on_data(
+                    &mut phase,
+                    &mut rx,
+                    &mut outstanding,
+                    part,
+                    now,
+                    &plan,
+                    &mut tally,
+                )
+                .unwrap();
+            }
+            assert!(matches!(phase, Phase::Running), "split {split}");
+            assert_eq!((tally.tunnels, tally.connected, tally.done_in_window), (1, 1, 1));
+            assert!(outstanding.is_empty());
+        }
+    }
+
+    #[test]
+    fn refused_tunnels_name_their_code_and_oversized_answers_stop() {
+        let now = Instant::now();
+        let plan = plan(now);
+        let mut tally = Tally::default();
+        let answer = b"HTTP/1.1 403 Forbidden\r\nConnection: close\r\nContent-Length: 44\r\n\r\n{\"error\":\"ticket_replayed\",\"message\":\"x\"}";
+        let mut phase = Phase::AwaitUpgrade { got: Vec::new() };
+        let e = on_data(
+            &mut phase,
+            &mut UpdateReader::default(),
+            &mut VecDeque::new(),
+            answer,
+            now,
+            &plan,
+            &mut tally,
+        )
+        .unwrap_err();
+        assert!(e.contains("403 ticket_replayed"), "{e}");
+        let mut phase = Phase::AwaitUpgrade { got: Vec::new() };
+        let mut junk = b"HTTP/1.1 101 Switching\r\nX: ".to_vec();
+        junk.resize(20_000, b'a');
+        let e = on_data(
+            &mut phase,
+            &mut UpdateReader::default(),
+            &mut VecDeque::new(),
+            &junk,
+            now,
+            &plan,
+            &mut tally,
+        )
+        .unwrap_err();
+        assert!(e.contains("tunnel answer"), "{e}");
+        assert_eq!(tally.tunnels, 0);
+    }
+
+    #[test]
+    fn tickets_make_the_upgrade_request_of_the_client_api() {
+        let t = TunnelTicket {
+            token: "broker-1~tok".into(),
+            ticket: "tkt".into(),
+        };
+        let r = String::from_utf8(t.request()).unwrap();
+        assert!(r.starts_with("GET /api/v1/tunnel HTTP/1.1\r\n"), "{r}");
+        for h in [
+            "Connection: Upgrade\r\n",
+            "Upgrade: gatehouse-tunnel\r\n",
+            "Gatehouse-Session: broker-1~tok\r\n",
+            "Authorization: Bearer tkt\r\n",
+        ] {
+            assert!(r.contains(h), "{h}: {r}");
+        }
+        assert!(r.ends_with("\r\n\r\n"));
+    }
 
     #[test]
     fn sampler_hits_mean_and_bounds() {

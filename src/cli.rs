@@ -36,7 +36,8 @@ enum Cmd {
         #[arg(short, long)]
         quiet: bool,
     },
-    /// Run the whole farm on loopback with an embedded default config.
+    /// Run the whole farm on loopback with an embedded default config (with --ha, as root, also
+    /// a HALB pair with VRRP in network namespaces).
     Demo {
         /// Write `{"endpoints": [...]}` here once everything accepts connections.
         #[arg(long, value_name = "FILE")]
@@ -47,6 +48,9 @@ enum Cmd {
         /// Print the embedded config and exit.
         #[arg(long)]
         print_config: bool,
+        /// Also run a HALB pair with VRRP on a VIP in network namespaces (root, iproute2).
+        #[arg(long)]
+        ha: bool,
     },
     /// Run a stand-in session host (echo, sink or rdp) in the foreground, for trying things out.
     Standin {
@@ -115,9 +119,10 @@ pub fn main() -> ExitCode {
             ready_file,
             ephemeral,
             print_config,
+            ha,
         } => {
             if print_config {
-                print!("{}", crate::demo::all_configs());
+                print!("{}", crate::demo::all_configs(ha));
                 return ExitCode::SUCCESS;
             }
             init_logging("info");
@@ -125,6 +130,7 @@ pub fn main() -> ExitCode {
             match crate::demo::run(crate::demo::DemoOptions {
                 ready_file,
                 ephemeral,
+                ha,
             }) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

@@ -9,6 +9,8 @@ mod common;
 mod config_errors;
 #[path = "e2e/demo.rs"]
 mod demo;
+#[path = "e2e/demo_ha.rs"]
+mod demo_ha;
 #[path = "e2e/halfclose.rs"]
 mod halfclose;
 #[path = "e2e/health.rs"]

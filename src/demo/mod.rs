@@ -4,7 +4,12 @@
 //! host agents, two gateways, a forwarding gateway in front of them, the HALB in front of the
 //! gateways (health-checked on `/health`), and the admin listener. Each role is a real node
 //! (the same code as `gatehouse run`), several in this one process. It prints what runs and
-//! what to try, and writes the `--ready-file` that scripts and tests wait for.
+//! what to try, and writes the `--ready-file` that scripts and tests wait for. With `--ha`
+//! (root), [`ha`] adds a HALB pair with VRRP in network namespaces ([`netns`]) in front of
+//! the same gateways.
+
+mod ha;
+mod netns;
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
@@ -32,6 +37,8 @@ pub struct DemoOptions {
     pub ready_file: Option<std::path::PathBuf>,
     /// Let the kernel choose every port (for tests and for running several demos).
     pub ephemeral: bool,
+    /// Also run a HALB pair with VRRP in network namespaces (root only).
+    pub ha: bool,
 }
 
 /// The demo config, parsed and validated.
@@ -46,12 +53,22 @@ pub fn demo_config() -> Config {
     .expect("the embedded demo config is valid (checked by a unit test)")
 }
 
-/// Every config the demo runs, as `--print-config` shows them.
-pub fn all_configs() -> String {
-    format!(
+/// Every config the demo runs, as `--print-config` shows them (with `ha`, also those of
+/// `--ha`).
+pub fn all_configs(ha: bool) -> String {
+    let mut text = format!(
         "{DEMO_CONFIG}\n# ---- each gateway (gateway.toml) ----\n{GATEWAY_TEMPLATE}\n\
          # ---- the forwarding gateway (forwarder.toml) ----\n{FORWARDER_TEMPLATE}"
-    )
+    );
+    if ha {
+        text.push_str(&format!(
+            "\n# ---- with --ha, appended to each gateway (gateway-ha.toml) ----\n{}\n\
+             # ---- with --ha, each HALB of the pair (halb-ha.toml) ----\n{}",
+            ha::GATEWAY_HA_TEMPLATE,
+            ha::HALB_HA_TEMPLATE
+        ));
+    }
+    text
 }
 
 /// A node of the demo other than the HALB, running on its own thread.
@@ -85,6 +102,13 @@ fn start_side_node(name: &str, text: &str) -> Result<(SideNode, Vec<Endpoint>), 
 /// Runs the demo until SIGINT/SIGTERM: stand-in hosts, a broker and host agents, two
 /// gateways, a forwarding gateway in front of them, and the HALB in front of the gateways.
 pub fn run(options: DemoOptions) -> Result<(), String> {
+    // First, so that a refusal (not root, no `ip netns`) comes before anything starts; on every
+    // later error return, dropping it stops the pair and removes the namespaces.
+    let mut ha = if options.ha {
+        Some(ha::HalbPair::prepare()?)
+    } else {
+        None
+    };
     let port = |p: u16| SocketAddr::from(([127, 0, 0, 1], if options.ephemeral { 0 } else { p }));
     let mut hosts: Vec<(String, StandInHandle)> = Vec::new();
     for (name, p) in DEMO_HOSTS {
@@ -109,12 +133,20 @@ pub fn run(options: DemoOptions) -> Result<(), String> {
     endpoints.extend(control.endpoints());
     let broker = control.endpoints()[0].address;
     // gateway (issue 5): one certificate for both gateways, so clients can pin it.
-    let pin = demo_certificate(&farm_dir)?;
+    let pin = demo_certificate(&farm_dir, ha.as_ref().map(|h| h.vip().ip()))?;
     let mut side = Vec::new();
     let mut fronts = Vec::new();
     let mut dmz = Vec::new();
+    let mut from_ha = Vec::new();
     for (i, id) in crate::broker_role::demo::DEMO_GATEWAYS.iter().enumerate() {
-        let text = GATEWAY_TEMPLATE
+        let mut text = GATEWAY_TEMPLATE.to_string();
+        if let Some(h) = &ha {
+            text.push_str(
+                &ha::GATEWAY_HA_TEMPLATE
+                    .replace("{ha_bind}", &h.gateway_bind(options.ephemeral, i).to_string()),
+            );
+        }
+        let text = text
             .replace("{id}", id)
             .replace("{bind}", &port(18441 + i as u16).to_string())
             .replace("{dmz}", &port(18451 + i as u16).to_string())
@@ -125,6 +157,7 @@ pub fn run(options: DemoOptions) -> Result<(), String> {
             match e.name.as_str() {
                 "front" => fronts.push(e.address),
                 "from-dmz" => dmz.push(e.address),
+                "from-ha" => from_ha.push(e.address),
                 _ => {}
             }
         }
@@ -162,10 +195,27 @@ pub fn run(options: DemoOptions) -> Result<(), String> {
     }
     let node = Node::start(config, NodeOptions::default())?;
     endpoints.extend(node.endpoints.iter().cloned());
+    if let Some(h) = &mut ha {
+        let gateways: [SocketAddr; 2] = from_ha
+            .as_slice()
+            .try_into()
+            .map_err(|_| format!("expected two from-ha gateway listeners, found {}", from_ha.len()))?;
+        h.start_nodes(gateways, &farm_dir)?;
+        h.wait_for_master(Duration::from_secs(20))?;
+        endpoints.extend(h.endpoints());
+    }
     wait_accepting(&endpoints)?;
     print_summary(&endpoints, &pin);
+    if let Some(h) = &ha {
+        print!("{}", h.summary(&pin));
+        let _ = std::io::stdout().flush();
+    }
     if let Some(path) = &options.ready_file {
-        write_ready_file(path, &endpoints, &pin)?;
+        write_ready_file(path, &endpoints, &pin, ha.as_ref().map(ha::HalbPair::ready_json))?;
+    }
+    // A signal during the start only set the pair's flag; the node's own handling starts now.
+    if ha.as_ref().is_some_and(ha::HalbPair::interrupted) {
+        return Err("interrupted during start-up".into());
     }
     let result = node.run_until_stopped();
     // The side nodes saw the same signal; if the HALB stopped for another reason, stop them.
@@ -181,14 +231,17 @@ pub fn run(options: DemoOptions) -> Result<(), String> {
     for (_, h) in hosts {
         h.stop();
     }
+    drop(ha); // stops the HALB pair, then removes its namespaces
     result
 }
 
 /// Writes the gateways' shared self-signed certificate into the farm directory; returns its
-/// SHA-256 fingerprint (hex), what `gatehouse connect --pin-sha256` takes.
-fn demo_certificate(dir: &Path) -> Result<String, String> {
+/// SHA-256 fingerprint (hex), what `gatehouse connect --pin-sha256` takes. With `--ha` the
+/// VIP is one more name, so clients that check names (not only the pin) accept it.
+fn demo_certificate(dir: &Path, vip: Option<std::net::IpAddr>) -> Result<String, String> {
     use sha2::Digest;
-    let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+    let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+    names.extend(vip.map(|v| v.to_string()));
     let bundle = crate::tls::certs::generate_self_signed(
         &names,
         std::time::SystemTime::now(),
@@ -273,8 +326,16 @@ fn bench_command() -> String {
     sibling.unwrap_or_else(|| "cargo run --release -p gatehouse-bench --".to_string())
 }
 
-fn write_ready_file(path: &Path, endpoints: &[Endpoint], pin: &str) -> Result<(), String> {
-    let doc = serde_json::json!({ "endpoints": endpoints, "gateway_pin_sha256": pin });
+fn write_ready_file(
+    path: &Path,
+    endpoints: &[Endpoint],
+    pin: &str,
+    ha: Option<serde_json::Value>,
+) -> Result<(), String> {
+    let mut doc = serde_json::json!({ "endpoints": endpoints, "gateway_pin_sha256": pin });
+    if let Some(ha) = ha {
+        doc["ha"] = ha;
+    }
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, format!("{doc}\n")).map_err(|e| format!("ready file {}: {e}", tmp.display()))?;
     std::fs::rename(&tmp, path).map_err(|e| format!("ready file {}: {e}", path.display()))

@@ -476,6 +476,17 @@ impl Gatehouse {
             .unwrap_or(0.0)
     }
 
+    /// Reads `series` until it equals `value` or `limit` passes (one scrape can fail on a
+    /// loaded machine: the admin connect has a short timeout); returns the last value read.
+    pub fn metric_reaches(&self, series: &str, value: f64, limit: Duration) -> f64 {
+        let mut last = self.metric(series);
+        let _ = wait_until(limit, || {
+            last = self.metric(series);
+            last == value
+        });
+        last
+    }
+
     /// The VRRP state of instance `vi1` as the metrics report it.
     pub fn state(&self) -> String {
         let m = self.metrics().unwrap_or_default();

@@ -8,6 +8,7 @@ pub mod flow;
 pub mod listener;
 pub mod session;
 pub mod timer;
+pub mod tls_conn;
 pub mod tls_flow;
 pub mod tls_setup;
 pub mod worker;

@@ -18,10 +18,10 @@ use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
-use rustls::{Connection, ServerConnection};
 use socket2::SockRef;
 
 use super::flow::{End, Flow, FlowError, Pools, Ready};
+use super::tls_conn::TlsConn;
 use super::tls_flow::TlsDirection;
 use crate::balance::{Balancer, Candidate};
 use crate::broker_role::AnswerSink;
@@ -117,7 +117,7 @@ pub struct Hello {
 
 /// State while the TLS handshake with the client is under way.
 pub struct Handshake {
-    conn: Box<ServerConnection>,
+    conn: Box<TlsConn>,
     deadline: Instant,
 }
 
@@ -127,8 +127,8 @@ pub struct TlsTunnel {
     backend_sock: TcpStream,
     backend_ready: Ready,
     backend: BackendRef,
-    client_tls: Option<Box<Connection>>,
-    backend_tls: Option<Box<Connection>>,
+    client_tls: Option<Box<TlsConn>>,
+    backend_tls: Option<Box<TlsConn>>,
     up: TlsDirection,
     down: TlsDirection,
 }
@@ -226,7 +226,7 @@ pub struct Session {
     pub backend_label: Option<(Arc<str>, SocketAddr)>,
     /// The client's TLS connection between the end of its handshake and the tunnel: held
     /// only while `Connecting` (which retries backends without knowing about TLS).
-    handshaken: Option<Box<ServerConnection>>,
+    handshaken: Option<Box<TlsConn>>,
     /// A gateway session's one destination (a host the broker chose): no balancer, no retry.
     fixed: Option<FixedTarget>,
     /// The gateway path to send to the next hop (forwarding listeners), encoded.
@@ -769,7 +769,7 @@ impl Session {
                 if !greeting.is_empty() {
                     // The limit is lifted after the handshake: rustls keeps all of it and the
                     // tunnel's first pump sends it.
-                    let _ = std::io::Write::write_all(&mut conn.writer(), &greeting);
+                    let _ = conn.write_plaintext(&greeting);
                 }
             }
             return self.start_tls_tunnel(c, ctx);

@@ -19,11 +19,11 @@ use std::time::Instant;
 use gatehouse_control::message::{ChooseHost, LaunchMode, Login, Reply, Request, Secret};
 use mio::net::TcpStream;
 use mio::Interest;
-use rustls::{Connection, ServerConnection};
 
 use super::{backend_token, is_out_of_files, Connecting, Ctx, Phase, Session, Step};
 use crate::broker_role::{Answer, ClientFailure};
 use crate::engine::flow::Ready;
+use crate::engine::tls_conn::TlsConn;
 use crate::engine::tls_flow::{read_plain, read_plaintext, Got, WriteTo};
 use crate::gateway::api::{self, ApiCall, ApiError};
 use crate::gateway::http::{self, HeadParse, MAX_BODY, MAX_HEAD};
@@ -38,7 +38,7 @@ const MAX_INPUT: usize = MAX_HEAD + MAX_BODY;
 /// State of the gateway front.
 pub struct Front {
     /// The client's TLS connection (Gateway SSL, Direct SSL), or none (plain modes, RDP).
-    tls: Option<Box<Connection>>,
+    tls: Option<Box<TlsConn>>,
     /// Client bytes (plaintext) read and not yet consumed.
     input: Vec<u8>,
     /// Answer bytes not yet written (plain clients; TLS answers go into rustls at once).
@@ -112,12 +112,12 @@ impl Session {
     /// the bytes read so far) or after the TLS handshake.
     pub(super) fn start_front(
         &mut self,
-        tls: Option<Box<ServerConnection>>,
+        tls: Option<Box<TlsConn>>,
         early: Vec<u8>,
         ctx: &mut Ctx<'_>,
     ) -> (Phase, Step, bool) {
         let front = Front {
-            tls: tls.map(|c| Box::new(Connection::Server(*c))),
+            tls,
             input: early,
             output: Vec::new(),
             first: true,
@@ -236,7 +236,7 @@ impl Session {
     fn flush_front(&mut self, f: &mut Front) -> Result<(), String> {
         if let Some(conn) = f.tls.as_deref_mut() {
             if !f.output.is_empty() {
-                conn.writer().write_all(&f.output).map_err(|e| e.to_string())?;
+                conn.write_plaintext(&f.output).map_err(|e| e.to_string())?;
                 f.output.clear();
             }
             while conn.wants_write() && self.client_ready.writable {
@@ -347,7 +347,7 @@ impl Session {
         // The whole connection becomes a tunnel to the web server, request bytes first.
         ctx.shared.metrics.count_gateway_answer("forward_http", 0);
         let early = std::mem::take(&mut f.input);
-        self.handshaken = f.tls.take().and_then(into_server);
+        self.handshaken = f.tls.take();
         match self.start_connect(Vec::new(), early, ctx) {
             Step::Continue => Handled::Connect,
             Step::Close(reason, detail) => Handled::Close(reason, detail),
@@ -756,7 +756,7 @@ impl Session {
         ) {
             return Handled::Close(CloseReason::BackendError, format!("register: {e}"));
         }
-        self.handshaken = f.tls.take().and_then(into_server);
+        self.handshaken = f.tls.take();
         self.fixed = Some(target);
         self.phase = Phase::Connecting(Connecting {
             sock,
@@ -776,7 +776,7 @@ impl Session {
         detail: String,
         ctx: &mut Ctx<'_>,
     ) -> Step {
-        let tls = self.handshaken.take().map(|c| Box::new(Connection::Server(*c)));
+        let tls = self.handshaken.take();
         let mut f = Front {
             tls,
             input: Vec::new(),
@@ -809,14 +809,6 @@ enum Handled {
     Connect,
     /// Close now.
     Close(CloseReason, String),
-}
-
-/// The client's `ServerConnection` back out of a `Connection`.
-fn into_server(conn: Box<Connection>) -> Option<Box<ServerConnection>> {
-    match *conn {
-        Connection::Server(c) => Some(Box::new(c)),
-        Connection::Client(_) => None,
-    }
 }
 
 /// A host from the broker: an IP address, or a name resolved here (hosts file or DNS).

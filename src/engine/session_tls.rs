@@ -9,12 +9,13 @@
 use std::io::{self, Read, Write};
 use std::time::Duration;
 
-use rustls::{ClientConnection, Connection, ServerConnection};
+use rustls::ClientConnection;
 use socket2::SockRef;
 
 use super::{socket_error, source_error, Connecting, Ctx, Handshake, Hello, Phase, Session, Step, TlsTunnel};
 use crate::config::TlsMode;
 use crate::engine::flow::{End, Pools};
+use crate::engine::tls_conn::{LeanServer, TlsConn};
 use crate::engine::tls_flow::{ReadFrom, Side, TlsDirection, TlsFlowError, WriteTo};
 use crate::engine::tls_setup::name_matches;
 use crate::metrics::CloseReason;
@@ -125,7 +126,7 @@ impl Session {
         }
     }
 
-    /// Feeds the buffered ClientHello to a new `ServerConnection` and moves to `Handshake`.
+    /// Hands the buffered ClientHello to a new server connection and moves to `Handshake`.
     pub(super) fn start_handshake(
         &mut self,
         h: Hello,
@@ -138,25 +139,17 @@ impl Session {
         // Asked first so the refusal names its reason; rustls then fails the same way and
         // queues the alert the client gets.
         let refusal = tls.resolver.choose(server_name).err();
-        let mut conn = match ServerConnection::new(tls.config.clone()) {
-            Ok(c) => Box::new(c),
+        let mut conn = match LeanServer::new(tls.config.clone(), h.buf) {
+            Ok(c) => Box::new(TlsConn::Server(c)),
             Err(e) => return self.refuse("tls_setup", e, ctx),
         };
-        let mut rest = &h.buf[..];
-        while !rest.is_empty() {
-            match conn.read_tls(&mut rest) {
-                Ok(0) => break,
-                Ok(_) => {}
-                Err(e) => return self.refuse("handshake_failed", e, ctx),
-            }
-            if let Err(e) = conn.process_new_packets() {
-                // Best effort: the alert fits in the socket buffer of a fresh connection.
-                let _ = conn.write_tls(&mut WriteTo(&self.client));
-                let reason = refusal
-                    .as_ref()
-                    .map_or_else(|| handshake_reason(&e), |r| r.reason());
-                return self.refuse(reason, e, ctx);
-            }
+        if let Err(e) = conn.process_new_packets() {
+            // Best effort: the alert fits in the socket buffer of a fresh connection.
+            let _ = conn.write_tls(&mut WriteTo(&self.client));
+            let reason = refusal
+                .as_ref()
+                .map_or_else(|| handshake_reason(&e), |r| r.reason());
+            return self.refuse(reason, e, ctx);
         }
         let hs = Handshake {
             conn,
@@ -197,9 +190,6 @@ impl Session {
                 return self.refuse(handshake_reason(&e), e, ctx);
             }
         }
-        // From here the tunnel's own backpressure bounds what rustls holds (it reads the
-        // backend only when every record went out), so rustls takes whole reads.
-        hs.conn.set_buffer_limit(None);
         if matches!(self.settings.role, ListenerRole::Front { .. }) {
             // A gateway: read again inside TLS (the client API or a tunnel request).
             return self.start_front(Some(hs.conn), Vec::new(), ctx);
@@ -213,10 +203,7 @@ impl Session {
     /// The backend accepted and a side speaks TLS: the client's handshaken connection, a new
     /// client connection towards a re-encrypting pool's backend.
     pub(super) fn start_tls_tunnel(&mut self, c: Connecting, ctx: &mut Ctx<'_>) -> (Phase, Step, bool) {
-        let client_tls = self
-            .handshaken
-            .take()
-            .map(|conn| Box::new(Connection::Server(*conn)));
+        let client_tls = self.handshaken.take();
         let mut backend_tls = None;
         let mut raw = &c.early[..];
         if let Some(bt) = &self.pool.tls {
@@ -243,7 +230,7 @@ impl Session {
                 let _ = conn.writer().write_all(rest);
             }
             raw = header;
-            backend_tls = Some(Box::new(Connection::Client(conn)));
+            backend_tls = Some(Box::new(TlsConn::Client(conn)));
         }
         let raw = raw.to_vec();
         let mut tunnel = self.tls_tunnel_of(c, client_tls, backend_tls, &mut ctx.pools);
@@ -255,8 +242,8 @@ impl Session {
     pub(super) fn tls_tunnel_of(
         &self,
         c: Connecting,
-        client_tls: Option<Box<Connection>>,
-        backend_tls: Option<Box<Connection>>,
+        client_tls: Option<Box<TlsConn>>,
+        backend_tls: Option<Box<TlsConn>>,
         pools: &mut Pools<'_>,
     ) -> TlsTunnel {
         let up = if backend_tls.is_none() {

@@ -1,18 +1,17 @@
-//! One direction of a tunnel where a side speaks TLS: offload (TLS with the client through
-//! a `rustls::ServerConnection`), re-encryption (TLS with the backend through a
-//! `rustls::ClientConnection`), or both.
+//! One direction of a tunnel where a side speaks TLS: offload (TLS with the client, a
+//! [`TlsConn::Server`]), re-encryption (TLS with the backend, a [`TlsConn::Client`]), or both.
 //!
 //! Owns the plaintext in flight and the half-close bookkeeping: a close_notify (or a bare
 //! FIN) from the source becomes a FIN, or a close_notify then a FIN, at the destination.
 //! Plaintext waits in a pooled buffer only while a plain destination is slower than the
-//! source; records wait inside rustls only while a TLS destination is slower (the source
-//! is not read meanwhile), so an idle tunnel holds no pooled buffer. It never touches
-//! timers or the poller.
+//! source; records wait inside the TLS connection only while a TLS destination is slower
+//! (the source is not read meanwhile), so an idle tunnel holds no pooled buffer (and the
+//! client side's TLS connection none of its own). It never touches timers or the poller.
 
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
 
-use rustls::Connection;
+use super::tls_conn::TlsConn;
 
 use super::buffers::Buf;
 use super::flow::{End, FlowError, Pools};
@@ -32,7 +31,7 @@ pub struct Side<'a> {
     /// The socket and its readiness.
     pub end: End<'a>,
     /// The TLS connection over it (`None`: plain bytes).
-    pub tls: Option<&'a mut Connection>,
+    pub tls: Option<&'a mut TlsConn>,
 }
 
 /// One direction of a tunnel where at least one side speaks TLS: plaintext from the source
@@ -171,9 +170,10 @@ impl TlsDirection {
                     progress = true;
                     match dst_tls.as_deref_mut() {
                         Some(conn) => {
-                            // The buffer limit is lifted, so rustls takes all of it; step 1
-                            // sends it before anything more is read (backpressure).
-                            let written = conn.writer().write_all(&buf[..n]);
+                            // The connection takes all of it (the client side's buffer limit
+                            // is lifted); step 1 sends it before anything more is read
+                            // (backpressure).
+                            let written = conn.write_plaintext(&buf[..n]);
                             pools.bufs.give(buf);
                             written.map_err(|e| TlsFlowError::Io(FlowError::Destination(e)))?;
                             self.bytes += n as u64;
@@ -260,12 +260,12 @@ pub(super) fn read_plain(
 
 /// Reads plaintext from a TLS connection, reading and processing records as needed.
 pub(super) fn read_plaintext(
-    conn: &mut Connection,
+    conn: &mut TlsConn,
     sock: &mio::net::TcpStream,
     ready: &mut super::flow::Ready,
     buf: &mut [u8],
 ) -> Result<Got, TlsFlowError> {
-    match conn.reader().read(buf) {
+    match conn.read_plaintext(buf) {
         // RFC 8446 §6.1: close_notify, the clean end of the peer's stream.
         Ok(0) => return Ok(Got::End { truncated: false }),
         Ok(n) => return Ok(Got::Bytes(n)),

@@ -1,0 +1,454 @@
+//! The TLS connections of a session, holding memory only while bytes wait in them.
+//!
+//! rustls' buffered `ServerConnection` keeps a 4 KiB receive buffer and two queues for the
+//! connection's whole life, idle or not: about half of what an idle TLS tunnel cost
+//! (BENCHMARKS.md, "idle TLS tunnel"). The client side of a session (offload, the gateway
+//! front) therefore runs rustls' unbuffered server inside [`LeanServer`]: the TLS bytes read,
+//! the records to send and the decrypted bytes not yet taken live in vectors freed as soon
+//! as they are empty. The backend side of re-encryption keeps rustls' buffered client.
+//! [`TlsConn`] gives both the same small surface, shaped like the buffered API the tunnel
+//! and the front were written against.
+
+use std::io::{self, Read, Write};
+use std::sync::Arc;
+
+use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
+use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, WriteTraffic};
+use rustls::{ClientConnection, ServerConfig};
+
+/// Largest TLS record on the wire: a 5-byte header and 2^14 + 256 bytes (RFC 8446 §5.2).
+const MAX_RECORD: usize = 5 + 16_384 + 256;
+/// Most TLS bytes held before rustls consumes them: a handshake message may span records up
+/// to 64 KiB (the bound rustls' buffered connection applies too), plus one record.
+const MAX_INCOMING: usize = 0x1_0000 + MAX_RECORD;
+/// Room for one record's header, content type, padding and tag (TLS 1.2 GCM needs 29).
+const RECORD_OVERHEAD: usize = 64;
+
+thread_local! {
+    /// Where a worker thread reads TLS bytes before they are kept (one record's room).
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; MAX_RECORD]);
+}
+
+/// A TLS server connection with rustls' unbuffered API and buffers that exist only while
+/// they hold bytes.
+pub struct LeanServer {
+    conn: UnbufferedServerConnection,
+    /// TLS bytes read from the peer that rustls has not consumed yet.
+    incoming: Vec<u8>,
+    /// TLS bytes for the peer; `sent` of them went out.
+    outgoing: Vec<u8>,
+    sent: usize,
+    /// Decrypted bytes; `taken` of them were read.
+    plaintext: Vec<u8>,
+    taken: usize,
+    /// The socket ended (a read returned 0).
+    eof: bool,
+    /// The peer sent close_notify.
+    peer_closed: bool,
+    /// The connection failed; every later call says so.
+    failed: Option<rustls::Error>,
+}
+
+impl LeanServer {
+    /// A server connection that starts from `first`, TLS bytes already read (the ClientHello
+    /// the listener sniffed).
+    pub fn new(config: Arc<ServerConfig>, first: Vec<u8>) -> Result<LeanServer, rustls::Error> {
+        Ok(LeanServer {
+            conn: UnbufferedServerConnection::new(config)?,
+            incoming: first,
+            outgoing: Vec::new(),
+            sent: 0,
+            plaintext: Vec::new(),
+            taken: 0,
+            eof: false,
+            peer_closed: false,
+            failed: None,
+        })
+    }
+
+    /// Whether the handshake is still under way.
+    pub fn is_handshaking(&self) -> bool {
+        self.conn.is_handshaking()
+    }
+
+    /// Whether TLS bytes wait to be written.
+    pub fn wants_write(&self) -> bool {
+        self.sent < self.outgoing.len()
+    }
+
+    /// Whether more TLS bytes should be read: nothing decrypted is waiting and the peer's
+    /// stream goes on.
+    pub fn wants_read(&self) -> bool {
+        self.taken == self.plaintext.len() && !self.peer_closed && !self.eof && self.failed.is_none()
+    }
+
+    /// Bytes held in buffers now (0 for an idle connection).
+    pub fn buffered_capacity(&self) -> usize {
+        self.incoming.capacity() + self.outgoing.capacity() + self.plaintext.capacity()
+    }
+
+    /// Writes waiting TLS bytes to `w` (one write call).
+    pub fn write_tls(&mut self, w: &mut dyn Write) -> io::Result<usize> {
+        let n = w.write(&self.outgoing[self.sent..])?;
+        self.sent += n;
+        if self.sent == self.outgoing.len() {
+            self.outgoing = Vec::new();
+            self.sent = 0;
+        }
+        Ok(n)
+    }
+
+    /// Reads TLS bytes from `r` (one read call, at most one record's worth); 0 is the end of
+    /// the peer's stream. Refuses when a message would pass `MAX_INCOMING` unprocessed.
+    pub fn read_tls(&mut self, r: &mut dyn Read) -> io::Result<usize> {
+        let len = self.incoming.len();
+        if len >= MAX_INCOMING {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "TLS message larger than 64 KiB",
+            ));
+        }
+        let room = MAX_RECORD.min(MAX_INCOMING - len);
+        // Read into the thread's scratch buffer and keep only what arrived: a connection's own
+        // buffer grows by the bytes read, not by a zeroed record's worth per read.
+        let got = SCRATCH.with_borrow_mut(|scratch| {
+            let n = r.read(&mut scratch[..room])?;
+            self.incoming.extend_from_slice(&scratch[..n]);
+            Ok(n)
+        });
+        if matches!(got, Ok(0)) {
+            self.eof = true;
+        }
+        got
+    }
+
+    /// Processes the TLS bytes read: handshake messages (answers queue for `write_tls`),
+    /// application data (for `read_plaintext`), alerts. An error is final; the alert rustls
+    /// queued for it is left for `write_tls`.
+    pub fn process_new_packets(&mut self) -> Result<(), rustls::Error> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        loop {
+            let status = self.conn.process_tls_records(&mut self.incoming);
+            let discard = status.discard;
+            let outcome = match status.state {
+                Ok(state) => absorb(
+                    state,
+                    &mut self.plaintext,
+                    &mut self.outgoing,
+                    &mut self.peer_closed,
+                ),
+                Err(e) => Step::Fail(e),
+            };
+            self.incoming.drain(..discard);
+            match outcome {
+                Step::More => {}
+                Step::Wait | Step::CanWrite => break,
+                Step::Fail(e) => {
+                    self.fail(e.clone());
+                    return Err(e);
+                }
+            }
+        }
+        if self.incoming.is_empty() {
+            self.incoming = Vec::new();
+        }
+        Ok(())
+    }
+
+    /// Takes decrypted bytes. `Ok(0)`: the peer sent close_notify; `UnexpectedEof`: its stream
+    /// ended without one; `WouldBlock`: nothing yet.
+    pub fn read_plaintext(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let waiting = &self.plaintext[self.taken..];
+        if !waiting.is_empty() {
+            let n = waiting.len().min(buf.len());
+            buf[..n].copy_from_slice(&waiting[..n]);
+            self.taken += n;
+            if self.taken == self.plaintext.len() {
+                self.plaintext = Vec::new();
+                self.taken = 0;
+            }
+            return Ok(n);
+        }
+        if self.peer_closed {
+            return Ok(0);
+        }
+        if self.eof {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        Err(io::ErrorKind::WouldBlock.into())
+    }
+
+    /// Encrypts `data` into records for `write_tls` (the handshake must be complete).
+    pub fn write_plaintext(&mut self, data: &[u8]) -> io::Result<()> {
+        let room = data.len() + RECORD_OVERHEAD * (data.len() / 16_384 + 1);
+        self.with_write_traffic(|wt, out| {
+            append(out, room, |b| wt.encrypt(data, b), encrypt_need)
+                .map_err(|e| io::Error::other(format!("TLS encrypt: {e}")))
+        })
+    }
+
+    /// Queues close_notify (best effort: a connection that cannot send any more just ends).
+    pub fn send_close_notify(&mut self) {
+        let _ = self.with_write_traffic(|wt, out| {
+            append(out, RECORD_OVERHEAD, |b| wt.queue_close_notify(b), encrypt_need)
+                .map_err(|e| io::Error::other(format!("TLS close_notify: {e}")))
+        });
+    }
+
+    /// Runs `f` in the write-traffic state, first handling whatever rustls has pending.
+    fn with_write_traffic(
+        &mut self,
+        f: impl FnOnce(&mut WriteTraffic<'_, ServerConnectionData>, &mut Vec<u8>) -> io::Result<()>,
+    ) -> io::Result<()> {
+        if let Some(e) = &self.failed {
+            return Err(io::Error::other(e.clone()));
+        }
+        let mut f = Some(f);
+        loop {
+            let status = self.conn.process_tls_records(&mut self.incoming);
+            let discard = status.discard;
+            let outcome = match status.state {
+                Ok(ConnectionState::WriteTraffic(mut wt)) => {
+                    let f = f.take().expect("called once: the loop returns after it");
+                    Err(f(&mut wt, &mut self.outgoing))
+                }
+                Ok(ConnectionState::BlockedHandshake) => {
+                    Err(Err(io::Error::other("TLS handshake not complete")))
+                }
+                Ok(ConnectionState::Closed) => Err(Err(io::Error::other("TLS connection closed"))),
+                Ok(state) => Ok(absorb(
+                    state,
+                    &mut self.plaintext,
+                    &mut self.outgoing,
+                    &mut self.peer_closed,
+                )),
+                Err(e) => Ok(Step::Fail(e)),
+            };
+            self.incoming.drain(..discard);
+            match outcome {
+                Err(result) => return result,
+                Ok(Step::Fail(e)) => {
+                    self.fail(e.clone());
+                    return Err(io::Error::other(e));
+                }
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Records a failure and collects the alert rustls queued for it.
+    fn fail(&mut self, e: rustls::Error) {
+        self.failed = Some(e);
+        // A few rounds at most: decrypted data before the alert is skipped.
+        for _ in 0..4 {
+            let status = self.conn.process_tls_records(&mut self.incoming);
+            let discard = status.discard;
+            let done = match status.state {
+                Ok(ConnectionState::EncodeTlsData(mut enc)) => {
+                    let _ = append(&mut self.outgoing, 64, |b| enc.encode(b), encode_need);
+                    true
+                }
+                Ok(ConnectionState::ReadTraffic(mut rt)) => {
+                    while let Some(Ok(_)) = rt.next_record() {}
+                    false
+                }
+                _ => true,
+            };
+            self.incoming.drain(..discard);
+            if done {
+                break;
+            }
+        }
+    }
+}
+
+/// Handles one state rustls reported into the connection's buffers (a free function: the
+/// state borrows the rustls connection and `incoming`).
+fn absorb(
+    state: ConnectionState<'_, '_, ServerConnectionData>,
+    plaintext: &mut Vec<u8>,
+    outgoing: &mut Vec<u8>,
+    peer_closed: &mut bool,
+) -> Step {
+    match state {
+        ConnectionState::ReadTraffic(mut rt) => {
+            while let Some(record) = rt.next_record() {
+                match record {
+                    Ok(r) => plaintext.extend_from_slice(r.payload),
+                    Err(e) => return Step::Fail(e),
+                }
+            }
+            Step::More
+        }
+        ConnectionState::EncodeTlsData(mut enc) => {
+            match append(outgoing, 4096, |b| enc.encode(b), encode_need) {
+                Ok(()) => Step::More,
+                Err(e) => Step::Fail(rustls::Error::General(format!("TLS encode: {e}"))),
+            }
+        }
+        ConnectionState::TransmitTlsData(t) => {
+            // The records are in `outgoing`; write_tls sends them in order before anything
+            // encoded later.
+            t.done();
+            Step::More
+        }
+        ConnectionState::PeerClosed => {
+            *peer_closed = true;
+            Step::More
+        }
+        ConnectionState::Closed => {
+            *peer_closed = true;
+            Step::Wait
+        }
+        ConnectionState::BlockedHandshake => Step::Wait,
+        ConnectionState::WriteTraffic(_) => Step::CanWrite,
+        // Early data is never enabled on gatehouse's server configs.
+        ConnectionState::ReadEarlyData(_) => {
+            Step::Fail(rustls::Error::General("unexpected early data".into()))
+        }
+        _ => Step::Fail(rustls::Error::General("unknown TLS connection state".into())),
+    }
+}
+
+/// What `process_new_packets` does after one state.
+enum Step {
+    /// Ask rustls again.
+    More,
+    /// Nothing more without new bytes from the peer.
+    Wait,
+    /// Handshake done and nothing pending: application data may be sent.
+    CanWrite,
+    /// The connection failed.
+    Fail(rustls::Error),
+}
+
+/// Appends what `encode` writes to `out`, growing the room to what the encoder asks for.
+fn append<E>(
+    out: &mut Vec<u8>,
+    mut room: usize,
+    mut encode: impl FnMut(&mut [u8]) -> Result<usize, E>,
+    need: fn(&E) -> Option<usize>,
+) -> Result<(), E> {
+    let len = out.len();
+    loop {
+        out.resize(len + room, 0);
+        match encode(&mut out[len..]) {
+            Ok(n) => {
+                out.truncate(len + n);
+                return Ok(());
+            }
+            Err(e) => {
+                out.truncate(len);
+                match need(&e) {
+                    Some(required) if required > room => room = required,
+                    _ => return Err(e),
+                }
+            }
+        }
+    }
+}
+
+fn encode_need(e: &EncodeError) -> Option<usize> {
+    match e {
+        EncodeError::InsufficientSize(s) => Some(s.required_size),
+        _ => None,
+    }
+}
+
+fn encrypt_need(e: &EncryptError) -> Option<usize> {
+    match e {
+        EncryptError::InsufficientSize(s) => Some(s.required_size),
+        _ => None,
+    }
+}
+
+/// A session's TLS connection: with the client (a [`LeanServer`]) or with a backend
+/// (rustls' buffered client, for re-encryption).
+pub enum TlsConn {
+    /// TLS with the client.
+    Server(LeanServer),
+    /// TLS with a backend.
+    Client(ClientConnection),
+}
+
+impl TlsConn {
+    /// Whether the handshake is still under way.
+    pub fn is_handshaking(&self) -> bool {
+        match self {
+            TlsConn::Server(s) => s.is_handshaking(),
+            TlsConn::Client(c) => c.is_handshaking(),
+        }
+    }
+
+    /// Whether TLS bytes wait to be written.
+    pub fn wants_write(&self) -> bool {
+        match self {
+            TlsConn::Server(s) => s.wants_write(),
+            TlsConn::Client(c) => c.wants_write(),
+        }
+    }
+
+    /// Whether more TLS bytes should be read.
+    pub fn wants_read(&self) -> bool {
+        match self {
+            TlsConn::Server(s) => s.wants_read(),
+            TlsConn::Client(c) => c.wants_read(),
+        }
+    }
+
+    /// Writes waiting TLS bytes.
+    pub fn write_tls(&mut self, w: &mut dyn Write) -> io::Result<usize> {
+        match self {
+            TlsConn::Server(s) => s.write_tls(w),
+            TlsConn::Client(c) => c.write_tls(w),
+        }
+    }
+
+    /// Reads TLS bytes (0: the end of the peer's stream).
+    pub fn read_tls(&mut self, r: &mut dyn Read) -> io::Result<usize> {
+        match self {
+            TlsConn::Server(s) => s.read_tls(r),
+            TlsConn::Client(c) => c.read_tls(r),
+        }
+    }
+
+    /// Processes the TLS bytes read.
+    pub fn process_new_packets(&mut self) -> Result<(), rustls::Error> {
+        match self {
+            TlsConn::Server(s) => s.process_new_packets(),
+            TlsConn::Client(c) => c.process_new_packets().map(|_| ()),
+        }
+    }
+
+    /// Takes decrypted bytes (`Ok(0)`: close_notify; `UnexpectedEof`: ended without one;
+    /// `WouldBlock`: nothing yet).
+    pub fn read_plaintext(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            TlsConn::Server(s) => s.read_plaintext(buf),
+            TlsConn::Client(c) => c.reader().read(buf),
+        }
+    }
+
+    /// Encrypts all of `data` for `write_tls` (the buffered client holds it while its
+    /// handshake runs; its buffer limit is lifted where it is made).
+    pub fn write_plaintext(&mut self, data: &[u8]) -> io::Result<()> {
+        match self {
+            TlsConn::Server(s) => s.write_plaintext(data),
+            TlsConn::Client(c) => c.writer().write_all(data),
+        }
+    }
+
+    /// Queues close_notify.
+    pub fn send_close_notify(&mut self) {
+        match self {
+            TlsConn::Server(s) => s.send_close_notify(),
+            TlsConn::Client(c) => c.send_close_notify(),
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "tls_conn_tests.rs"]
+mod tests;

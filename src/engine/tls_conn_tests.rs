@@ -1,0 +1,220 @@
+//! LeanServer against rustls' own buffered client, in memory.
+
+use std::io::{self, Read, Write};
+use std::sync::Arc;
+
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig};
+
+use super::{LeanServer, MAX_INCOMING};
+use crate::tls::test_pki::Pki;
+
+fn configs() -> (Arc<ServerConfig>, Arc<ClientConfig>) {
+    let pki = Pki::new();
+    let leaf = pki.root_signed_leaf(&["lean.test"]);
+    let server = ServerConfig::builder_with_provider(crate::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![leaf.cert.clone()], leaf.key.clone_key())
+        .unwrap();
+    let mut roots = RootCertStore::empty();
+    roots.add(pki.root.der().clone()).unwrap();
+    let client = ClientConfig::builder_with_provider(crate::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    (Arc::new(server), Arc::new(client))
+}
+
+/// A client and a server whose handshake is done; the server started from the client's
+/// first flight, as the engine starts it from the sniffed ClientHello.
+fn pair() -> (LeanServer, ClientConnection) {
+    let (server_config, client_config) = configs();
+    let mut client =
+        ClientConnection::new(client_config, ServerName::try_from("lean.test").unwrap()).unwrap();
+    let mut hello = Vec::new();
+    client.write_tls(&mut hello).unwrap();
+    let mut server = LeanServer::new(server_config, hello).unwrap();
+    server.process_new_packets().unwrap();
+    assert!(exchange(&mut server, &mut client).is_empty());
+    assert!(!server.is_handshaking() && !client.is_handshaking());
+    (server, client)
+}
+
+/// Moves TLS bytes both ways until neither side has any to send; returns the plaintext the
+/// client received (drained as it comes: rustls' client holds only 16 KiB of it).
+fn exchange(server: &mut LeanServer, client: &mut ClientConnection) -> Vec<u8> {
+    let mut got = Vec::new();
+    for _ in 0..1000 {
+        let mut moved = false;
+        let mut wire = Vec::new();
+        while client.wants_write() {
+            client.write_tls(&mut wire).unwrap();
+        }
+        let mut rest = &wire[..];
+        while !rest.is_empty() {
+            server.read_tls(&mut rest).unwrap();
+            server.process_new_packets().unwrap();
+            moved = true;
+        }
+        let mut wire = Vec::new();
+        while server.wants_write() {
+            server.write_tls(&mut wire).unwrap();
+        }
+        let mut rest = &wire[..];
+        while !rest.is_empty() {
+            client.read_tls(&mut rest).unwrap();
+            client.process_new_packets().unwrap();
+            got.extend(drain_client(client));
+            moved = true;
+        }
+        if !moved {
+            return got;
+        }
+    }
+    panic!("the exchange did not settle");
+}
+
+fn drain_server(server: &mut LeanServer) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1000];
+    while let Ok(n) = server.read_plaintext(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    got
+}
+
+fn drain_client(client: &mut ClientConnection) -> Vec<u8> {
+    let mut got = Vec::new();
+    // Ends with WouldBlock (more may come) or at close_notify.
+    let _ = client.reader().read_to_end(&mut got);
+    got
+}
+
+#[test]
+fn data_both_ways_and_nothing_held_when_idle() {
+    let (mut server, mut client) = pair();
+    // rustls sends session tickets after the handshake: exchanged above, nothing left.
+    assert_eq!(
+        server.buffered_capacity(),
+        0,
+        "an idle connection holds no buffer"
+    );
+    client.writer().write_all(b"hello from the client").unwrap();
+    exchange(&mut server, &mut client);
+    assert_eq!(drain_server(&mut server), b"hello from the client");
+    server.write_plaintext(b"hello from the server").unwrap();
+    assert_eq!(exchange(&mut server, &mut client), b"hello from the server");
+    assert_eq!(server.buffered_capacity(), 0);
+    assert!(server.wants_read());
+    assert_eq!(
+        server.read_plaintext(&mut [0u8; 8]).unwrap_err().kind(),
+        io::ErrorKind::WouldBlock
+    );
+}
+
+#[test]
+fn large_writes_arrive_whole_and_in_order() {
+    let (mut server, mut client) = pair();
+    client.set_buffer_limit(None);
+    let down: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    server.write_plaintext(&down).unwrap();
+    let up: Vec<u8> = (0..100_000u32).map(|i| (i % 239) as u8).collect();
+    client.writer().write_all(&up).unwrap();
+    assert_eq!(exchange(&mut server, &mut client), down);
+    assert_eq!(drain_server(&mut server), up);
+}
+
+#[test]
+fn close_notify_and_truncation_are_told_apart() {
+    let (mut server, mut client) = pair();
+    client.writer().write_all(b"last words").unwrap();
+    client.send_close_notify();
+    exchange(&mut server, &mut client);
+    assert_eq!(drain_server(&mut server), b"last words");
+    assert_eq!(
+        server.read_plaintext(&mut [0u8; 8]).unwrap(),
+        0,
+        "close_notify reads as 0"
+    );
+    assert!(!server.wants_read());
+    // Half-close: the server may still send, then closes its side.
+    server.write_plaintext(b"bye").unwrap();
+    server.send_close_notify();
+    assert_eq!(exchange(&mut server, &mut client), b"bye");
+
+    // A FIN without close_notify.
+    let (mut server, _client) = pair();
+    assert_eq!(server.read_tls(&mut io::empty()).unwrap(), 0);
+    server.process_new_packets().unwrap();
+    assert_eq!(
+        server.read_plaintext(&mut [0u8; 8]).unwrap_err().kind(),
+        io::ErrorKind::UnexpectedEof
+    );
+}
+
+#[test]
+fn a_forged_record_fails_with_an_alert_queued() {
+    let (mut server, _client) = pair();
+    let mut forged = vec![0x17, 0x03, 0x03, 0x00, 0x20];
+    forged.extend_from_slice(&[0x5a; 32]);
+    server.read_tls(&mut &forged[..]).unwrap();
+    let err = server.process_new_packets().unwrap_err();
+    assert!(matches!(err, rustls::Error::DecryptError), "{err:?}");
+    assert!(server.wants_write(), "the alert waits for write_tls");
+    assert!(server.process_new_packets().is_err(), "the failure is final");
+    assert!(server.write_plaintext(b"x").is_err());
+}
+
+#[test]
+fn bad_first_flights_fail_as_with_the_buffered_server() {
+    let (server_config, _) = configs();
+    let inputs: [&[u8]; 4] = [
+        b"\x16\x03\x01\x00\x05hello",            // a 6.6 MB handshake message
+        b"\x16\x03\x01\x00\x04\x01\x00\x00\x00", // an empty ClientHello
+        b"\x15\x03\x01\x00\x02\x02\x28",         // a fatal alert
+        b"\x16\x03\x01\x00\x08\x01\x00\x00\x04\x03\x03\x00\x00", // a truncated ClientHello
+    ];
+    let mut alerts = 0;
+    for input in inputs {
+        let mut buffered = rustls::ServerConnection::new(server_config.clone()).unwrap();
+        buffered.read_tls(&mut &input[..]).unwrap();
+        let want = buffered.process_new_packets().map(|_| ()).unwrap_err();
+        let mut want_alert = Vec::new();
+        while buffered.wants_write() {
+            buffered.write_tls(&mut want_alert).unwrap();
+        }
+        let mut lean = LeanServer::new(server_config.clone(), input.to_vec()).unwrap();
+        let got = lean.process_new_packets().unwrap_err();
+        assert_eq!(got, want, "{input:?}");
+        let mut alert = Vec::new();
+        while lean.wants_write() {
+            lean.write_tls(&mut alert).unwrap();
+        }
+        assert_eq!(alert, want_alert, "the same alert for {input:?}");
+        alerts += usize::from(!alert.is_empty());
+    }
+    assert_eq!(alerts, 2, "the malformed ClientHellos get a decode_error alert");
+}
+
+#[test]
+fn unprocessed_bytes_are_bounded() {
+    let (server_config, _) = configs();
+    let mut server = LeanServer::new(server_config, Vec::new()).unwrap();
+    let mut zeros = io::repeat(0);
+    let mut total = 0;
+    let err = loop {
+        match server.read_tls(&mut zeros) {
+            Ok(n) => total += n,
+            Err(e) => break e,
+        }
+        assert!(total <= MAX_INCOMING);
+    };
+    assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    assert_eq!(total, MAX_INCOMING);
+}

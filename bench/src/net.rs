@@ -10,6 +10,29 @@ use socket2::{Domain, Socket, Type};
 
 use crate::BenchError;
 
+/// A TCP socket for `target` (TCP_NODELAY), bound to `source` when one is given, with the
+/// port left to connect() so that each (source, destination) pair gets its own ports
+/// (IP_BIND_ADDRESS_NO_PORT, Linux 4.2) instead of bind() reserving one per source address.
+pub fn socket_from(target: SocketAddr, source: Option<IpAddr>) -> io::Result<Socket> {
+    let socket = Socket::new(Domain::for_address(target), Type::STREAM, None)?;
+    socket.set_nodelay(true)?;
+    if let Some(src) = source {
+        let one: libc::c_int = 1;
+        // SAFETY: valid fd, option value is a c_int of the given size.
+        unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&socket),
+                libc::IPPROTO_IP,
+                libc::IP_BIND_ADDRESS_NO_PORT,
+                (&one as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+        socket.bind(&SocketAddr::new(src, 0).into())?;
+    }
+    Ok(socket)
+}
+
 /// Local source addresses handed out round-robin: 127.0.0.1 ..= 127.0.0.N for a loopback
 /// target, so many connections do not run out of ephemeral ports on one address.
 #[derive(Debug)]
@@ -73,25 +96,7 @@ impl SourcePool {
     }
 
     fn socket(&self, target: SocketAddr) -> io::Result<Socket> {
-        let socket = Socket::new(Domain::for_address(target), Type::STREAM, None)?;
-        socket.set_nodelay(true)?;
-        if let Some(src) = self.next() {
-            // Let connect() pick the port per (source, destination) pair instead of bind()
-            // reserving one per source address (IP_BIND_ADDRESS_NO_PORT, Linux 4.2).
-            let one: libc::c_int = 1;
-            // SAFETY: valid fd, option value is a c_int of the given size.
-            unsafe {
-                libc::setsockopt(
-                    std::os::fd::AsRawFd::as_raw_fd(&socket),
-                    libc::IPPROTO_IP,
-                    libc::IP_BIND_ADDRESS_NO_PORT,
-                    (&one as *const libc::c_int).cast(),
-                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-                );
-            }
-            socket.bind(&SocketAddr::new(src, 0).into())?;
-        }
-        Ok(socket)
+        socket_from(target, self.next())
     }
 }
 

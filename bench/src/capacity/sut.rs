@@ -359,7 +359,7 @@ fn start_gateway(
     pin(pid, p.target_cpu)?;
     let sources = SourcePool::new(addrs.front, 8);
     let tls = TlsClient::new(&Verify::Insecure, GATEWAY_NAME, TlsVersion::Tls13, false)?;
-    wait_healthy(addrs.front, &tls, &sources).map_err(|detail| BenchError::NoProgress {
+    crate::launch::rig::wait_healthy(addrs.front, Some(&tls)).map_err(|detail| BenchError::NoProgress {
         target: addrs.front,
         detail: format!("gw-1: {detail}: {}", gateway.log_tail()),
     })?;
@@ -486,25 +486,6 @@ fn pin(pid: u32, cpu: Option<usize>) -> Result<(), BenchError> {
         }
     }
     Ok(())
-}
-
-/// Waits up to 15 s until `GET /health` over TLS answers 200 (a broker link is up).
-fn wait_healthy(addr: SocketAddr, tls: &TlsClient, sources: &SourcePool) -> Result<(), String> {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let mut last = String::from("no answer");
-    while Instant::now() < deadline {
-        match HttpConn::connect(addr, Some(tls), sources) {
-            Ok(mut c) => {
-                if c.healthy() {
-                    return Ok(());
-                }
-                last = "GET /health not 200".into();
-            }
-            Err(e) => last = e.to_string(),
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Err(format!("not healthy after 15 s ({last})"))
 }
 
 #[cfg(test)]

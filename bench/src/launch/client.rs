@@ -14,7 +14,6 @@ use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use socket2::{Domain, Socket, Type};
 
 use crate::net::SourcePool;
 use crate::tls::{TlsClient, TlsStream};
@@ -224,24 +223,7 @@ impl ClientStream {
         tls: Option<&TlsClient>,
         source: IpAddr,
     ) -> io::Result<ClientStream> {
-        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-        socket.set_nodelay(true)?;
-        if addr.ip().is_loopback() {
-            // Let connect() pick the port per (source, destination) pair instead of bind()
-            // reserving one per source address (IP_BIND_ADDRESS_NO_PORT, Linux 4.2).
-            let one: libc::c_int = 1;
-            // SAFETY: valid fd, option value is a c_int of the given size.
-            unsafe {
-                libc::setsockopt(
-                    std::os::fd::AsRawFd::as_raw_fd(&socket),
-                    libc::IPPROTO_IP,
-                    libc::IP_BIND_ADDRESS_NO_PORT,
-                    (&one as *const libc::c_int).cast(),
-                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-                );
-            }
-            socket.bind(&SocketAddr::new(source, 0).into())?;
-        }
+        let socket = crate::net::socket_from(addr, addr.ip().is_loopback().then_some(source))?;
         socket.connect_timeout(&addr.into(), Duration::from_secs(5))?;
         let sock: TcpStream = socket.into();
         sock.set_read_timeout(Some(ANSWER_TIMEOUT))?;

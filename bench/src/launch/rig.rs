@@ -19,6 +19,7 @@ use crate::login_launch::farm::{self, free_loopback_addr, BrokerProcess, FarmDir
 use crate::login_launch::load::Agents;
 use crate::net::SourcePool;
 use crate::standin::{Kind, StandIn, StandInHandle};
+use crate::tls::TlsClient;
 use crate::BenchError;
 
 use super::client::HttpConn;
@@ -429,7 +430,7 @@ impl Rig {
             (GATEWAY, gateway_addrs.front, &gateway),
             (FORWARDER, forwarder_addr, &forwarder),
         ] {
-            wait_healthy(addr).map_err(|detail| BenchError::NoProgress {
+            wait_healthy(addr, None).map_err(|detail| BenchError::NoProgress {
                 target: addr,
                 detail: format!("{name}: {detail}: {}", node.log_tail()),
             })?;
@@ -513,7 +514,7 @@ fn start_storm_nodes(
         dir.path(),
     );
     let gateway_2 = dir.start_node(GATEWAY_2, &text, front_2)?;
-    wait_healthy(front_2).map_err(|detail| BenchError::NoProgress {
+    wait_healthy(front_2, None).map_err(|detail| BenchError::NoProgress {
         target: front_2,
         detail: format!("{GATEWAY_2}: {detail}: {}", gateway_2.log_tail()),
     })?;
@@ -639,13 +640,14 @@ fn admin_get(admin: SocketAddr, path: &str) -> Result<Vec<u8>, String> {
     Ok(a.body)
 }
 
-/// Waits up to 15 s until `GET /health` at `addr` answers 200 (a broker link is up).
-fn wait_healthy(addr: SocketAddr) -> Result<(), String> {
+/// Waits up to 15 s until `GET /health` at `addr` (over TLS with `tls`) answers 200: the
+/// gateway's broker link is up.
+pub(crate) fn wait_healthy(addr: SocketAddr, tls: Option<&TlsClient>) -> Result<(), String> {
     let sources = SourcePool::new(addr, 1);
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut last = String::from("no answer");
     while Instant::now() < deadline {
-        match HttpConn::connect(addr, None, &sources) {
+        match HttpConn::connect(addr, tls, &sources) {
             Ok(mut c) => {
                 if c.healthy() {
                     return Ok(());

@@ -14,6 +14,9 @@ use std::time::Duration;
 
 use gatehouse_bench::standin::{Kind, StandIn};
 
+#[path = "support/quick.rs"]
+mod quick;
+
 /// A thread-per-connection relay that holds each chunk from the client for
 /// `per_connection` times the number of connections open through it: a proxy whose added
 /// latency grows with load, known in advance.
@@ -83,22 +86,11 @@ const STEP_KEYS: &[&str] = &[
     "passed",
 ];
 
-/// The gatehouse binary of the same target directory and profile as this test's binary.
-fn gatehouse() -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_BIN_EXE_gatehouse-bench")).with_file_name("gatehouse");
-    assert!(
-        path.is_file(),
-        "{} is missing: build it first (`cargo build -p gatehouse`, or run `cargo test --workspace`)",
-        path.display()
-    );
-    path
-}
-
 /// A quick two-step run of a TLS mode; returns the JSON report.
 fn quick_tls_run(mode: &str) -> serde_json::Value {
     let out = Command::new(env!("CARGO_BIN_EXE_gatehouse-bench"))
         .args(["capacity", "--mode", mode, "--gatehouse"])
-        .arg(gatehouse())
+        .arg(quick::gatehouse())
         .args([
             "--steps",
             "6,12",

@@ -5,36 +5,12 @@
 //! the storm reached both gateways with every user at a desktop, and that the figures hang
 //! together with the servers' own counters.
 
-use std::path::PathBuf;
-use std::process::Command;
-
-/// The gatehouse binary of the same target directory and profile as this test's binary.
-fn gatehouse() -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_BIN_EXE_gatehouse-bench")).with_file_name("gatehouse");
-    assert!(
-        path.is_file(),
-        "{} is missing: build it first (`cargo build -p gatehouse`, or run `cargo test --workspace`)",
-        path.display()
-    );
-    path
-}
+#[path = "support/quick.rs"]
+mod quick;
 
 #[test]
 fn quick_run_opens_tunnels_on_every_path_without_errors() {
-    let out = Command::new(env!("CARGO_BIN_EXE_gatehouse-bench"))
-        .args(["launch", "--quick", "--json", "--gatehouse"])
-        .arg(gatehouse())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "launch failed: {stderr}");
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "not JSON ({e}): {}\n{stderr}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    });
-    eprintln!("{stderr}");
+    let v = quick::quick_run("launch");
     assert_eq!(v["schema"], "gatehouse-bench/launch-1");
     assert_eq!(v["scenario"], "launch");
     let paths = ["direct", "gateway", "gateway-ssl", "forwarder-ssl"];

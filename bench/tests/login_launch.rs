@@ -3,37 +3,12 @@
 //! that both phases launched, without a refusal or failure, and that the figures hang
 //! together.
 
-use std::path::PathBuf;
-use std::process::Command;
-
-/// The gatehouse binary of the same target directory and profile as this test's binary.
-/// `cargo test --workspace` builds it (gatehouse's own tests need it).
-fn gatehouse() -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_BIN_EXE_gatehouse-bench")).with_file_name("gatehouse");
-    assert!(
-        path.is_file(),
-        "{} is missing: build it first (`cargo build -p gatehouse`, or run `cargo test --workspace`)",
-        path.display()
-    );
-    path
-}
+#[path = "support/quick.rs"]
+mod quick;
 
 #[test]
 fn quick_run_launches_in_both_phases_without_errors() {
-    let out = Command::new(env!("CARGO_BIN_EXE_gatehouse-bench"))
-        .args(["login-launch", "--quick", "--json", "--gatehouse"])
-        .arg(gatehouse())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "login-launch failed: {stderr}");
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "not JSON ({e}): {}\n{stderr}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    });
-    eprintln!("{stderr}");
+    let v = quick::quick_run("login-launch");
     assert_eq!(v["schema"], "gatehouse-bench/login-launch-1");
     assert_eq!(v["parameters"]["users"], 200);
 

@@ -107,6 +107,9 @@ pub struct Metrics {
     pub reloads_failed: AtomicU64,
     /// Backend health transitions.
     pub health_transitions: AtomicU64,
+    /// Backend connects whose source port connect(2) searched the whole ephemeral range for,
+    /// because no window of the engine's had a usable one (`engine::source_ports`).
+    pub source_port_fallbacks: AtomicU64,
     /// TLS clients refused before a tunnel, by reason (`not_tls`, `unknown_sni`,
     /// `handshake_timeout`, ...). Refusals are rare, so a lock is fine here.
     pub tls_refused: parking_lot::Mutex<std::collections::BTreeMap<&'static str, u64>>,
@@ -206,6 +209,12 @@ impl Metrics {
             "gatehouse_spliced_bytes_total",
             "Bytes moved with splice(2).",
             load(&self.spliced_bytes),
+        );
+        counter(
+            &mut out,
+            "gatehouse_source_port_fallbacks_total",
+            "Backend connects that searched the whole ephemeral range for a source port.",
+            load(&self.source_port_fallbacks),
         );
         header(
             &mut out,

@@ -144,9 +144,12 @@ impl Node {
         }
         let commands = crossbeam_channel::unbounded();
         let mut workers = Vec::new();
+        let count = per_worker.len();
         for (id, listeners) in per_worker.into_iter().enumerate() {
-            workers
-                .push(worker::spawn(id, shared.clone(), listeners).map_err(|e| format!("worker {id}: {e}"))?);
+            workers.push(
+                worker::spawn(id, count, shared.clone(), listeners)
+                    .map_err(|e| format!("worker {id}: {e}"))?,
+            );
         }
         let admin = match admin_listener {
             Some(l) => Some(

@@ -25,6 +25,8 @@ mod proxy;
 mod reload;
 #[path = "e2e/review.rs"]
 mod review;
+#[path = "e2e/source_ports.rs"]
+mod source_ports;
 #[path = "e2e/timeouts.rs"]
 mod timeouts;
 #[path = "e2e/tls_offload.rs"]

@@ -83,6 +83,8 @@ pub struct NodeConfig {
     /// Where the node keeps what it generates (the self-signed certificate of an offloading
     /// listener without one).
     pub state_dir: PathBuf,
+    /// Who chooses the source port of a backend connect.
+    pub source_ports: SourcePortChoice,
 }
 
 impl Default for NodeConfig {
@@ -96,6 +98,7 @@ impl Default for NodeConfig {
             user: None,
             group: None,
             state_dir: PathBuf::from("/var/lib/gatehouse"),
+            source_ports: SourcePortChoice::Engine,
         }
     }
 }
@@ -228,6 +231,18 @@ pub struct ListenerConfig {
     /// Passthrough routing by server name; `pool` takes the rest.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sni_routes: Vec<SniRoute>,
+}
+
+/// Who chooses the source port of a backend connect (`[node] source_ports`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourcePortChoice {
+    /// Each worker walks its share of the ephemeral range per backend, so connect(2) does
+    /// not search among TIME_WAIT sockets (`engine::source_ports`).
+    #[default]
+    Engine,
+    /// connect(2) picks, as for any client socket.
+    Kernel,
 }
 
 /// What a listener does with TLS.

@@ -7,6 +7,7 @@ pub mod buffers;
 pub mod flow;
 pub mod listener;
 pub mod session;
+pub mod source_ports;
 pub mod timer;
 pub mod tls_conn;
 pub mod tls_flow;

@@ -21,6 +21,7 @@ use mio::{Interest, Registry, Token};
 use socket2::SockRef;
 
 use super::flow::{End, Flow, FlowError, Pools, Ready};
+use super::source_ports::SourcePorts;
 use super::tls_conn::TlsConn;
 use super::tls_flow::TlsDirection;
 use crate::balance::{Balancer, Candidate};
@@ -194,6 +195,8 @@ pub struct Ctx<'a> {
     pub candidates: &'a mut Vec<Candidate>,
     /// Where broker answers for this worker's sessions go (gateway fronts).
     pub answers: &'a AnswerSink,
+    /// Source ports of backend connects.
+    pub ports: &'a mut SourcePorts,
 }
 
 /// One proxied connection.
@@ -690,7 +693,7 @@ impl Session {
                 let _ = header.encode(&mut payload);
             }
             payload.extend_from_slice(&early);
-            match TcpStream::connect(backend.address) {
+            match ctx.ports.connect(backend.address) {
                 Ok(mut sock) => {
                     tune_backend_socket(&sock, self.settings.keepalive);
                     if let Err(e) = ctx.registry.register(
@@ -741,9 +744,17 @@ impl Session {
         if !c.ready.writable && !c.ready.readable {
             return (Phase::Connecting(c), Step::Continue, false);
         }
-        let error = match c.sock.take_error() {
-            Ok(Some(e)) | Err(e) => Some(e),
-            Ok(None) => None,
+        // A plain writable edge means connected: the poller reports EPOLLERR (and HUP) with
+        // any pending socket error (tcp_poll), so SO_ERROR is only asked when it did, or
+        // when the edge is not the writable one.
+        let clean = c.ready.writable && !c.ready.error && !c.ready.read_closed;
+        let error = if clean {
+            None
+        } else {
+            match c.sock.take_error() {
+                Ok(Some(e)) | Err(e) => Some(e),
+                Ok(None) => None,
+            }
         };
         if let Some(e) = error {
             let step = self.connect_failed(c, e.to_string(), ctx);
@@ -755,8 +766,8 @@ impl Session {
             // that says connected (writable) or failed (error).
             return (Phase::Connecting(c), Step::Continue, false);
         }
-        // SO_ERROR is clear on a writable edge: connected. (A spurious edge would only make
-        // the first write return EAGAIN, which the flow handles like any full socket.)
+        // Connected. (A spurious edge would only make the first write return EAGAIN, which
+        // the flow handles like any full socket.)
         c.backend.runtime.failures_in_row.store(0, Ordering::Relaxed);
         self.last_activity = ctx.now;
         // A gateway tunnel: the client learns that the host accepted (`101`) only now.

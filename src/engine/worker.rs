@@ -20,8 +20,10 @@ use super::buffers::{BufferPool, PipePool};
 use super::flow::Pools;
 use super::listener::{bind, BindSpec};
 use super::session::{self, is_out_of_files, Ctx, Session, SessionSettings, Step};
+use super::source_ports::{PortPlan, SourcePorts};
 use super::timer::{TimerEntry, TimerWheel};
 use crate::broker_role::{Answer, AnswerSink};
+use crate::config::SourcePortChoice;
 use crate::metrics::{CloseReason, PauseReason};
 use crate::shared::{Lifecycle, Shared, Snapshot};
 
@@ -52,6 +54,7 @@ pub struct WorkerHandle {
 /// privilege drop and errors surface at start-up.
 pub fn spawn(
     id: usize,
+    workers: usize,
     shared: Arc<Shared>,
     listeners: Vec<(String, StdListener)>,
 ) -> io::Result<WorkerHandle> {
@@ -61,7 +64,7 @@ pub fn spawn(
     let thread = std::thread::Builder::new()
         .name(format!("worker-{id}"))
         .spawn(move || {
-            let mut worker = Worker::new(id, poll, waker, shared);
+            let mut worker = Worker::new(id, workers, poll, waker, shared);
             for (name, socket) in listeners {
                 worker.adopt_listener(name, socket);
             }
@@ -85,6 +88,7 @@ macro_rules! worker_ctx {
             now: $now,
             candidates: &mut $worker.candidates,
             answers: &$worker.answers,
+            ports: &mut $worker.ports,
         }
     };
 }
@@ -104,6 +108,8 @@ struct Worker {
     bufs: BufferPool,
     pipes: PipePool,
     candidates: Vec<crate::balance::Candidate>,
+    /// Source ports of backend connects.
+    ports: SourcePorts,
     /// Broker answers for gateway sessions (the control client sends them, then wakes us).
     answers: AnswerSink,
     answers_rx: crossbeam_channel::Receiver<Answer>,
@@ -145,8 +151,12 @@ fn session_settings(snapshot: &Snapshot) -> Vec<Arc<SessionSettings>> {
 }
 
 impl Worker {
-    fn new(id: usize, poll: Poll, waker: Arc<Waker>, shared: Arc<Shared>) -> Self {
+    fn new(id: usize, workers: usize, poll: Poll, waker: Arc<Waker>, shared: Arc<Shared>) -> Self {
         let snapshot = shared.snapshot();
+        let ports = SourcePorts::new(
+            PortPlan::from_system(id, workers),
+            snapshot.config.node.source_ports == SourcePortChoice::Engine,
+        );
         let (answers_tx, answers_rx) = crossbeam_channel::unbounded();
         Worker {
             id,
@@ -162,6 +172,7 @@ impl Worker {
             bufs: BufferPool::new(256),
             pipes: PipePool::new(4096, 256),
             candidates: Vec::new(),
+            ports,
             answers: AnswerSink::new(answers_tx, Some(waker)),
             answers_rx,
             accept_paused: false,
@@ -257,6 +268,13 @@ impl Worker {
             self.deliver_answers(now);
             for idx in accept_from {
                 self.accept(idx, now);
+            }
+            let fallbacks = self.ports.take_fallbacks();
+            if fallbacks > 0 {
+                self.shared
+                    .metrics
+                    .source_port_fallbacks
+                    .fetch_add(fallbacks, Ordering::Relaxed);
             }
             self.timers.advance(now, &mut due);
             for entry in due.drain(..) {
@@ -527,6 +545,14 @@ impl Worker {
         self.snapshot = self.shared.snapshot();
         self.settings = session_settings(&self.snapshot);
         session::retain_balancers(&self.snapshot.pools);
+        self.ports
+            .set_enabled(self.snapshot.config.node.source_ports == SourcePortChoice::Engine);
+        let pools = &self.snapshot.pools;
+        self.ports.retain(|addr| {
+            pools
+                .iter()
+                .any(|p| p.backends.iter().any(|b| b.address == *addr))
+        });
         if self.draining {
             return;
         }

@@ -52,6 +52,12 @@ fn each_error_names_file_line_and_key() {
     let cases: Vec<(&str, String, usize, &str)> = vec![
         ("unknown key", with_line(12, "colour = \"red\""), 12, "colour"),
         ("wrong type", with_line(2, "workers = \"two\""), 2, "workers"),
+        (
+            "unknown source-port choice",
+            with_line(2, "workers = 1\nsource_ports = \"random\""),
+            3,
+            "source_ports",
+        ),
         ("port 0", with_line(10, "bind = \"127.0.0.1:0\""), 10, "bind"),
         (
             "empty pool",

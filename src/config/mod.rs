@@ -213,7 +213,8 @@ pub struct ListenerConfig {
     /// ALPN protocols in order of preference (empty: no ALPN).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub alpn: Vec<String>,
-    /// Cipher suites by IANA name, in order of preference (empty: the provider's defaults).
+    /// Cipher suites by IANA name, in the server's order of preference (empty: the
+    /// defaults, `tls::suite_rank`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ciphers: Vec<String>,
     /// Key-exchange groups (`X25519`, `P-256`, `P-384`), in order of preference.

@@ -60,7 +60,14 @@ impl Session {
                     self.client_ready.read_closed = true;
                     break;
                 }
-                Ok(n) => h.buf.extend_from_slice(&chunk[..n]),
+                Ok(n) => {
+                    h.buf.extend_from_slice(&chunk[..n]);
+                    if n < want && !self.client_ready.read_closed {
+                        // A short read drained the socket; the next bytes raise a new edge
+                        // (a FIN already reported raises none: then read on to the EOF).
+                        self.client_ready.readable = false;
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.client_ready.readable = false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
@@ -106,7 +113,7 @@ impl Session {
             }
             Ok(client_hello::Read::Hello(hello)) => {
                 if self.settings.tls.terminates() {
-                    return self.start_handshake(h, hello.server_name.as_deref(), ctx);
+                    return self.start_handshake(h, &hello, ctx);
                 }
                 // Passthrough: the bytes go on unchanged, to the pool the name routes to.
                 if let Some(name) = hello.server_name.as_deref() {
@@ -130,7 +137,7 @@ impl Session {
     pub(super) fn start_handshake(
         &mut self,
         h: Hello,
-        server_name: Option<&str>,
+        hello: &client_hello::ClientHello,
         ctx: &mut Ctx<'_>,
     ) -> (Phase, Step, bool) {
         let Some(tls) = self.settings.server_tls.clone() else {
@@ -138,8 +145,9 @@ impl Session {
         };
         // Asked first so the refusal names its reason; rustls then fails the same way and
         // queues the alert the client gets.
-        let refusal = tls.resolver.choose(server_name).err();
-        let mut conn = match LeanServer::new(tls.config.clone(), h.buf) {
+        let refusal = tls.resolver.choose(hello.server_name.as_deref()).err();
+        let config = tls.for_hello(hello.prefers_chacha20).clone();
+        let mut conn = match LeanServer::new(config, h.buf) {
             Ok(c) => Box::new(TlsConn::Server(c)),
             Err(e) => return self.refuse("tls_setup", e, ctx),
         };

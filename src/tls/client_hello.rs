@@ -84,6 +84,9 @@ pub struct ClientHello {
     /// The supported_versions extension in the client's order, GREASE values included;
     /// empty when absent (a client that offers TLS 1.2 or older only).
     pub supported_versions: Vec<u16>,
+    /// Whether the client's most preferred cipher suite (GREASE skipped) is a
+    /// ChaCha20-Poly1305 one: a client without AES instructions says so this way.
+    pub prefers_chacha20: bool,
     /// How many bytes from the start of the buffer the records carrying the hello take.
     /// The shell forwards them (and anything after) unchanged.
     pub wire_len: usize,
@@ -348,6 +351,7 @@ fn parse_body(body: &[u8]) -> Result<ClientHello, HelloError> {
         alpn: Vec::new(),
         legacy_version,
         supported_versions: Vec::new(),
+        prefers_chacha20: leads_with_chacha20(suites),
         wire_len: 0,
     };
     if r.is_empty() {
@@ -379,6 +383,17 @@ fn parse_body(body: &[u8]) -> Result<ClientHello, HelloError> {
         }
     }
     Ok(hello)
+}
+
+/// Whether the first cipher suite that is not a GREASE value (RFC 8701 §2: `0x?A?A`) is
+/// TLS_CHACHA20_POLY1305_SHA256 (RFC 8446 §B.4) or an ECDHE ChaCha20 suite of TLS 1.2
+/// (RFC 7905 §2: 0xCCA8-0xCCAE).
+fn leads_with_chacha20(suites: &[u8]) -> bool {
+    suites
+        .chunks_exact(2)
+        .map(|c| u16::from_be_bytes([c[0], c[1]]))
+        .find(|&s| !(s & 0x0f0f == 0x0a0a && s >> 8 == s & 0xff))
+        .is_some_and(|s| s == 0x1303 || (0xcca8..=0xccae).contains(&s))
 }
 
 /// RFC 6066 §3: `ServerName server_name_list<1..2^16-1>`, at most one `host_name` (type 0).

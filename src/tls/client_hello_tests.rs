@@ -392,3 +392,29 @@ proptest! {
         prop_assert!(matches!(read(&wire), Ok(Read::Hello(_))));
     }
 }
+
+/// A hello offering `suites` (and nothing else) in one record.
+fn hello_offering(suites: &[u16]) -> Vec<u8> {
+    let mut body = vec![0x03, 0x03];
+    body.extend_from_slice(&[0xab; 32]);
+    body.push(0);
+    body.extend_from_slice(&((suites.len() * 2) as u16).to_be_bytes());
+    for s in suites {
+        body.extend_from_slice(&s.to_be_bytes());
+    }
+    body.extend_from_slice(&[0x01, 0x00]);
+    wrap_hello(&body)
+}
+
+#[test]
+fn a_client_leading_with_chacha20_is_told_apart() {
+    // OpenSSL's default order leads with TLS_AES_256_GCM_SHA384.
+    assert!(!hello(&unhex(OPENSSL_TLS13)).prefers_chacha20);
+    assert!(hello(&hello_offering(&[0x1303, 0x1301])).prefers_chacha20);
+    // GREASE first (RFC 8701) is skipped.
+    assert!(hello(&hello_offering(&[0x3a3a, 0x1303, 0x1301])).prefers_chacha20);
+    assert!(!hello(&hello_offering(&[0x3a3a, 0x1301, 0x1303])).prefers_chacha20);
+    // TLS 1.2 ECDHE ChaCha20 suites count too; 0x0a1a is not GREASE.
+    assert!(hello(&hello_offering(&[0xcca9, 0xc02b])).prefers_chacha20);
+    assert!(!hello(&hello_offering(&[0x0a1a, 0x1303])).prefers_chacha20);
+}

@@ -11,7 +11,11 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
-use rustls::server::{ClientHello, NoServerSessionStorage, ResolvesServerCert, ServerSessionMemoryCache};
+use rustls::crypto::CryptoProvider;
+use rustls::server::{
+    ClientHello, NoServerSessionStorage, ProducesTickets, ResolvesServerCert, ServerSessionMemoryCache,
+    StoresServerSessions,
+};
 use rustls::sign::CertifiedKey;
 use rustls::{ServerConfig, SupportedProtocolVersion};
 
@@ -93,8 +97,10 @@ pub struct ServerTlsSettings {
 /// A built server configuration and its certificate chooser.
 #[derive(Debug, Clone)]
 pub struct ServerTls {
-    /// What each session's `ServerConnection` is made from.
+    /// What each session's `ServerConnection` is made from (see [`ServerTls::for_hello`]).
     pub config: Arc<ServerConfig>,
+    /// The same with ChaCha20-Poly1305 suites first, for clients that lead with them.
+    chacha_first: Option<Arc<ServerConfig>>,
     /// The chooser inside `config`, for the engine to ask before handshaking (reasons).
     pub resolver: Arc<SniResolver>,
     // ticket rotation (issue 3): the timer in `super::rotation` refreshes these keys.
@@ -187,29 +193,41 @@ impl ServerTls {
             MinVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
             MinVersion::Tls13 => &[&rustls::version::TLS13],
         };
-        let mut config = ServerConfig::builder_with_provider(Arc::new(provider))
-            .with_protocol_versions(versions)
-            .map_err(|e| TlsSetupError::Rustls(e.to_string()))?
-            .with_no_client_auth()
-            .with_cert_resolver(resolver.clone());
-        config.alpn_protocols = settings.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
-        config.session_storage = if settings.session_cache_size == 0 {
+        // Both configurations below share the session cache and the ticket keys (a client
+        // sends the same suites again, so its next hello picks the same configuration, and
+        // rustls resumes a session only with the suite it was made with).
+        let storage: Arc<dyn StoresServerSessions> = if settings.session_cache_size == 0 {
             Arc::new(NoServerSessionStorage {})
         } else {
             ServerSessionMemoryCache::new(settings.session_cache_size)
         };
-        config.ticketer = match &settings.tickets {
+        let ticketer: Arc<dyn ProducesTickets> = match &settings.tickets {
             Tickets::Off => Arc::new(NeverTickets),
             Tickets::Local => {
                 rustls::crypto::ring::Ticketer::new().map_err(|e| TlsSetupError::Rustls(e.to_string()))?
             }
             Tickets::Shared(t) => t.clone(),
         };
-        if matches!(settings.tickets, Tickets::Off) && settings.session_cache_size == 0 {
-            config.send_tls13_tickets = 0;
-        }
+        let make = |provider: CryptoProvider| -> Result<Arc<ServerConfig>, TlsSetupError> {
+            let mut config = ServerConfig::builder_with_provider(Arc::new(provider))
+                .with_protocol_versions(versions)
+                .map_err(|e| TlsSetupError::Rustls(e.to_string()))?
+                .with_no_client_auth()
+                .with_cert_resolver(resolver.clone());
+            // The server's order decides (as HAProxy's default), see `super::suite_rank`.
+            config.ignore_client_order = true;
+            config.alpn_protocols = settings.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+            config.session_storage = storage.clone();
+            config.ticketer = ticketer.clone();
+            if matches!(settings.tickets, Tickets::Off) && settings.session_cache_size == 0 {
+                config.send_tls13_tickets = 0;
+            }
+            Ok(Arc::new(config))
+        };
+        let chacha_first = chacha_first(&provider).map(&make).transpose()?;
         Ok(ServerTls {
-            config: Arc::new(config),
+            config: make(provider)?,
+            chacha_first,
             resolver,
             shared_tickets: match &settings.tickets {
                 Tickets::Shared(t) => Some(t.clone()),
@@ -217,6 +235,32 @@ impl ServerTls {
             },
         })
     }
+
+    /// The configuration for a client whose hello leads with a ChaCha20-Poly1305 suite
+    /// (`prefers_chacha20`): the server's order with ChaCha20 moved first, as OpenSSL's
+    /// PRIORITIZE_CHACHA does, because such a client has no AES instructions and AES-GCM
+    /// would be slow for it; for everyone else, the server's order.
+    pub fn for_hello(&self, prefers_chacha20: bool) -> &Arc<ServerConfig> {
+        match (&self.chacha_first, prefers_chacha20) {
+            (Some(config), true) => config,
+            _ => &self.config,
+        }
+    }
+}
+
+/// `provider` with its ChaCha20-Poly1305 suites moved to the front of each version's
+/// suites (TLS 1.3 still before 1.2); `None` when it has none or they lead already.
+fn chacha_first(provider: &CryptoProvider) -> Option<CryptoProvider> {
+    let is_chacha = |s: &rustls::SupportedCipherSuite| format!("{:?}", s.suite()).contains("CHACHA20");
+    let first = provider.cipher_suites.first()?;
+    if is_chacha(first) || !provider.cipher_suites.iter().any(is_chacha) {
+        return None;
+    }
+    let mut reordered = provider.clone();
+    reordered
+        .cipher_suites
+        .sort_by_key(|s| (s.version() != &rustls::version::TLS13, !is_chacha(s)));
+    Some(reordered)
 }
 
 /// Why no certificate was chosen for a client.

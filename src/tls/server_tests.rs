@@ -19,6 +19,7 @@ struct Outcome {
     version: Option<ProtocolVersion>,
     alpn: Option<Vec<u8>>,
     kind: Option<HandshakeKind>,
+    suite: Option<String>,
 }
 
 fn client_config(
@@ -82,6 +83,7 @@ fn handshake(client: &Arc<ClientConfig>, server: &Arc<ServerConfig>, name: &str)
                 version: c.protocol_version(),
                 alpn: c.alpn_protocol().map(<[u8]>::to_vec),
                 kind: s.handshake_kind(),
+                suite: c.negotiated_cipher_suite().map(|s| format!("{:?}", s.suite())),
             });
         }
     }
@@ -320,4 +322,57 @@ fn tls12_resumes_by_session_id_on_one_node() {
     handshake(&client, &tls.config, "a.example.test").expect("full");
     let again = handshake(&client, &tls.config, "a.example.test").expect("resumed");
     assert_eq!(again.kind, Some(HandshakeKind::Resumed));
+}
+
+/// A client whose suites come in `order` (names as rustls spells them), like a client
+/// without AES instructions that leads with ChaCha20.
+fn client_with_suites(pki: &Pki, order: &[&str]) -> Arc<ClientConfig> {
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider.cipher_suites = order
+        .iter()
+        .map(|name| {
+            *provider
+                .cipher_suites
+                .iter()
+                .find(|s| format!("{:?}", s.suite()) == *name)
+                .expect("a ring suite")
+        })
+        .collect();
+    let mut roots = RootCertStore::empty();
+    roots.add(pki.root.der().clone()).expect("root parses");
+    let config = ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(BOTH)
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Arc::new(config)
+}
+
+#[test]
+fn the_server_order_decides_except_for_a_chacha20_client() {
+    let pki = Pki::new();
+    let tls = ServerTls::build(&two_cert_settings(&pki, true)).expect("builds");
+    // rustls' (and OpenSSL's) clients lead with AES-256: the server's AES-128 wins.
+    let aes_first = client_with_suites(
+        &pki,
+        &[
+            "TLS13_AES_256_GCM_SHA384",
+            "TLS13_AES_128_GCM_SHA256",
+            "TLS13_CHACHA20_POLY1305_SHA256",
+        ],
+    );
+    let out = handshake(&aes_first, tls.for_hello(false), "a.example.test").expect("ok");
+    assert_eq!(out.suite.as_deref(), Some("TLS13_AES_128_GCM_SHA256"));
+    // A client that leads with ChaCha20 gets it.
+    let chacha_first = client_with_suites(
+        &pki,
+        &["TLS13_CHACHA20_POLY1305_SHA256", "TLS13_AES_256_GCM_SHA384"],
+    );
+    let out = handshake(&chacha_first, tls.for_hello(true), "a.example.test").expect("ok");
+    assert_eq!(out.suite.as_deref(), Some("TLS13_CHACHA20_POLY1305_SHA256"));
+    // The configurations share the ticket keys: the same client (whose hello picks the same
+    // configuration) resumes; rustls resumes only into the suite the session was made with.
+    let again = handshake(&chacha_first, tls.for_hello(true), "a.example.test").expect("resumed");
+    assert_eq!(again.kind, Some(rustls::HandshakeKind::Resumed));
+    assert_eq!(again.suite.as_deref(), Some("TLS13_CHACHA20_POLY1305_SHA256"));
 }

@@ -250,6 +250,58 @@ fn s_client_tls12_tls13_sni_and_verify_through_offload() {
 }
 
 #[test]
+fn the_server_picks_aes128_unless_the_client_leads_with_chacha20() {
+    if !have_tool("openssl") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path(), "Suite Test CA");
+    let echo = EchoServer::start(None);
+    let (admin, listen) = addrs();
+    let _g = Gatehouse::start(
+        &offload_config(admin, listen, echo.addr, &two_certs(&ca), dir.path()),
+        admin,
+    );
+    // OpenSSL's client leads with AES-256 (TLS_AES_256_GCM_SHA384, ECDHE-*-AES256-GCM-SHA384).
+    for (args, cipher) in [
+        (&["-tls1_3"][..], "Cipher is TLS_AES_128_GCM_SHA256"),
+        (&["-tls1_2"][..], "AES128-GCM-SHA256"),
+        (
+            &[
+                "-tls1_3",
+                "-ciphersuites",
+                "TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_GCM_SHA256",
+            ][..],
+            "Cipher is TLS_CHACHA20_POLY1305_SHA256",
+        ),
+        (
+            &[
+                "-tls1_2",
+                "-cipher",
+                "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-ECDSA-AES128-GCM-SHA256",
+            ][..],
+            "CHACHA20-POLY1305",
+        ),
+    ] {
+        let mut all = vec!["-servername", "a.test"];
+        all.extend_from_slice(args);
+        let out = s_client(listen, &all, Some(b"suite-ping\n"));
+        let line = out
+            .stdout
+            .lines()
+            .find(|l| l.contains("Cipher is"))
+            .unwrap_or("no cipher line");
+        println!("{args:?}: {line}");
+        assert!(
+            out.success && line.contains(cipher),
+            "{args:?}: want {cipher}\n{}\n{}",
+            out.stdout,
+            out.stderr
+        );
+    }
+}
+
+#[test]
 fn curl_through_offload_to_http_backend() {
     if !have_tool("curl") || !have_tool("python3") {
         return;

@@ -183,9 +183,10 @@ impl Session {
             if !self.client_ready.readable {
                 return (Phase::Handshake(hs), Step::Continue, false);
             }
-            match hs.conn.read_tls(&mut ReadFrom(&self.client)) {
+            let mut from = ReadFrom::new(&self.client);
+            match hs.conn.read_tls(&mut from) {
                 Ok(0) => return self.refuse("handshake_eof", "client closed during the handshake", ctx),
-                Ok(_) => {}
+                Ok(_) => from.settle(&mut self.client_ready),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.client_ready.readable = false;
                     continue;

@@ -277,10 +277,11 @@ pub(super) fn read_plaintext(
     if !ready.readable || !conn.wants_read() {
         return Ok(Got::Nothing { moved: false });
     }
-    match conn.read_tls(&mut ReadFrom(sock)) {
+    let mut from = ReadFrom::new(sock);
+    match conn.read_tls(&mut from) {
         // EOF: the next reader() call sees close_notify or the truncation.
         Ok(0) => ready.readable = false,
-        Ok(_) => {}
+        Ok(_) => from.settle(ready),
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
             ready.readable = false;
             return Ok(Got::Nothing { moved: false });
@@ -292,12 +293,35 @@ pub(super) fn read_plaintext(
     Ok(Got::Nothing { moved: true })
 }
 
-/// Reads a socket through a shared reference (mio implements `Read` for `&TcpStream`).
-pub struct ReadFrom<'a>(pub &'a mio::net::TcpStream);
+/// Reads a socket through a shared reference (mio implements `Read` for `&TcpStream`) and
+/// notes whether a read came back short.
+pub struct ReadFrom<'a> {
+    sock: &'a mio::net::TcpStream,
+    short: bool,
+}
+
+impl<'a> ReadFrom<'a> {
+    /// A reader of `sock`.
+    pub fn new(sock: &'a mio::net::TcpStream) -> Self {
+        ReadFrom { sock, short: false }
+    }
+
+    /// After a read: a short one means the socket's queue was empty at that moment, and with
+    /// edge-triggered polling any later arrival raises a new edge, so readiness is cleared
+    /// and the EAGAIN read is skipped (unless the peer's FIN was reported, which raises no
+    /// further edge: then reads go on to the EOF).
+    pub fn settle(&self, ready: &mut super::flow::Ready) {
+        if self.short && !ready.read_closed {
+            ready.readable = false;
+        }
+    }
+}
 
 impl Read for ReadFrom<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        (&*self.0).read(buf)
+        let n = (&*self.sock).read(buf)?;
+        self.short = n > 0 && n < buf.len();
+        Ok(n)
     }
 }
 
@@ -336,5 +360,82 @@ fn write_error(e: io::Error) -> FlowError {
         FlowError::DestinationReset
     } else {
         FlowError::Destination(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+
+    use super::super::flow::Ready;
+    use super::ReadFrom;
+
+    /// A connected pair: a mio stream (read by `ReadFrom`) and the std stream feeding it.
+    fn pair() -> (mio::net::TcpStream, std::net::TcpStream) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let feeder = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        accepted.set_nonblocking(true).unwrap();
+        (mio::net::TcpStream::from_std(accepted), feeder)
+    }
+
+    fn ready() -> Ready {
+        Ready {
+            readable: true,
+            ..Ready::default()
+        }
+    }
+
+    /// Reads until bytes come (the feeder's write crosses loopback asynchronously).
+    fn read_some(from: &mut ReadFrom<'_>, buf: &mut [u8]) -> usize {
+        for _ in 0..1000 {
+            match from.read(buf) {
+                Ok(n) => return n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(std::time::Duration::from_millis(1))
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        panic!("no bytes arrived");
+    }
+
+    #[test]
+    fn a_short_read_clears_readiness_unless_a_fin_was_reported() {
+        let (sock, mut feeder) = pair();
+        feeder.write_all(&[7; 10]).unwrap();
+        let mut from = ReadFrom::new(&sock);
+        assert_eq!(read_some(&mut from, &mut [0; 100]), 10);
+        let mut r = ready();
+        from.settle(&mut r);
+        assert!(!r.readable, "10 of 100: the queue was empty");
+        // With the peer's FIN reported there is no further edge: reads go on.
+        let mut r = Ready {
+            read_closed: true,
+            ..ready()
+        };
+        from.settle(&mut r);
+        assert!(r.readable);
+    }
+
+    #[test]
+    fn a_full_read_keeps_readiness() {
+        let (sock, mut feeder) = pair();
+        feeder.write_all(&[7; 64]).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let mut from = ReadFrom::new(&sock);
+        assert_eq!(read_some(&mut from, &mut [0; 32]), 32);
+        let mut r = ready();
+        from.settle(&mut r);
+        assert!(r.readable, "32 of 32: more may wait");
+        // A read of nothing (EOF) is not a short read either.
+        drop(feeder);
+        let mut rest = [0; 64];
+        assert_eq!(read_some(&mut from, &mut rest), 32);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert_eq!(read_some(&mut from, &mut rest), 0);
+        let mut r = ready();
+        from.settle(&mut r);
+        assert!(r.readable);
     }
 }

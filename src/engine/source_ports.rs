@@ -139,22 +139,23 @@ impl SourcePorts {
     /// caller's.
     pub fn connect(&mut self, backend: SocketAddr) -> io::Result<TcpStream> {
         if self.enabled {
-            match self.connect_in_window(backend) {
-                Ok(Some(sock)) => return Ok(sock),
-                Ok(None) => self.fallbacks += 1,
-                Err(e) if e.raw_os_error() == Some(libc::ENOPROTOOPT) => {
-                    // A kernel older than 6.3: search the whole range from now on.
-                    tracing::debug!("IP_LOCAL_PORT_RANGE not supported; connect(2) chooses ports");
+            match self.connect_in_window(backend)? {
+                Windowed::Connecting(sock) => return Ok(sock),
+                Windowed::Full => self.fallbacks += 1,
+                Windowed::Unsupported(e) => {
+                    // A kernel older than 6.3 (or one that refuses the option for this
+                    // family): search the whole range from now on.
+                    tracing::warn!("IP_LOCAL_PORT_RANGE refused ({e}); connect(2) chooses source ports");
                     self.enabled = false;
                 }
-                Err(e) => return Err(e),
             }
         }
         TcpStream::connect(backend)
     }
 
-    /// `Ok(None)`: no port of [`ATTEMPTS`] windows could be used for this backend.
-    fn connect_in_window(&mut self, backend: SocketAddr) -> io::Result<Option<TcpStream>> {
+    /// A connect from the backend's next window with a usable port, trying [`ATTEMPTS`]
+    /// windows.
+    fn connect_in_window(&mut self, backend: SocketAddr) -> io::Result<Windowed> {
         let windows = self.plan.windows();
         let cursor = self
             .cursors
@@ -162,7 +163,7 @@ impl SourcePorts {
             .or_insert_with(|| start_window(backend, windows));
         for _ in 0..ATTEMPTS {
             let Some((first, last)) = self.plan.window(*cursor) else {
-                return Ok(None);
+                return Ok(Windowed::Full);
             };
             *cursor = (*cursor + 1) % windows;
             let sock = Socket::new(
@@ -170,7 +171,9 @@ impl SourcePorts {
                 Type::STREAM.nonblocking().cloexec(),
                 Some(Protocol::TCP),
             )?;
-            set_local_port_range(&sock, first, last)?;
+            if let Err(e) = set_local_port_range(&sock, first, last) {
+                return Ok(Windowed::Unsupported(e));
+            }
             match sock.connect(&backend.into()) {
                 Ok(()) => {}
                 Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
@@ -178,10 +181,20 @@ impl SourcePorts {
                 Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => continue,
                 Err(e) => return Err(e),
             }
-            return Ok(Some(TcpStream::from_std(sock.into())));
+            return Ok(Windowed::Connecting(TcpStream::from_std(sock.into())));
         }
-        Ok(None)
+        Ok(Windowed::Full)
     }
+}
+
+/// How a connect from a window went.
+enum Windowed {
+    /// Connecting (or connected) from a port of a window.
+    Connecting(TcpStream),
+    /// No port of the windows tried could be used for this backend.
+    Full,
+    /// The kernel refused to narrow the range.
+    Unsupported(io::Error),
 }
 
 /// Narrows the ports connect(2) may choose for `sock` to `first..=last`.
@@ -341,5 +354,25 @@ mod tests {
         }
         assert!(outside > 0);
         assert_eq!(ports.take_fallbacks(), 0);
+    }
+
+    #[test]
+    fn ipv6_backends_get_windows_too() {
+        let Ok(server) = TcpListener::bind("[::1]:0") else {
+            eprintln!("SKIP ipv6_backends_get_windows_too: no IPv6 loopback here");
+            return;
+        };
+        let backend = server.local_addr().unwrap();
+        let ((first, last), _) = free_window(false);
+        let mut ports = SourcePorts::new(PortPlan::new(first, last, 0, 1), true);
+        let _sock = ports.connect(backend).unwrap();
+        let (_, peer) = server.accept().unwrap();
+        assert!(peer.is_ipv6());
+        assert!(
+            (first..=last).contains(&peer.port()),
+            "port {} outside {first}-{last}",
+            peer.port()
+        );
+        assert!(ports.enabled);
     }
 }

@@ -13,6 +13,7 @@ pub mod client;
 pub mod demo;
 pub mod farm_pki;
 pub mod link;
+pub mod resolver;
 pub mod server;
 
 use std::net::SocketAddr;

@@ -27,6 +27,7 @@ use gatehouse_control::message::{self, Event, Inbound, Reply, Request};
 
 use super::agent::{MAX_BACKOFF, MIN_BACKOFF};
 use super::link::{our_hello, Link};
+use super::resolver::Resolver;
 
 /// How a gateway's control client is set up.
 #[derive(Clone)]
@@ -70,7 +71,14 @@ impl AnswerSink {
         Self { tx, waker }
     }
 
+    /// Hands `answer` to the worker; a reply that names a session host gets the host's
+    /// address first (a name is looked up on a resolver thread, see `super::resolver`).
     fn deliver(&self, answer: Answer) {
+        Resolver::shared().complete(answer, self);
+    }
+
+    /// Hands `answer` to the worker as it is, and wakes it.
+    pub(super) fn send(&self, answer: Answer) {
         if self.tx.send(answer).is_ok() {
             if let Some(w) = &self.waker {
                 let _ = w.wake();
@@ -95,6 +103,10 @@ pub struct BrokerReply {
     pub broker: String,
     /// The reply (a `refused` is a reply, not a failure).
     pub reply: Reply,
+    /// The address of the session host a `redeemed` or `host_chosen` reply names, looked up
+    /// before the worker sees it; `None` for other replies and for a name that does not
+    /// resolve.
+    pub host_address: Option<SocketAddr>,
 }
 
 /// Why a request got no reply.
@@ -512,7 +524,11 @@ impl Control {
                                 }
                             }
                         }
-                        Ok(BrokerReply { broker, reply })
+                        Ok(BrokerReply {
+                            broker,
+                            reply,
+                            host_address: None,
+                        })
                     }
                     Ok(reply) => Err(ClientFailure::BadResponse {
                         broker,

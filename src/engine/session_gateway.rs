@@ -11,7 +11,7 @@
 //! `session.rs`.
 
 use std::io::{self, Write};
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
@@ -21,7 +21,7 @@ use mio::net::TcpStream;
 use mio::Interest;
 
 use super::{backend_token, is_out_of_files, Connecting, Ctx, Phase, Session, Step};
-use crate::broker_role::{Answer, ClientFailure};
+use crate::broker_role::{Answer, BrokerReply, ClientFailure};
 use crate::engine::flow::Ready;
 use crate::engine::tls_conn::TlsConn;
 use crate::engine::tls_flow::{read_plain, read_plaintext, Got, WriteTo};
@@ -569,7 +569,7 @@ impl Session {
             return Step::Continue;
         };
         let handled = match answer.result {
-            Ok(reply) => self.on_reply(&mut f, w, reply.broker, reply.reply, ctx),
+            Ok(reply) => self.on_reply(&mut f, w, reply, ctx),
             Err(failure) => {
                 let err = failure_error(&failure);
                 self.fail_waiting(&mut f, w, err, ctx);
@@ -614,14 +614,12 @@ impl Session {
         self.answer_close(f, answer, reason, &detail);
     }
 
-    fn on_reply(
-        &mut self,
-        f: &mut Front,
-        w: Waiting,
-        broker: String,
-        reply: Reply,
-        ctx: &mut Ctx<'_>,
-    ) -> Handled {
+    fn on_reply(&mut self, f: &mut Front, w: Waiting, answer: BrokerReply, ctx: &mut Ctx<'_>) -> Handled {
+        let BrokerReply {
+            broker,
+            reply,
+            host_address,
+        } = answer;
         if let Reply::Refused(refused) = &reply {
             let err = api::refusal_error(refused);
             self.fail_waiting(f, w, err, ctx);
@@ -648,7 +646,7 @@ impl Session {
                     self.fail(f, "tunnel", false, err, ctx);
                     return Handled::Again;
                 }
-                let Some(address) = resolve(&host, port) else {
+                let Some(address) = host_address else {
                     let err = ApiError::new(502, "host_unreachable", format!("cannot resolve host {host:?}"));
                     self.fail(f, "tunnel", false, err, ctx);
                     return Handled::Again;
@@ -674,7 +672,7 @@ impl Session {
                 return self.start_fixed_connect(f, address, &host, early, target, "tunnel", ctx);
             }
             (Pending::Rdp { user }, Reply::HostChosen(h)) => {
-                let Some(address) = resolve(&h.host, h.port) else {
+                let Some(address) = host_address else {
                     ctx.shared.metrics.count_gateway_rdp("no_host");
                     let answer = x224::negotiation_failure(x224::failure_code::CANNOT_ROUTE);
                     let detail = format!("cannot resolve host {:?}", h.host);
@@ -809,16 +807,6 @@ enum Handled {
     Connect,
     /// Close now.
     Close(CloseReason, String),
-}
-
-/// A host from the broker: an IP address, or a name resolved here (hosts file or DNS).
-fn resolve(host: &str, port: u16) -> Option<SocketAddr> {
-    if let Ok(ip) = host.parse::<IpAddr>() {
-        return Some(SocketAddr::new(ip, port));
-    }
-    // A name: resolved on the worker (the farm file names hosts by address in the common
-    // case; a name costs one lookup per launch).
-    (host, port).to_socket_addrs().ok()?.next()
 }
 
 /// The HTTP error for a request the control client could not get answered.

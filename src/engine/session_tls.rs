@@ -299,6 +299,7 @@ impl Session {
                     },
                     tls: t.backend_tls.as_deref_mut(),
                 },
+                t.down.shut,
                 &mut ctx.pools,
             );
             let up = match up {
@@ -320,6 +321,7 @@ impl Session {
                     },
                     tls: t.client_tls.as_deref_mut(),
                 },
+                t.up.shut,
                 &mut ctx.pools,
             );
             let down = match down {

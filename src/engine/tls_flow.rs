@@ -72,10 +72,15 @@ impl TlsDirection {
     }
 
     /// Moves as much as readiness allows; returns whether anything moved.
+    ///
+    /// `closing` says the other direction is finished, so once this one is too the session
+    /// closes both sockets: the FIN then comes from close(2) and shutdown(2) is skipped (both
+    /// sockets have been read to their EOF, so close(2) sends a FIN, not a reset).
     pub fn pump(
         &mut self,
         src: Side<'_>,
         dst: Side<'_>,
+        closing: bool,
         pools: &mut Pools<'_>,
     ) -> Result<bool, TlsFlowError> {
         let Side {
@@ -148,7 +153,9 @@ impl TlsDirection {
                     }
                 }
                 if !self.shut {
-                    let _ = dst_end.sock.shutdown(Shutdown::Write);
+                    if !closing {
+                        let _ = dst_end.sock.shutdown(Shutdown::Write);
+                    }
                     self.shut = true;
                     progress = true;
                 }

@@ -17,6 +17,8 @@ use crate::common::{bin, free_port, run_cli, wait_for, Proc};
 pub struct StandIn {
     pub name: String,
     pub addr: SocketAddr,
+    /// The host's `address` in the farm file (its IP, or a name to look up).
+    pub farm_address: String,
     /// Connections accepted so far.
     pub accepted: Arc<AtomicUsize>,
     /// The first up-to-4 KiB of each connection, in accept order (once read).
@@ -30,46 +32,26 @@ impl StandIn {
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
         let received = Arc::new(Mutex::new(Vec::new()));
-        let (a, r) = (accepted.clone(), received.clone());
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(mut conn) = conn else { continue };
-                a.fetch_add(1, Ordering::SeqCst);
-                let r = r.clone();
-                std::thread::spawn(move || {
-                    let mut first = Vec::new();
-                    let mut buf = [0u8; 16384];
-                    let slot = {
-                        let mut g = r.lock().unwrap();
-                        g.push(Vec::new());
-                        g.len() - 1
-                    };
-                    loop {
-                        match conn.read(&mut buf) {
-                            Ok(0) | Err(_) => {
-                                let _ = conn.shutdown(std::net::Shutdown::Write);
-                                return;
-                            }
-                            Ok(n) => {
-                                if first.len() < 4096 {
-                                    first.extend_from_slice(&buf[..n.min(4096 - first.len())]);
-                                    r.lock().unwrap()[slot] = first.clone();
-                                }
-                                if conn.write_all(&buf[..n]).is_err() {
-                                    return;
-                                }
-                            }
-                        }
-                    }
-                });
-            }
-        });
+        serve(listener, accepted.clone(), received.clone());
         StandIn {
             name: name.to_string(),
             addr,
+            farm_address: addr.ip().to_string(),
             accepted,
             received,
         }
+    }
+
+    /// Like `start`, but the farm file names the host `localhost`, so the gateway must look
+    /// the name up; it also listens on [::1] at the same port, as `localhost` may resolve to
+    /// either.
+    pub fn start_named(name: &str) -> StandIn {
+        let mut s = StandIn::start(name);
+        if let Ok(v6) = TcpListener::bind(("::1", s.addr.port())) {
+            serve(v6, s.accepted.clone(), s.received.clone());
+        }
+        s.farm_address = "localhost".into();
+        s
     }
 
     /// A host that is not ours (a real RDP server): nothing is recorded.
@@ -77,6 +59,7 @@ impl StandIn {
         StandIn {
             name: name.to_string(),
             addr,
+            farm_address: addr.ip().to_string(),
             accepted: Arc::new(AtomicUsize::new(0)),
             received: Arc::new(Mutex::new(Vec::new())),
         }
@@ -92,6 +75,43 @@ impl StandIn {
             .filter(|r| !r.is_empty())
             .count()
     }
+}
+
+/// Accepts on `listener`, records the first bytes of each connection, echoes.
+fn serve(listener: TcpListener, accepted: Arc<AtomicUsize>, received: Arc<Mutex<Vec<Vec<u8>>>>) {
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            accepted.fetch_add(1, Ordering::SeqCst);
+            let r = received.clone();
+            std::thread::spawn(move || {
+                let mut first = Vec::new();
+                let mut buf = [0u8; 16384];
+                let slot = {
+                    let mut g = r.lock().unwrap();
+                    g.push(Vec::new());
+                    g.len() - 1
+                };
+                loop {
+                    match conn.read(&mut buf) {
+                        Ok(0) | Err(_) => {
+                            let _ = conn.shutdown(std::net::Shutdown::Write);
+                            return;
+                        }
+                        Ok(n) => {
+                            if first.len() < 4096 {
+                                first.extend_from_slice(&buf[..n.min(4096 - first.len())]);
+                                r.lock().unwrap()[slot] = first.clone();
+                            }
+                            if conn.write_all(&buf[..n]).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
 }
 
 /// The farm: directory, broker, hosts, agents.
@@ -119,22 +139,35 @@ impl GatewayFarm {
     /// of `alice`. Gateways gw-a, gw-b (site-a), fw-1, fw-2 (forwarders) and gw-x (site-b)
     /// have certificates.
     pub fn start(n: usize) -> GatewayFarm {
-        Self::start_with(n, None)
+        Self::start_with(n, None, false)
+    }
+
+    /// A farm of one stand-in host that the farm file names `localhost` (see
+    /// [`StandIn::start_named`]).
+    pub fn start_named_host() -> GatewayFarm {
+        Self::start_with(1, None, true)
     }
 
     /// A farm whose only session host is the real RDP server at `real` (and users alice,
     /// bob and `real_user` with `real_password`, as on that server).
     pub fn start_real(real: SocketAddr, real_user: &str, real_password: &str) -> GatewayFarm {
-        Self::start_with(0, Some((real, real_user, real_password)))
+        Self::start_with(0, Some((real, real_user, real_password)), false)
     }
 
-    fn start_with(n: usize, real: Option<(SocketAddr, &str, &str)>) -> GatewayFarm {
+    fn start_with(n: usize, real: Option<(SocketAddr, &str, &str)>, named: bool) -> GatewayFarm {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().to_str().unwrap().to_string();
         let out = run_cli(&["farm", "init", "--dir", &d], None);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let mut hosts: Vec<StandIn> = (0..n)
-            .map(|i| StandIn::start(&format!("rdsh-{}", i + 1)))
+            .map(|i| {
+                let name = format!("rdsh-{}", i + 1);
+                if named {
+                    StandIn::start_named(&name)
+                } else {
+                    StandIn::start(&name)
+                }
+            })
             .collect();
         if let Some((addr, _, _)) = real {
             hosts.push(StandIn::external("xrdp", addr));
@@ -148,7 +181,7 @@ impl GatewayFarm {
             farm.push_str(&format!(
                 "[[host]]\nname = \"{}\"\naddress = \"{}\"\nport = {}\nsite = \"site-a\"\nsession_limit = 50\n\n",
                 h.name,
-                h.addr.ip(),
+                h.farm_address,
                 h.addr.port()
             ));
         }

@@ -101,6 +101,17 @@ fn mstshash_affinity_truncation_and_routing_tokens() {
 }
 
 #[test]
+fn a_host_the_farm_names_by_dns_name_is_reached() {
+    // The broker answers `localhost`; the gateway looks it up on a resolver thread.
+    let farm = GatewayFarm::start_named_host();
+    let gw = farm.start_gateway("gw-a", "site-a", "");
+    gw.wait_healthy();
+    assert_eq!(route(gw.listen, &farm.hosts, "Cookie: mstshash=alice"), 0);
+    assert_eq!(route(gw.listen, &farm.hosts, "Cookie: mstshash=bob"), 0);
+    assert_eq!(route(gw.listen, &farm.hosts, ""), 0);
+}
+
+#[test]
 fn malformed_slow_and_oversized_rdp_requests_are_refused() {
     let farm = GatewayFarm::start(1);
     let gw = farm.start_gateway("gw-a", "site-a", "");

@@ -205,15 +205,7 @@ impl ClientStream {
         sources: &SourcePool,
     ) -> io::Result<ClientStream> {
         let sock = sources.connect(addr, Duration::from_secs(5))?;
-        sock.set_read_timeout(Some(ANSWER_TIMEOUT))?;
-        sock.set_write_timeout(Some(ANSWER_TIMEOUT))?;
-        match tls {
-            None => Ok(ClientStream::Plain(sock)),
-            Some(c) => c
-                .wrap(sock)
-                .map(|s| ClientStream::Tls(Box::new(s)))
-                .map_err(io::Error::other),
-        }
+        Self::over(sock, tls)
     }
 
     /// Connects to `addr` from the source address `source` (a user of a logon storm keeps
@@ -225,7 +217,11 @@ impl ClientStream {
     ) -> io::Result<ClientStream> {
         let socket = crate::net::socket_from(addr, addr.ip().is_loopback().then_some(source))?;
         socket.connect_timeout(&addr.into(), Duration::from_secs(5))?;
-        let sock: TcpStream = socket.into();
+        Self::over(socket.into(), tls)
+    }
+
+    /// A connected socket with the answer timeouts, in TLS when `tls` is given.
+    fn over(sock: TcpStream, tls: Option<&TlsClient>) -> io::Result<ClientStream> {
         sock.set_read_timeout(Some(ANSWER_TIMEOUT))?;
         sock.set_write_timeout(Some(ANSWER_TIMEOUT))?;
         match tls {

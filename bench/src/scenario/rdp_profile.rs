@@ -743,10 +743,7 @@ fn pump(s: &mut Session, plan: &Plan, tally: &mut Tally, scratch: &mut [u8]) -> 
             Err(e) => return Err(format!("read: {e}")),
         };
         let now = Instant::now();
-        if now >= plan.window_start && now < plan.end {
-            tally.bytes_down += n as u64;
-        }
-        on_data(
+        received(
             &mut s.phase,
             &mut s.rx,
             &mut s.outstanding,
@@ -756,6 +753,23 @@ fn pump(s: &mut Session, plan: &Plan, tally: &mut Tally, scratch: &mut [u8]) -> 
             tally,
         )?;
     }
+}
+
+/// Bytes a session received at `now`: counted when inside the measured window, then
+/// parsed by [`on_data`].
+fn received(
+    phase: &mut Phase,
+    rx: &mut UpdateReader,
+    outstanding: &mut VecDeque<Outstanding>,
+    data: &[u8],
+    now: Instant,
+    plan: &Plan,
+    tally: &mut Tally,
+) -> Result<(), String> {
+    if now >= plan.window_start && now < plan.end {
+        tally.bytes_down += data.len() as u64;
+    }
+    on_data(phase, rx, outstanding, data, now, plan, tally)
 }
 
 /// [`pump`] for a TLS session: plaintext into rustls as far as its buffer limit takes it,
@@ -807,10 +821,7 @@ fn pump_tls(s: &mut Session, plan: &Plan, tally: &mut Tally, scratch: &mut [u8])
                     Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                     Err(e) => return Err(format!("TLS read: {e}")),
                 };
-                if now >= plan.window_start && now < plan.end {
-                    tally.bytes_down += n as u64;
-                }
-                on_data(
+                received(
                     &mut s.phase,
                     &mut s.rx,
                     &mut s.outstanding,

@@ -733,35 +733,40 @@ mod tests {
         h.stop();
     }
 
-    #[test]
-    fn rdp_confirms_and_answers_in_order() {
-        let h = StandIn::bind(Kind::Rdp, loopback()).unwrap().spawn();
-        let mut c = TcpStream::connect(h.local_addr()).unwrap();
-        c.write_all(&connection_request("bench", 3)).unwrap();
+    /// Sends a Connection Request (asking for `protocols`) and checks
+    /// the Confirm, then sends an input event per (seq, reply length) and checks that every
+    /// non-empty reply comes back in order, whole, with the stand-in's filler bytes.
+    fn exchange(c: &mut (impl Read + Write), protocols: u32, events: &[(u64, u32)]) {
+        c.write_all(&connection_request("bench", protocols)).unwrap();
         let mut cc = [0u8; 19];
         c.read_exact(&mut cc).unwrap();
         assert_eq!(parse_connection_confirm(&cc), Ok(Some((19, Some(0)))));
         let mut frames = Vec::new();
-        for (seq, reply) in [(1u64, 200u32), (2, 0), (3, 61_440)] {
+        for &(seq, reply_len) in events {
             InputEvent {
                 len: 80,
                 seq,
-                reply_len: reply,
+                reply_len,
                 flags: 0,
             }
             .encode(&mut frames);
         }
         c.write_all(&frames).unwrap();
-        for (seq, len) in [(1u64, 200usize), (3, 61_440)] {
+        for &(seq, len) in events.iter().filter(|(_, len)| *len > 0) {
             let mut hdr = [0u8; UPDATE_HEADER_LEN];
             c.read_exact(&mut hdr).unwrap();
-            assert_eq!(
-                UpdateHeader::parse(&hdr),
-                Ok(UpdateHeader { len: len as u32, seq })
-            );
-            let mut body = vec![0u8; len - UPDATE_HEADER_LEN];
+            assert_eq!(UpdateHeader::parse(&hdr), Ok(UpdateHeader { len, seq }));
+            let mut body = vec![0u8; len as usize - UPDATE_HEADER_LEN];
             c.read_exact(&mut body).unwrap();
+            assert!(body.iter().all(|&b| b == 0xA5));
         }
+    }
+
+    #[test]
+    fn rdp_confirms_and_answers_in_order() {
+        let h = StandIn::bind(Kind::Rdp, loopback()).unwrap().spawn();
+        let mut c = TcpStream::connect(h.local_addr()).unwrap();
+        exchange(&mut c, 3, &[(1, 200), (2, 0), (3, 61_440)]);
         // A malformed frame closes the connection.
         c.write_all(b"garbage-garbage-garbage-").unwrap();
         let mut rest = Vec::new();
@@ -813,33 +818,8 @@ mod tests {
         let name = rustls::pki_types::ServerName::try_from("standin.test").unwrap();
         let conn = rustls::ClientConnection::new(client, name).unwrap();
         let mut c = rustls::StreamOwned::new(conn, sock);
-        c.write_all(&connection_request("bench", 0)).unwrap();
-        let mut cc = [0u8; 19];
-        c.read_exact(&mut cc).unwrap();
-        assert_eq!(parse_connection_confirm(&cc), Ok(Some((19, Some(0)))));
         // Two bursts larger than rustls's 64 KiB send buffer, then a small update.
-        let mut frames = Vec::new();
-        for (seq, reply) in [(1u64, 200_000u32), (2, 150_000), (3, 300)] {
-            InputEvent {
-                len: 80,
-                seq,
-                reply_len: reply,
-                flags: 0,
-            }
-            .encode(&mut frames);
-        }
-        c.write_all(&frames).unwrap();
-        for (seq, len) in [(1u64, 200_000usize), (2, 150_000), (3, 300)] {
-            let mut hdr = [0u8; UPDATE_HEADER_LEN];
-            c.read_exact(&mut hdr).unwrap();
-            assert_eq!(
-                UpdateHeader::parse(&hdr),
-                Ok(UpdateHeader { len: len as u32, seq })
-            );
-            let mut body = vec![0u8; len - UPDATE_HEADER_LEN];
-            c.read_exact(&mut body).unwrap();
-            assert!(body.iter().all(|&b| b == 0xA5));
-        }
+        exchange(&mut c, 0, &[(1, 200_000), (2, 150_000), (3, 300)]);
         assert_eq!(h.connections(), 1);
         // Plain bytes on a TLS stand-in are no handshake: the connection closes.
         let mut plain = TcpStream::connect(h.local_addr()).unwrap();

@@ -256,32 +256,22 @@ esac
     echo "CPU\" is the time gatehouse's threads were runnable but not running in the window"
     echo "(/proc/PID/task/*/schedstat): other tasks on CPU 0, which this shared machine has."
     echo
-    if [[ "$MODE" == l4 ]]; then
-        echo "| sessions | client procs | p50 us | p99 us | direct p99 us | added p50 us | added p99 us | CPU-us per session-s | gatehouse waited for a CPU, % of window | RSS B per session | errors | verdict |"
-        echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
-        jq -r '.steps | sort_by(.sessions)[] | [
-            .sessions, .client_processes,
-            (.latency_us.p50 // null), (.latency_us.p99 // null), (.direct_latency_us.p99 // null),
+    # The TLS modes add the warmup (it grows with the sessions opened) and what was opened.
+    tls=true tls_head=" warmup s | TLS sessions / tunnels / host conns |" tls_rule=" --- | --- |"
+    if [[ "$MODE" == l4 ]]; then tls=false tls_head="" tls_rule=""; fi
+    echo "| sessions | client procs |$tls_head p50 us | p99 us | direct p99 us | added p50 us | added p99 us | CPU-us per session-s | gatehouse waited for a CPU, % of window | RSS B per session | errors | verdict |"
+    echo "| --- | --- |$tls_rule --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+    jq -r --argjson tls "$tls" '.steps | sort_by(.sessions)[] | [.sessions, .client_processes]
+        + (if $tls then [.warmup_s,
+            ((.tls_sessions | tostring) + " / " + (.tunnels | tostring) + " / " + ((.host_connections // "-") | tostring))]
+           else [] end)
+        + [(.latency_us.p50 // null), (.latency_us.p99 // null), (.direct_latency_us.p99 // null),
             .added_p50_us, .added_p99_us, .cpu_us_per_session_s,
             (if .runqueue_wait_s == null then null else .runqueue_wait_s / .elapsed_s * 100 end),
             .rss_bytes_per_session, .errors,
             (if .passed then "pass" else "FAIL" end)]
-            | map(if . == null then "-" elif type == "number" then (. * 10 | round / 10 | tostring) else . end)
-            | "| " + join(" | ") + " |"' "$json"
-    else
-        echo "| sessions | client procs | warmup s | TLS sessions / tunnels / host conns | p50 us | p99 us | direct p99 us | added p50 us | added p99 us | CPU-us per session-s | gatehouse waited for a CPU, % of window | RSS B per session | errors | verdict |"
-        echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
-        jq -r '.steps | sort_by(.sessions)[] | [
-            .sessions, .client_processes, .warmup_s,
-            ((.tls_sessions | tostring) + " / " + (.tunnels | tostring) + " / " + ((.host_connections // "-") | tostring)),
-            (.latency_us.p50 // null), (.latency_us.p99 // null), (.direct_latency_us.p99 // null),
-            .added_p50_us, .added_p99_us, .cpu_us_per_session_s,
-            (if .runqueue_wait_s == null then null else .runqueue_wait_s / .elapsed_s * 100 end),
-            .rss_bytes_per_session, .errors,
-            (if .passed then "pass" else "FAIL" end)]
-            | map(if . == null then "-" elif type == "number" then (. * 10 | round / 10 | tostring) else . end)
-            | "| " + join(" | ") + " |"' "$json"
-    fi
+        | map(if . == null then "-" elif type == "number" then (. * 10 | round / 10 | tostring) else . end)
+        | "| " + join(" | ") + " |"' "$json"
     echo
     echo "- Held at the SLO: **$(fmt .held_sessions) sessions**. Stopped: $(fmt .stop_reason) ($(fmt .stop_detail))."
     echo "- At $(fmt .at_slo.sessions) sessions: $(fmt .at_slo.cpu_us_per_session_s) CPU-us per session-second"

@@ -164,8 +164,27 @@ impl Gatehouse {
 
 /// A minimal HTTP/1.1 request; returns status and body.
 pub fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    http_within(
+        addr,
+        method,
+        path,
+        body,
+        Duration::from_millis(500),
+        Duration::from_secs(10),
+    )
+}
+
+/// [`http`] with its own connect and read timeouts.
+pub fn http_within(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+    connect: Duration,
+    read: Duration,
+) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, connect).ok()?;
+    s.set_read_timeout(Some(read)).ok()?;
     write!(
         s,
         "{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",

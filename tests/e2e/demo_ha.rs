@@ -1,8 +1,8 @@
 //! `gatehouse demo --ha --ephemeral --ready-file F` (root): the VIP answers through the master
 //! HALB, keeps answering after the master is SIGKILLed, and SIGTERM removes the namespaces.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::Write;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -182,18 +182,14 @@ fn ready(test: &str) -> bool {
 
 /// `GET /health` with short timeouts, so a lost SYN during the failover costs little.
 fn health(addr: SocketAddr) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(300)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    s.write_all(b"GET /health HTTP/1.1\r\nHost: demo\r\nConnection: close\r\n\r\n")
-        .ok()?;
-    let mut out = String::new();
-    s.take(1 << 16).read_to_string(&mut out).ok()?;
-    let status = out.split_whitespace().nth(1)?.parse().ok()?;
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Some((status, body))
+    http_within(
+        addr,
+        "GET",
+        "/health",
+        "",
+        Duration::from_millis(300),
+        Duration::from_secs(2),
+    )
 }
 
 fn namespaces() -> Vec<String> {

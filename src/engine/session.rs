@@ -369,11 +369,17 @@ impl Session {
             Phase::Hello(h) => Some(h.deadline),
             Phase::Handshake(h) => Some(h.deadline),
             Phase::Front(f) => Some(Self::front_deadline(f)),
-            // A backend's TLS handshake is bounded like its connect.
-            Phase::TlsTunnel(t) if t.backend_handshaking() => {
-                Some(self.last_activity + self.settings.connect_timeout)
+            Phase::TlsTunnel(t) => {
+                // A backend's TLS handshake is bounded like its connect.
+                let timeout = if t.backend_handshaking() {
+                    self.settings.connect_timeout
+                } else {
+                    self.settings.idle_timeout
+                };
+                let deadline = self.last_activity + timeout;
+                Some(t.tickets_held_until().map_or(deadline, |held| held.min(deadline)))
             }
-            Phase::Tunnel(_) | Phase::TlsTunnel(_) => Some(self.last_activity + self.settings.idle_timeout),
+            Phase::Tunnel(_) => Some(self.last_activity + self.settings.idle_timeout),
             Phase::Closed => None,
         }
     }
@@ -426,6 +432,12 @@ impl Session {
                         self.settings.handshake_timeout
                     ),
                 )
+            }
+            Phase::TlsTunnel(mut t) if t.tickets_held_until().is_some_and(|held| now >= held) => {
+                // No answer came for the tickets to travel with: they go alone.
+                t.release_tickets();
+                self.phase = Phase::TlsTunnel(t);
+                Step::Continue
             }
             Phase::TlsTunnel(t)
                 if t.backend_handshaking() && now >= self.last_activity + self.settings.connect_timeout =>

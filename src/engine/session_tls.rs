@@ -7,7 +7,7 @@
 //! `tls_flow`; sockets, slots and timers stay with `session.rs`.
 
 use std::io::{self, Read, Write};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rustls::ClientConnection;
 use socket2::SockRef;
@@ -27,6 +27,18 @@ impl TlsTunnel {
     /// Whether the TLS handshake with the backend is still under way.
     pub(super) fn backend_handshaking(&self) -> bool {
         self.backend_tls.as_deref().is_some_and(|c| c.is_handshaking())
+    }
+
+    /// When the client's held session tickets must go at the latest (`None`: none held).
+    pub(super) fn tickets_held_until(&self) -> Option<Instant> {
+        self.client_tls.as_deref().and_then(|c| c.held_until())
+    }
+
+    /// Lets held session tickets go with the next write to the client.
+    pub(super) fn release_tickets(&mut self) {
+        if let Some(c) = self.client_tls.as_deref_mut() {
+            c.release_held();
+        }
     }
 }
 
@@ -197,6 +209,10 @@ impl Session {
             if let Err(e) = hs.conn.process_new_packets() {
                 let _ = hs.conn.write_tls(&mut WriteTo(&self.client));
                 return self.refuse(handshake_reason(&e), e, ctx);
+            }
+            if !hs.conn.is_handshaking() {
+                // The tickets wait for the first answer to the client (see `tls_conn`).
+                hs.conn.hold_tickets(ctx.now);
             }
         }
         if matches!(self.settings.role, ListenerRole::Front { .. }) {

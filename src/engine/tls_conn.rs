@@ -8,9 +8,16 @@
 //! as they are empty. The backend side of re-encryption keeps rustls' buffered client.
 //! [`TlsConn`] gives both the same small surface, shaped like the buffered API the tunnel
 //! and the front were written against.
+//!
+//! A TLS 1.3 server sends its session tickets once the client's Finished arrives, a flight of
+//! their own: one more segment, and one more wakeup of a client that is waiting for its first
+//! answer. [`LeanServer::hold_tickets`] keeps them back so that they leave with the first
+//! application bytes for the client (or close_notify), in the same write, and at the latest
+//! at a deadline the session's timer enforces ([`LeanServer::held_until`]).
 
 use std::io::{self, Read, Write};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
 use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, WriteTraffic};
@@ -23,6 +30,11 @@ const MAX_RECORD: usize = 5 + 16_384 + 256;
 const MAX_INCOMING: usize = 0x1_0000 + MAX_RECORD;
 /// Room for one record's header, content type, padding and tag (TLS 1.2 GCM needs 29).
 const RECORD_OVERHEAD: usize = 64;
+/// Longest that TLS 1.3 session tickets wait for application bytes to travel with. A backend
+/// answers a client's first request well within it (an RDP Connection Confirm, an HTTP
+/// response); a client gains nothing from a ticket before it has an answer, and a silent
+/// backend delays the tickets by this much, not forever.
+pub const TICKET_HOLD: Duration = Duration::from_millis(20);
 
 thread_local! {
     /// Where a worker thread reads TLS bytes before they are kept (one record's room).
@@ -45,8 +57,11 @@ pub struct LeanServer {
     eof: bool,
     /// The peer sent close_notify.
     peer_closed: bool,
-    /// The connection failed; every later call says so.
-    failed: Option<rustls::Error>,
+    /// The connection failed; every later call says so (boxed: rare, and every TLS session
+    /// carries the field).
+    failed: Option<Box<rustls::Error>>,
+    /// Until when the records in `outgoing` (TLS 1.3 session tickets) are held back.
+    held_until: Option<Instant>,
 }
 
 impl LeanServer {
@@ -63,6 +78,7 @@ impl LeanServer {
             eof: false,
             peer_closed: false,
             failed: None,
+            held_until: None,
         })
     }
 
@@ -71,9 +87,31 @@ impl LeanServer {
         self.conn.is_handshaking()
     }
 
-    /// Whether TLS bytes wait to be written.
+    /// Whether TLS bytes wait to be written (held tickets do not count).
     pub fn wants_write(&self) -> bool {
-        self.sent < self.outgoing.len()
+        self.held_until.is_none() && self.sent < self.outgoing.len()
+    }
+
+    /// Called when the handshake has just completed: holds back what it left to send (TLS
+    /// 1.3 session tickets) until application bytes or close_notify follow, or `now` +
+    /// [`TICKET_HOLD`]. A TLS 1.2 handshake ends with the server's own Finished, which never
+    /// waits. Returns whether anything is held.
+    pub fn hold_tickets(&mut self, now: Instant) -> bool {
+        let tls13 = self.conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3);
+        if tls13 && !self.is_handshaking() && self.sent < self.outgoing.len() {
+            self.held_until = Some(now + TICKET_HOLD);
+        }
+        self.held_until.is_some()
+    }
+
+    /// When held tickets must go at the latest (`None`: nothing is held).
+    pub fn held_until(&self) -> Option<Instant> {
+        self.held_until
+    }
+
+    /// Lets held tickets go with the next `write_tls`.
+    pub fn release_held(&mut self) {
+        self.held_until = None;
     }
 
     /// Whether more TLS bytes should be read: nothing decrypted is waiting and the peer's
@@ -127,7 +165,7 @@ impl LeanServer {
     /// queued for it is left for `write_tls`.
     pub fn process_new_packets(&mut self) -> Result<(), rustls::Error> {
         if let Some(e) = &self.failed {
-            return Err(e.clone());
+            return Err((**e).clone());
         }
         loop {
             let status = self.conn.process_tls_records(&mut self.incoming);
@@ -183,6 +221,8 @@ impl LeanServer {
     /// Encrypts `data` into records for `write_tls` (the handshake must be complete).
     pub fn write_plaintext(&mut self, data: &[u8]) -> io::Result<()> {
         let room = data.len() + RECORD_OVERHEAD * (data.len() / 16_384 + 1);
+        // Held tickets go first, in the same write as these bytes.
+        self.held_until = None;
         self.with_write_traffic(|wt, out| {
             append(out, room, |b| wt.encrypt(data, b), encrypt_need)
                 .map_err(|e| io::Error::other(format!("TLS encrypt: {e}")))
@@ -191,6 +231,7 @@ impl LeanServer {
 
     /// Queues close_notify (best effort: a connection that cannot send any more just ends).
     pub fn send_close_notify(&mut self) {
+        self.held_until = None;
         let _ = self.with_write_traffic(|wt, out| {
             append(out, RECORD_OVERHEAD, |b| wt.queue_close_notify(b), encrypt_need)
                 .map_err(|e| io::Error::other(format!("TLS close_notify: {e}")))
@@ -203,7 +244,7 @@ impl LeanServer {
         f: impl FnOnce(&mut WriteTraffic<'_, ServerConnectionData>, &mut Vec<u8>) -> io::Result<()>,
     ) -> io::Result<()> {
         if let Some(e) = &self.failed {
-            return Err(io::Error::other(e.clone()));
+            return Err(io::Error::other((**e).clone()));
         }
         let mut f = Some(f);
         loop {
@@ -240,7 +281,8 @@ impl LeanServer {
 
     /// Records a failure and collects the alert rustls queued for it.
     fn fail(&mut self, e: rustls::Error) {
-        self.failed = Some(e);
+        self.failed = Some(Box::new(e));
+        self.held_until = None;
         // A few rounds at most: decrypted data before the alert is skipped.
         for _ in 0..4 {
             let status = self.conn.process_tls_records(&mut self.incoming);
@@ -387,6 +429,30 @@ impl TlsConn {
         match self {
             TlsConn::Server(s) => s.wants_write(),
             TlsConn::Client(c) => c.wants_write(),
+        }
+    }
+
+    /// Holds back the records a just-completed handshake left (see
+    /// [`LeanServer::hold_tickets`]); the backend side's client never holds.
+    pub fn hold_tickets(&mut self, now: Instant) -> bool {
+        match self {
+            TlsConn::Server(s) => s.hold_tickets(now),
+            TlsConn::Client(_) => false,
+        }
+    }
+
+    /// When held records must go at the latest.
+    pub fn held_until(&self) -> Option<Instant> {
+        match self {
+            TlsConn::Server(s) => s.held_until(),
+            TlsConn::Client(_) => None,
+        }
+    }
+
+    /// Lets held records go with the next write.
+    pub fn release_held(&mut self) {
+        if let TlsConn::Server(s) = self {
+            s.release_held();
         }
     }
 

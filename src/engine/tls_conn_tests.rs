@@ -2,18 +2,26 @@
 
 use std::io::{self, Read, Write};
 use std::sync::Arc;
+use std::time::Instant;
 
 use rustls::pki_types::ServerName;
-use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig};
+use rustls::{
+    ClientConfig, ClientConnection, HandshakeKind, RootCertStore, ServerConfig, SupportedProtocolVersion,
+};
 
-use super::{LeanServer, MAX_INCOMING};
+use super::{LeanServer, MAX_INCOMING, TICKET_HOLD};
 use crate::tls::test_pki::Pki;
 
 fn configs() -> (Arc<ServerConfig>, Arc<ClientConfig>) {
+    configs_for(rustls::DEFAULT_VERSIONS)
+}
+
+/// A server and a client (with rustls' default session cache) speaking `versions`.
+fn configs_for(versions: &[&'static SupportedProtocolVersion]) -> (Arc<ServerConfig>, Arc<ClientConfig>) {
     let pki = Pki::new();
     let leaf = pki.root_signed_leaf(&["lean.test"]);
     let server = ServerConfig::builder_with_provider(crate::tls::provider())
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(versions)
         .unwrap()
         .with_no_client_auth()
         .with_single_cert(vec![leaf.cert.clone()], leaf.key.clone_key())
@@ -21,7 +29,7 @@ fn configs() -> (Arc<ServerConfig>, Arc<ClientConfig>) {
     let mut roots = RootCertStore::empty();
     roots.add(pki.root.der().clone()).unwrap();
     let client = ClientConfig::builder_with_provider(crate::tls::provider())
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(versions)
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
@@ -217,4 +225,121 @@ fn unprocessed_bytes_are_bounded() {
     };
     assert_eq!(err.kind(), io::ErrorKind::InvalidData);
     assert_eq!(total, MAX_INCOMING);
+}
+
+/// Runs a handshake as the engine does: the server holds what the completed handshake left
+/// (`hold_tickets`), so the exchange settles with it unsent. Returns whether it held.
+fn handshake_holding(
+    server_config: Arc<ServerConfig>,
+    client_config: Arc<ClientConfig>,
+    now: Instant,
+) -> (LeanServer, ClientConnection, bool) {
+    let mut client =
+        ClientConnection::new(client_config, ServerName::try_from("lean.test").unwrap()).unwrap();
+    let mut hello = Vec::new();
+    client.write_tls(&mut hello).unwrap();
+    let mut server = LeanServer::new(server_config, hello).unwrap();
+    server.process_new_packets().unwrap();
+    let mut held = false;
+    for _ in 0..10 {
+        let mut wire = Vec::new();
+        while server.wants_write() {
+            server.write_tls(&mut wire).unwrap();
+        }
+        client.read_tls(&mut &wire[..]).unwrap();
+        client.process_new_packets().unwrap();
+        let mut wire = Vec::new();
+        while client.wants_write() {
+            client.write_tls(&mut wire).unwrap();
+        }
+        if wire.is_empty() {
+            break;
+        }
+        server.read_tls(&mut &wire[..]).unwrap();
+        server.process_new_packets().unwrap();
+        if !server.is_handshaking() {
+            held = server.hold_tickets(now);
+        }
+    }
+    assert!(!server.is_handshaking() && !client.is_handshaking());
+    (server, client, held)
+}
+
+/// A second connection with the same client configuration: resumed or full.
+fn resumes(server_config: Arc<ServerConfig>, client_config: Arc<ClientConfig>) -> bool {
+    let (_, client, _) = handshake_holding(server_config, client_config, Instant::now());
+    client.handshake_kind() == Some(HandshakeKind::Resumed)
+}
+
+#[test]
+fn tls13_tickets_wait_for_the_first_answer_and_leave_in_its_write() {
+    let (server_config, client_config) = configs_for(&[&rustls::version::TLS13]);
+    let now = Instant::now();
+    let (mut server, mut client, held) = handshake_holding(server_config.clone(), client_config.clone(), now);
+    assert!(held, "a TLS 1.3 handshake leaves tickets to hold");
+    assert!(!server.wants_write(), "held tickets are not written");
+    assert_eq!(server.held_until(), Some(now + TICKET_HOLD));
+    server.write_plaintext(b"the first answer").unwrap();
+    assert_eq!(server.held_until(), None, "an answer takes the tickets along");
+    let mut wire = Vec::new();
+    server.write_tls(&mut wire).unwrap();
+    assert!(!server.wants_write(), "tickets and answer left in one write");
+    client.read_tls(&mut &wire[..]).unwrap();
+    client.process_new_packets().unwrap();
+    assert_eq!(drain_client(&mut client), b"the first answer");
+    assert!(
+        resumes(server_config, client_config),
+        "the client got its tickets"
+    );
+}
+
+#[test]
+fn held_tickets_go_alone_when_released_or_before_close_notify() {
+    let (server_config, client_config) = configs_for(&[&rustls::version::TLS13]);
+    let (mut server, mut client, held) =
+        handshake_holding(server_config.clone(), client_config.clone(), Instant::now());
+    assert!(held);
+    server.release_held();
+    assert!(server.wants_write(), "released tickets are written");
+    assert!(exchange(&mut server, &mut client).is_empty());
+    assert!(resumes(server_config.clone(), client_config));
+
+    let (server_config, client_config) = configs_for(&[&rustls::version::TLS13]);
+    let (mut server, mut client, held) =
+        handshake_holding(server_config.clone(), client_config.clone(), Instant::now());
+    assert!(held);
+    server.send_close_notify();
+    assert!(server.wants_write(), "close_notify takes the tickets along");
+    exchange(&mut server, &mut client);
+    assert!(resumes(server_config, client_config));
+}
+
+#[test]
+fn a_tls12_handshake_holds_nothing_back() {
+    let (server_config, client_config) = configs_for(&[&rustls::version::TLS12]);
+    let mut client =
+        ClientConnection::new(client_config, ServerName::try_from("lean.test").unwrap()).unwrap();
+    let mut hello = Vec::new();
+    client.write_tls(&mut hello).unwrap();
+    let mut server = LeanServer::new(server_config, hello).unwrap();
+    server.process_new_packets().unwrap();
+    // The server's flight, the client's answer: the server's handshake is then done, its
+    // own Finished (and ticket) still to send, which must not wait.
+    let mut wire = Vec::new();
+    while server.wants_write() {
+        server.write_tls(&mut wire).unwrap();
+    }
+    client.read_tls(&mut &wire[..]).unwrap();
+    client.process_new_packets().unwrap();
+    let mut wire = Vec::new();
+    while client.wants_write() {
+        client.write_tls(&mut wire).unwrap();
+    }
+    server.read_tls(&mut &wire[..]).unwrap();
+    server.process_new_packets().unwrap();
+    assert!(!server.is_handshaking());
+    assert!(!server.hold_tickets(Instant::now()), "TLS 1.2 holds nothing");
+    assert!(server.wants_write(), "the server's Finished goes at once");
+    exchange(&mut server, &mut client);
+    assert!(!client.is_handshaking());
 }

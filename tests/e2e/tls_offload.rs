@@ -531,19 +531,23 @@ fn bad_clients_are_refused_with_counted_reasons() {
 
 /// A rustls client connection trusting the CA in `ca_file`, for `name`.
 pub fn tls_client(ca_file: &Path, name: &str) -> rustls::ClientConnection {
+    let server_name = rustls::pki_types::ServerName::try_from(name.to_string()).unwrap();
+    rustls::ClientConnection::new(Arc::new(tls_client_config(ca_file)), server_name).unwrap()
+}
+
+/// The configuration of [`tls_client`]: trusts the certificates of `ca_file`.
+pub fn tls_client_config(ca_file: &Path) -> rustls::ClientConfig {
     let mut roots = rustls::RootCertStore::empty();
     let pem = std::fs::read(ca_file).unwrap();
     for cert in rustls_pemfile::certs(&mut &pem[..]) {
         roots.add(cert.unwrap()).unwrap();
     }
     let provider = gatehouse::tls::provider();
-    let config = rustls::ClientConfig::builder_with_provider(provider)
+    rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_root_certificates(roots)
-        .with_no_client_auth();
-    let server_name = rustls::pki_types::ServerName::try_from(name.to_string()).unwrap();
-    rustls::ClientConnection::new(Arc::new(config), server_name).unwrap()
+        .with_no_client_auth()
 }
 
 /// A TLS client (rustls) that sends `total` seeded bytes while reading the echo, then sends

@@ -1,15 +1,15 @@
 //! Terminated tunnels at their edges: resets carried both ways, the backend's FIN becoming a
-//! close_notify while the client keeps sending, and `tls = "auto"` serving TLS and plain
-//! clients on one port.
+//! close_notify while the client keeps sending, `tls = "auto"` serving TLS and plain clients
+//! on one port, and TLS 1.3 session tickets held for the first answer but not for ever.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
-use std::sync::mpsc;
-use std::time::Duration;
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::common::*;
-use crate::tls_offload::{have_tool, s_client, subject, tls_client, TestCa};
+use crate::tls_offload::{have_tool, s_client, subject, tls_client, tls_client_config, TestCa};
 
 type TlsStream = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
 
@@ -286,4 +286,112 @@ fn report_memory_per_idle_tls_tunnel() {
         after.saturating_sub(before) / N as u64
     );
     assert_eq!(g.metric("gatehouse_connections_active"), (N + warm.len()) as f64);
+}
+
+/// A client session store that notes when each TLS 1.3 ticket arrived.
+#[derive(Debug)]
+struct TicketClock {
+    inner: rustls::client::ClientSessionMemoryCache,
+    arrivals: Mutex<Vec<Instant>>,
+}
+
+impl rustls::client::ClientSessionStore for TicketClock {
+    fn set_kx_hint(&self, name: rustls::pki_types::ServerName<'static>, group: rustls::NamedGroup) {
+        self.inner.set_kx_hint(name, group)
+    }
+    fn kx_hint(&self, name: &rustls::pki_types::ServerName<'_>) -> Option<rustls::NamedGroup> {
+        self.inner.kx_hint(name)
+    }
+    fn set_tls12_session(
+        &self,
+        name: rustls::pki_types::ServerName<'static>,
+        value: rustls::client::Tls12ClientSessionValue,
+    ) {
+        self.inner.set_tls12_session(name, value)
+    }
+    fn tls12_session(
+        &self,
+        name: &rustls::pki_types::ServerName<'_>,
+    ) -> Option<rustls::client::Tls12ClientSessionValue> {
+        self.inner.tls12_session(name)
+    }
+    fn remove_tls12_session(&self, name: &rustls::pki_types::ServerName<'static>) {
+        self.inner.remove_tls12_session(name)
+    }
+    fn insert_tls13_ticket(
+        &self,
+        name: rustls::pki_types::ServerName<'static>,
+        value: rustls::client::Tls13ClientSessionValue,
+    ) {
+        self.arrivals.lock().unwrap().push(Instant::now());
+        self.inner.insert_tls13_ticket(name, value)
+    }
+    fn take_tls13_ticket(
+        &self,
+        name: &rustls::pki_types::ServerName<'static>,
+    ) -> Option<rustls::client::Tls13ClientSessionValue> {
+        self.inner.take_tls13_ticket(name)
+    }
+}
+
+#[test]
+fn tickets_wait_briefly_for_an_answer_then_go_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path(), "Ticket Hold Test CA");
+    // A backend that answers only after 600 ms: the tickets must not wait for it.
+    let (addr, got) = backend(|mut s| {
+        let mut req = [0u8; 5];
+        s.read_exact(&mut req).unwrap();
+        std::thread::sleep(Duration::from_millis(600));
+        s.write_all(b"pong\n").unwrap();
+        req
+    });
+    let (_g, listen) = node(dir.path(), &ca, addr, "offload");
+    let clock = Arc::new(TicketClock {
+        inner: rustls::client::ClientSessionMemoryCache::new(8),
+        arrivals: Mutex::new(Vec::new()),
+    });
+    let mut config = tls_client_config(&ca.ca_file);
+    config.resumption = rustls::client::Resumption::store(clock.clone());
+    let config = Arc::new(config);
+    let name = rustls::pki_types::ServerName::try_from("a.test").unwrap();
+    let connect = || {
+        let sock = TcpStream::connect(listen).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let conn = rustls::ClientConnection::new(config.clone(), name.clone()).unwrap();
+        let mut c = rustls::StreamOwned::new(conn, sock);
+        while c.conn.is_handshaking() {
+            c.conn.complete_io(&mut c.sock).unwrap();
+        }
+        c
+    };
+
+    let mut c = connect();
+    let done = Instant::now();
+    c.write_all(b"ping\n").unwrap();
+    let mut answer = [0u8; 5];
+    c.read_exact(&mut answer).unwrap();
+    let answered = done.elapsed();
+    assert_eq!(&answer, b"pong\n");
+    assert_eq!(&got.recv_timeout(Duration::from_secs(5)).unwrap(), b"ping\n");
+    let arrivals = clock.arrivals.lock().unwrap().clone();
+    assert!(!arrivals.is_empty(), "the client got session tickets");
+    let waited = arrivals[0].duration_since(done);
+    println!("tickets arrived {waited:?} after the handshake, the answer {answered:?}");
+    assert!(
+        waited >= Duration::from_millis(15),
+        "tickets are held for an answer to travel with (arrived after {waited:?})"
+    );
+    assert!(
+        waited < Duration::from_millis(500),
+        "tickets go alone when the backend is silent (arrived after {waited:?}, answer after {answered:?})"
+    );
+    drop(c);
+
+    let again = connect();
+    assert_eq!(
+        again.conn.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed),
+        "the held ticket resumes"
+    );
 }

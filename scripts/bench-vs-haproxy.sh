@@ -516,7 +516,7 @@ if [[ "$TLS" != off ]]; then
         echo "TLS offload. Command: \`$ORIG_CMD\` ($PAIRS pair(s), $(date -u +%Y-%m-%dT%H:%MZ)). The proxy terminates"
         echo "TLS 1.3 (X25519) with the same openssl-made certificate (ECDSA P-256; RSA-2048 for its row)"
         echo "in front of the echo stand-in (the sink for CPU per GB). Handshakes: gatehouse-bench"
-        echo "tls-handshake (rustls client, ring), $TLS_HS per run, 8 in flight, each followed by one"
+        echo "tls-handshake (rustls client, aws-lc-rs), $TLS_HS per run, 8 in flight, each followed by one"
         echo "64-byte echo, CPU of the proxy per handshake; resumed runs: each client worker resumes its"
         echo "own session (TLS 1.3 tickets; TLS 1.2). Idle: $TLS_IDLE TLS tunnels held 3 s. CPU per GB:"
         echo "two TLS streams, one up and one down, $TLS_BYTES bytes each. HAProxy is given gatehouse's"

@@ -1,5 +1,10 @@
-//! The TLS client side of the harness: a rustls client (ring provider) that verifies the
+//! The TLS client side of the harness: a rustls client (aws-lc-rs provider) that verifies the
 //! target against a CA file, or (with `--insecure`) does not verify at all.
+//!
+//! aws-lc-rs rather than ring because the load generator, not the proxy, was the limit of
+//! the handshake benchmark: on the one CPU it shares with the stand-ins, the ring client
+//! (its X25519 about half aws-lc's speed here, and a getrandom(2) per random draw) kept that
+//! CPU 99.7% busy while gatehouse was 57% busy (BENCHMARKS.md, "The handshake client").
 //!
 //! Owns how scenarios open TLS connections; it does not decide what they send.
 
@@ -10,6 +15,7 @@ use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::Resumption;
+use rustls::crypto::aws_lc_rs::kx_group;
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{
@@ -60,7 +66,11 @@ impl TlsClient {
         version: TlsVersion,
         resume: bool,
     ) -> Result<TlsClient, BenchError> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+        // X25519 first, as the benchmarks specify and as browsers and OpenSSL send it (the
+        // provider's default would lead with the post-quantum hybrid).
+        provider.kx_groups = vec![kx_group::X25519, kx_group::SECP256R1, kx_group::SECP384R1];
+        let provider = Arc::new(provider);
         let versions: &[&'static rustls::SupportedProtocolVersion] = match version {
             TlsVersion::Tls13 => &[&rustls::version::TLS13],
             TlsVersion::Tls12 => &[&rustls::version::TLS12],

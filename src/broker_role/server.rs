@@ -140,13 +140,26 @@ impl BrokerMetrics {
     }
 }
 
+/// The farm's LDAP directory, if it names one; a clear-text one is logged as such.
+fn directory_of(farm: &Farm) -> Option<Arc<LdapDirectory>> {
+    let settings = farm.ldap()?;
+    if !settings.transport.is_tls() {
+        tracing::warn!(
+            url = %settings.url,
+            "LDAP directory in clear text: user passwords cross the network readable \
+             (use ldaps:// or starttls = true)"
+        );
+    }
+    Some(Arc::new(LdapDirectory::new(settings.clone())))
+}
+
 impl BrokerServer {
     /// Loads the farm, users and keys, binds both listeners and starts every thread.
     pub fn start(section: &BrokerSection, node: &str) -> Result<BrokerServer, String> {
         let farm = Arc::new(Farm::load(&section.farm_file).map_err(|e| e.to_string())?);
         let users = UserDb::load_or_new(&section.users_file).map_err(|e| e.to_string())?;
         let pool_users = Arc::new(UserDb::load_or_new(&section.users_file).map_err(|e| e.to_string())?);
-        let directory = farm.ldap().cloned().map(|s| Arc::new(LdapDirectory::new(s)));
+        let directory = directory_of(&farm);
         let keys = super::farm_pki::load_key_ring(&section.farm_key_file).map_err(|e| e.to_string())?;
         let audit = JsonLinesAudit::open(&section.audit_file)
             .map_err(|e| format!("audit file {}: {e}", section.audit_file.display()))?;
@@ -227,7 +240,7 @@ impl BrokerServer {
         let farm = Farm::load(&section.farm_file).map_err(|e| e.to_string())?;
         let users = UserDb::load_or_new(&section.users_file).map_err(|e| e.to_string())?;
         let pool_users = Arc::new(UserDb::load_or_new(&section.users_file).map_err(|e| e.to_string())?);
-        let directory = farm.ldap().cloned().map(|s| Arc::new(LdapDirectory::new(s)));
+        let directory = directory_of(&farm);
         let ldap = farm.ldap().map_or_else(|| "none".to_string(), |l| l.url.clone());
         let (sites, hosts, resources) = (farm.sites().len(), farm.hosts().len(), farm.resources().len());
         let ended = {

@@ -20,6 +20,13 @@ pub fn bin() -> PathBuf {
 mod ports;
 pub use ports::free_port;
 
+// Not every test binary that includes this module makes certificates.
+#[path = "../support/test_ca.rs"]
+#[allow(dead_code)]
+mod test_ca;
+#[allow(unused_imports)]
+pub use test_ca::TestCa;
+
 /// A child process killed (and reaped) on drop.
 pub struct Proc {
     pub child: Child,

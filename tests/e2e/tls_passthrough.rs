@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::common::*;
-use crate::tls_offload::{have_tool, s_client, subject, TestCa};
+use crate::tls_offload::{have_tool, s_client, subject};
 
 /// An `openssl s_server` with the certificate for `name`, killed on drop.
 fn s_server(ca: &TestCa, name: &str) -> (Proc, SocketAddr) {

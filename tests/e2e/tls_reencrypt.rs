@@ -11,7 +11,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 use crate::common::*;
-use crate::tls_offload::{have_tool, s_client, subject, TestCa};
+use crate::tls_offload::{have_tool, s_client, subject};
 
 /// An `openssl s_server` for `name` with extra arguments (`-rev`, `-WWW`), started in `cwd`.
 fn s_server(ca: &TestCa, name: &str, extra: &[&str], cwd: &Path) -> (Proc, SocketAddr, std::path::PathBuf) {

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use sha2::{Digest, Sha256};
 
 use crate::common::*;
-use crate::tls_offload::{have_tool, s_client, TestCa};
+use crate::tls_offload::{have_tool, s_client};
 
 /// A node whose offloading listener uses `keys`; `rotation` makes it the rotating node.
 fn node(

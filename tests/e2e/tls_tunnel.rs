@@ -9,7 +9,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::common::*;
-use crate::tls_offload::{have_tool, s_client, subject, tls_client, tls_client_config, TestCa};
+use crate::tls_offload::{have_tool, s_client, subject, tls_client, tls_client_config};
 
 type TlsStream = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
 

@@ -88,6 +88,8 @@ mod tests {
     fn directory() -> Arc<LdapDirectory> {
         Arc::new(LdapDirectory::new(LdapSettings {
             url: "ldap://127.0.0.1:1".into(),
+            transport: crate::broker::ldap::Transport::Plain,
+            ca_file: None,
             timeout: std::time::Duration::from_millis(300),
             service: None,
             lookup: UserLookup::Template("uid={user},dc=ex".into()),

@@ -294,7 +294,7 @@ pub struct Farm {
 impl Farm {
     /// Reads and validates the farm file at `path` (at start and on reload). Errors carry
     /// the file and the line of the offending key ([`FarmError::At`]); an `[ldap]` service
-    /// account's password must be readable.
+    /// account's password must be readable, and a TLS directory's CA certificates too.
     pub fn load(path: &Path) -> Result<Self, FarmError> {
         let shown = path.display().to_string();
         let read = |error| FarmError::Read {
@@ -326,6 +326,19 @@ impl Farm {
             _ => error,
         };
         let farm = file.build().map_err(invalid_at)?;
+        if let Some(ldap) = farm.ldap() {
+            if let Err(problem) = super::ldap::client_config(ldap) {
+                let key = if ldap.ca_file.is_some() {
+                    "ldap.ca_file"
+                } else {
+                    "ldap.url"
+                };
+                return Err(invalid_at(FarmError::Invalid {
+                    key: key.into(),
+                    problem,
+                }));
+            }
+        }
         if let Some(service) = farm.ldap().and_then(|l| l.service.as_ref()) {
             if let Err(problem) = service.password.read() {
                 let key = match service.password {

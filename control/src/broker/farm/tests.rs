@@ -251,4 +251,27 @@ fn load_names_file_line_and_key() {
         e.starts_with(&format!("farm file {shown}:{line}:1: ldap.bind_password_file: ")),
         "{e}"
     );
+
+    // A TLS directory's CA file: missing, then without a certificate.
+    let ca = dir.path().join("ldap-ca.pem");
+    let text = format!(
+        "{FARM}\n[ldap]\nurl = \"ldaps://dc1.example\"\nca_file = \"{}\"\nbase_dn = \"dc=x\"\n",
+        ca.display()
+    );
+    std::fs::write(&path, &text).unwrap();
+    let line = line_of(&text, "ca_file");
+    let e = Farm::load(&path).unwrap_err().to_string();
+    assert!(
+        e.starts_with(&format!(
+            "farm file {shown}:{line}:1: ldap.ca_file: {}: ",
+            ca.display()
+        )),
+        "{e}"
+    );
+    std::fs::write(&ca, "not a certificate\n").unwrap();
+    let e = Farm::load(&path).unwrap_err().to_string();
+    assert!(
+        e.contains("ldap.ca_file") && e.contains("no PEM certificate"),
+        "{e}"
+    );
 }

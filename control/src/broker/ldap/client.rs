@@ -8,11 +8,12 @@
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 
 use ldap3::{LdapConn, LdapConnSettings, LdapError, LdapResult, Scope, SearchEntry, SearchOptions};
 
 use super::escape;
-use super::settings::{LdapSettings, UserLookup};
+use super::settings::{LdapSettings, Transport, UserLookup};
 use crate::broker::auth::AuthOutcome;
 use crate::message::validate::check_text;
 use crate::message::{MAX_RESOURCE_BYTES, MAX_USER_BYTES};
@@ -29,20 +30,33 @@ mod rc {
     pub const INVALID_CREDENTIALS: u32 = 49;
 }
 
-/// A directory of users: the settings of one `[ldap]` section. Cheap to clone; holds no
-/// connection between logins.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A directory of users: the settings of one `[ldap]` section and, for a TLS directory,
+/// the client configuration that verifies it. Cheap to clone; holds no connection between
+/// logins.
+#[derive(Debug, Clone)]
 pub struct LdapDirectory {
     settings: LdapSettings,
+    /// `Ok(None)`: clear text; `Err`: the CA could not be read (every check says why).
+    tls: Result<Option<Arc<rustls::ClientConfig>>, Failure>,
 }
+
+impl PartialEq for LdapDirectory {
+    fn eq(&self, other: &Self) -> bool {
+        self.settings == other.settings
+    }
+}
+
+impl Eq for LdapDirectory {}
 
 /// Why the directory could not answer.
 type Failure = String;
 
 impl LdapDirectory {
-    /// A directory for `settings`.
+    /// A directory for `settings`; a TLS directory's CA is read now (the farm loader has
+    /// checked it already, see [`super::client_config`]).
     pub fn new(settings: LdapSettings) -> Self {
-        Self { settings }
+        let tls = super::tls::client_config(&settings).map_err(|e| format!("ca_file: {e}"));
+        Self { settings, tls }
     }
 
     /// Its settings.
@@ -71,8 +85,18 @@ impl LdapDirectory {
 
     fn try_check(&self, user: &str, password: &str) -> Result<AuthOutcome, Failure> {
         let s = &self.settings;
-        let conn_settings = LdapConnSettings::new().set_conn_timeout(s.timeout);
-        let mut conn = LdapConn::with_settings(conn_settings, &s.url).map_err(|e| describe(&e, s))?;
+        let mut conn_settings = LdapConnSettings::new().set_conn_timeout(s.timeout);
+        if let Some(config) = self.tls.clone()? {
+            // For ldaps:// the client ignores starttls; for ldap:// it upgrades before any bind.
+            conn_settings = conn_settings
+                .set_config(config)
+                .set_starttls(s.transport == Transport::StartTls);
+        }
+        let mut conn = LdapConn::with_settings(conn_settings, &s.url).map_err(|e| match &e {
+            // The only operation of a connect: the StartTLS request.
+            LdapError::LdapResult { result } => format!("StartTLS refused: {}", result_text(result)),
+            _ => describe(&e, s),
+        })?;
         let outcome = self.with_connection(&mut conn, user, password);
         let _ = conn.unbind();
         outcome
@@ -274,13 +298,16 @@ fn result_text(r: &LdapResult) -> String {
     }
 }
 
-/// A client error as a sentence: unreachable, timed out, or closed.
+/// A client error as a sentence: unreachable, timed out, TLS refused, or closed.
 fn describe(e: &LdapError, s: &LdapSettings) -> Failure {
     match e {
         LdapError::Io { source } if source.kind() == std::io::ErrorKind::TimedOut => {
             format!("no answer within {:?}", s.timeout)
         }
-        LdapError::Io { source } => format!("unreachable: {source}"),
+        LdapError::Io { source } => match source.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
+            Some(tls) => format!("TLS with the directory failed: {tls}"),
+            None => format!("unreachable: {source}"),
+        },
         LdapError::Timeout { .. } => format!("no answer within {:?}", s.timeout),
         other => other.to_string(),
     }
@@ -294,6 +321,8 @@ mod tests {
     fn settings(url: &str) -> LdapSettings {
         LdapSettings {
             url: url.into(),
+            transport: crate::broker::ldap::Transport::Plain,
+            ca_file: None,
             timeout: std::time::Duration::from_millis(500),
             service: None,
             lookup: UserLookup::Template("uid={user},dc=ex".into()),

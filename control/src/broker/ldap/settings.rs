@@ -17,8 +17,13 @@ pub const MAX_TIMEOUT: Duration = Duration::from_secs(60);
 /// How the broker reaches and reads the directory: validated, immutable.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LdapSettings {
-    /// `ldap://host:port` (RFC 4516 form; no TLS in this build).
+    /// `ldap://HOST[:PORT]` or `ldaps://HOST[:PORT]` (RFC 4516 form, nothing after it).
     pub url: String,
+    /// Whether and how the connection is encrypted.
+    pub transport: Transport,
+    /// PEM file of the CA certificates that verify the directory's certificate; `None`: the
+    /// system's trust store. Read when the directory is set up (start, reload).
+    pub ca_file: Option<PathBuf>,
     /// Bound on connecting and on each operation (bind, search).
     pub timeout: Duration,
     /// The service account that searches users and groups; `None`: anonymous searches.
@@ -33,6 +38,24 @@ pub struct LdapSettings {
     /// Directory checks in flight at most; beyond, logins are refused
     /// `directory_unavailable` at once.
     pub max_pending: usize,
+}
+
+/// How the bytes of a directory connection travel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// In clear (`ldap://`): passwords cross the network readable.
+    Plain,
+    /// `ldap://` upgraded with the StartTLS operation before any bind (RFC 4513 §3).
+    StartTls,
+    /// TLS from the first byte (`ldaps://`, port 636 by default).
+    Ldaps,
+}
+
+impl Transport {
+    /// Whether the connection is encrypted.
+    pub fn is_tls(self) -> bool {
+        !matches!(self, Transport::Plain)
+    }
 }
 
 /// A bind DN and where its password is.
@@ -125,6 +148,9 @@ pub struct GroupSearch {
 #[serde(deny_unknown_fields)]
 pub(crate) struct LdapEntry {
     url: String,
+    #[serde(default)]
+    starttls: bool,
+    ca_file: Option<PathBuf>,
     #[serde(default = "default_timeout", deserialize_with = "duration::deserialize")]
     timeout: Duration,
     bind_dn: Option<String>,
@@ -159,21 +185,30 @@ pub(crate) type Problem = (&'static str, String);
 impl LdapEntry {
     /// Checks the section; the error names the key.
     pub(crate) fn build(self) -> Result<LdapSettings, Problem> {
-        let rest =
-            self.url
-                .strip_prefix("ldap://")
-                .ok_or_else(|| match self.url.starts_with("ldaps://") {
-                    true => (
-                        "url",
-                        "ldaps:// is not supported by this build (no TLS in the LDAP client); use ldap:// \
-                     on a trusted network or a local TLS tunnel"
-                            .to_string(),
-                    ),
-                    false => ("url", "must start with ldap://".to_string()),
-                })?;
+        let (transport, rest) = match (self.url.split_once("://"), self.starttls) {
+            (Some(("ldap", rest)), false) => (Transport::Plain, rest),
+            (Some(("ldap", rest)), true) => (Transport::StartTls, rest),
+            (Some(("ldaps", _)), true) => {
+                return Err((
+                    "starttls",
+                    "is for ldap:// URLs; ldaps:// speaks TLS from the first byte".into(),
+                ))
+            }
+            (Some(("ldaps", rest)), false) => (Transport::Ldaps, rest),
+            _ => return Err(("url", "must start with ldap:// or ldaps://".into())),
+        };
         let authority = rest.strip_suffix('/').unwrap_or(rest);
-        if authority.is_empty() || authority.contains(['/', '?', '#', ' ']) {
-            return Err(("url", "must be ldap://HOST[:PORT] with nothing after it".into()));
+        if authority.is_empty() || authority.contains(['/', '?', '#', ' ', '@']) {
+            return Err((
+                "url",
+                "must be ldap://HOST[:PORT] or ldaps://HOST[:PORT] with nothing after it".into(),
+            ));
+        }
+        if self.ca_file.is_some() && !transport.is_tls() {
+            return Err((
+                "ca_file",
+                "verifies a TLS directory: use an ldaps:// URL or starttls = true".into(),
+            ));
         }
         if self.timeout.is_zero() || self.timeout > MAX_TIMEOUT {
             return Err((
@@ -250,6 +285,8 @@ impl LdapEntry {
         };
         Ok(LdapSettings {
             url: self.url,
+            transport,
+            ca_file: self.ca_file,
             timeout: self.timeout,
             service,
             lookup,
@@ -364,9 +401,37 @@ group_filter = "(|(member={dn})(memberUid={user}))"
     }
 
     #[test]
+    fn transports() {
+        let t = |text: &str| {
+            let s = build(&format!("{text}\ndn_template = \"uid={{user}}\"")).unwrap();
+            (s.transport, s.ca_file)
+        };
+        assert_eq!(t("url = \"ldap://h\""), (Transport::Plain, None));
+        assert_eq!(
+            t("url = \"ldap://h\"\nstarttls = true"),
+            (Transport::StartTls, None)
+        );
+        assert_eq!(t("url = \"ldaps://h:6360/\""), (Transport::Ldaps, None));
+        assert_eq!(
+            t("url = \"ldaps://h\"\nca_file = \"/etc/ca.pem\""),
+            (Transport::Ldaps, Some(PathBuf::from("/etc/ca.pem")))
+        );
+        assert!(!Transport::Plain.is_tls() && Transport::StartTls.is_tls() && Transport::Ldaps.is_tls());
+    }
+
+    #[test]
     fn bad_sections_name_their_key() {
         let cases = [
-            ("url = \"ldaps://h\"\ndn_template = \"uid={user}\"", "url"),
+            (
+                "url = \"ldaps://h\"\nstarttls = true\ndn_template = \"uid={user}\"",
+                "starttls",
+            ),
+            (
+                "url = \"ldap://h\"\nca_file = \"/etc/ca.pem\"\ndn_template = \"uid={user}\"",
+                "ca_file",
+            ),
+            ("url = \"ldap://admin@h\"\ndn_template = \"uid={user}\"", "url"),
+            ("url = \"ldaps://\"\ndn_template = \"uid={user}\"", "url"),
             ("url = \"http://h\"\ndn_template = \"uid={user}\"", "url"),
             ("url = \"ldap://h/dc=x?uid\"\ndn_template = \"uid={user}\"", "url"),
             ("url = \"ldap://h\"", "base_dn"),

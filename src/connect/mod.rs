@@ -302,7 +302,9 @@ pub fn start(options: Options) -> Result<Running, ConnectError> {
     let stop = Arc::new(AtomicBool::new(false));
     let service = Arc::new(Service {
         gateways,
-        token: login.session_token,
+        user: options.user.clone(),
+        password: options.password.clone(),
+        token: parking_lot::Mutex::new(login.session_token),
         resource: resource.id.clone(),
         target: target.clone(),
         timeout: options.connect_timeout,
@@ -424,13 +426,54 @@ impl Drop for Running {
 /// What each local connection needs, shared by the session threads.
 struct Service {
     gateways: GatewaySet,
-    token: String,
+    user: String,
+    /// Kept to log in again when the session token stops being valid (it expires on the
+    /// broker, or a broker restart forgets it), so a long-running `connect` keeps working.
+    password: Password,
+    token: parking_lot::Mutex<String>,
     resource: String,
     target: Target,
     timeout: Duration,
 }
 
 impl Service {
+    /// Runs `call` with the session token; when the gateway answers `session_invalid`,
+    /// logs in again (once for all the threads that met the same stale token) and runs it
+    /// once more. Returns what `call` returned and the token it used.
+    fn with_session<T>(
+        &self,
+        call: impl Fn(&str) -> Result<T, ConnectError>,
+    ) -> Result<(T, String), ConnectError> {
+        let token = self.token.lock().clone();
+        match call(&token) {
+            Err(ConnectError::Refused {
+                status: 401, code, ..
+            }) if code == "session_invalid" => {
+                let fresh = self.log_in_again(&token)?;
+                Ok((call(&fresh)?, fresh))
+            }
+            other => other.map(|answer| (answer, token)),
+        }
+    }
+
+    /// A valid token in place of `stale`: a new login, unless another thread has made one.
+    fn log_in_again(&self, stale: &str) -> Result<String, ConnectError> {
+        // Held across the login so that the threads behind it reuse its token.
+        let mut token = self.token.lock();
+        if *token != stale {
+            return Ok(token.clone());
+        }
+        let login = self.gateways.login(&self.user, self.password.expose())?;
+        let (gateway, role) = self.gateways.current();
+        tracing::info!(
+            user = %self.user,
+            gateway = %gateway,
+            "the session token is no longer valid (expired, or the broker forgot it): logged in again through the {role} gateway"
+        );
+        *token = login.session_token;
+        Ok(token.clone())
+    }
+
     /// Carries one local connection to its end.
     fn serve(&self, local: TcpStream) -> Result<RelayTotals, ConnectError> {
         let peer = local
@@ -438,15 +481,16 @@ impl Service {
             .map_or_else(|_| "?".to_string(), |a| a.to_string());
         let (remote, tls, early, via) = match &self.target {
             Target::Tunnel => {
-                let ticket = match self.gateways.launch(&self.token, &self.resource, "gateway")? {
-                    LaunchAnswer::Gateway { ticket } => ticket,
-                    LaunchAnswer::Direct { .. } => {
-                        return Err(ConnectError::Protocol(
+                let (ticket, token) = self.with_session(|token| {
+                    match self.gateways.launch(token, &self.resource, "gateway")? {
+                        LaunchAnswer::Gateway { ticket } => Ok(ticket),
+                        LaunchAnswer::Direct { .. } => Err(ConnectError::Protocol(
                             "a gateway-mode launch was answered with a direct host".to_string(),
-                        ))
+                        )),
                     }
-                };
-                let tunnel = self.gateways.open_tunnel(&self.token, &ticket)?;
+                })?;
+                // The tunnel request carries the token the ticket was launched with.
+                let tunnel = self.gateways.open_tunnel(&token, &ticket)?;
                 let via = format!("tunnel through gateway {}", tunnel.gateway);
                 (tunnel.socket, tunnel.tls, tunnel.early, via)
             }

@@ -32,6 +32,8 @@ struct FakeConfig {
 
 struct FakeState {
     config: FakeConfig,
+    /// Session tokens the gateway takes (one per login; cleared to expire them all).
+    tokens: Mutex<HashSet<String>>,
     issued: Mutex<HashSet<String>>,
     next_ticket: AtomicUsize,
     logins: AtomicUsize,
@@ -58,6 +60,7 @@ impl FakeGateway {
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(FakeState {
             config,
+            tokens: Mutex::new(HashSet::new()),
             issued: Mutex::new(HashSet::new()),
             next_ticket: AtomicUsize::new(1),
             logins: AtomicUsize::new(0),
@@ -136,14 +139,18 @@ fn serve_api<S: Read + Write>(state: &FakeState, s: &mut S) -> bool {
             return false;
         };
         let json = serde_json::from_slice::<serde_json::Value>(&body).unwrap_or_default();
-        let token_ok = bearer.as_deref() == Some("gw~tok-alice");
+        let token_ok = bearer
+            .as_deref()
+            .is_some_and(|t| state.tokens.lock().unwrap().contains(t));
         let (status, answer) = match (method.as_str(), path.as_str()) {
             ("POST", "/api/v1/login") => {
-                state.logins.fetch_add(1, Ordering::SeqCst);
+                let n = state.logins.fetch_add(1, Ordering::SeqCst) + 1;
                 if json["user"] == "alice" && json["password"] == PASSWORD {
+                    let token = format!("gw~tok-alice-{n}");
+                    state.tokens.lock().unwrap().insert(token.clone());
                     (
                         200,
-                        serde_json::json!({"session_token": "gw~tok-alice", "resources": state.config.resources}),
+                        serde_json::json!({"session_token": token, "resources": state.config.resources}),
                     )
                 } else {
                     (
@@ -404,6 +411,24 @@ fn gateway_mode_tunnels_carry_checksummed_bytes_concurrently() {
     assert!(gw.state.issued.lock().unwrap().is_empty());
     // Login and the launches shared kept-alive connections: one login only.
     assert_eq!(gw.state.logins.load(Ordering::SeqCst), 1);
+    running.stop();
+}
+
+#[test]
+fn an_expired_session_token_means_one_new_login_not_failed_tunnels() {
+    let gw = FakeGateway::plain(vec![desktop("desktop-a")]);
+    let running = start(options(&gw.addr.to_string(), Mode::Gateway)).unwrap();
+    exercise(running.local_addr(), 1, 10_000, &gw.state.config.early);
+    assert_eq!(gw.state.logins.load(Ordering::SeqCst), 1);
+    // The broker forgets the session (it expired, or the broker restarted).
+    gw.state.tokens.lock().unwrap().clear();
+    exercise(running.local_addr(), 3, 10_000, &gw.state.config.early);
+    assert_eq!(
+        gw.state.logins.load(Ordering::SeqCst),
+        2,
+        "three connections meeting the stale token log in again once"
+    );
+    assert_eq!(gw.state.tunnels.load(Ordering::SeqCst), 4);
     running.stop();
 }
 

@@ -13,7 +13,7 @@ use rustls::ClientConfig;
 use gatehouse_control::frame::{KeepaliveConfig, Role};
 use gatehouse_control::message::{self, HostReport, Inbound, Reply, Request};
 
-use super::link::{our_hello, Link};
+use super::link::{self, our_hello, Link};
 use super::HostAgentSection;
 
 /// Longest wait between two connection attempts to a broker.
@@ -98,7 +98,7 @@ impl AgentCtx {
             .expect("a constant DNS name is valid");
         let conn = rustls::ClientConnection::new(self.tls.clone(), name).map_err(|e| e.to_string())?;
         let hello = our_hello(Role::HostAgent, &self.node)?;
-        Link::establish(
+        link::establish(
             sock,
             rustls::Connection::Client(conn),
             &hello,

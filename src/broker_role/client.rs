@@ -26,7 +26,7 @@ use gatehouse_control::frame::{KeepaliveConfig, Role, DEFAULT_REQUEST_TIMEOUT};
 use gatehouse_control::message::{self, Event, Inbound, Reply, Request};
 
 use super::agent::{MAX_BACKOFF, MIN_BACKOFF};
-use super::link::{our_hello, Link};
+use super::link::{self, our_hello, Link};
 use super::resolver::Resolver;
 
 /// How a gateway's control client is set up.
@@ -615,7 +615,7 @@ impl LinkThread {
             .expect("a constant DNS name is valid");
         let conn = rustls::ClientConnection::new(self.setup.tls.clone(), name).map_err(|e| e.to_string())?;
         let hello = our_hello(Role::Gateway, &self.setup.node)?;
-        Link::establish(
+        link::establish(
             sock,
             rustls::Connection::Client(conn),
             &hello,

@@ -27,7 +27,7 @@ use gatehouse_control::broker::{
 use gatehouse_control::frame::{KeepaliveConfig, Role};
 use gatehouse_control::message::{self, Event, Inbound, Reply, Request};
 
-use super::link::{our_hello, Link};
+use super::link::{self, our_hello, Link};
 use super::{BrokerSection, ControlRoles};
 use crate::config::Config;
 
@@ -376,7 +376,7 @@ fn connection(sock: TcpStream, addr: SocketAddr, role: Role, shared: &Arc<Shared
             return;
         }
     };
-    let mut link = match Link::establish(sock, tls, &hello, role, shared.keepalive) {
+    let mut link = match link::establish(sock, tls, &hello, role, shared.keepalive) {
         Ok(link) => link,
         Err(super::link::LinkError::Closed) => {
             tracing::debug!(peer = %addr, "connection closed before the TLS handshake");

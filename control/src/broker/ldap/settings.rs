@@ -204,6 +204,14 @@ impl LdapEntry {
                 "must be ldap://HOST[:PORT] or ldaps://HOST[:PORT] with nothing after it".into(),
             ));
         }
+        if transport.is_tls() && authority.starts_with('[') {
+            // The LDAP client names the TLS server by the URL's host as written, and a
+            // bracketed IPv6 literal is not a name rustls can verify.
+            return Err((
+                "url",
+                "a TLS directory needs a DNS name or an IPv4 address, not an IPv6 literal".into(),
+            ));
+        }
         if self.ca_file.is_some() && !transport.is_tls() {
             return Err((
                 "ca_file",
@@ -432,6 +440,7 @@ group_filter = "(|(member={dn})(memberUid={user}))"
             ),
             ("url = \"ldap://admin@h\"\ndn_template = \"uid={user}\"", "url"),
             ("url = \"ldaps://\"\ndn_template = \"uid={user}\"", "url"),
+            ("url = \"ldaps://[::1]:636\"\ndn_template = \"uid={user}\"", "url"),
             ("url = \"http://h\"\ndn_template = \"uid={user}\"", "url"),
             ("url = \"ldap://h/dc=x?uid\"\ndn_template = \"uid={user}\"", "url"),
             ("url = \"ldap://h\"", "base_dn"),

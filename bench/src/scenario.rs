@@ -106,6 +106,75 @@ impl FirstError {
     }
 }
 
+/// What one worker of a connection scenario (connect-rate, tls-handshake) counted in the
+/// measured window.
+pub struct ConnTally {
+    /// Connections that did their exchange.
+    pub ok: u64,
+    /// Of those, handshakes that resumed a session (tls-handshake).
+    pub resumed: u64,
+    /// Connections that failed.
+    pub errors: u64,
+    /// Latency of the successful ones, in nanoseconds.
+    pub hist: hdrhistogram::Histogram<u64>,
+}
+
+impl ConnTally {
+    /// An empty tally for a worker's measured window.
+    pub fn new() -> ConnTally {
+        ConnTally {
+            ok: 0,
+            resumed: 0,
+            errors: 0,
+            hist: crate::report::new_histogram(),
+        }
+    }
+
+    /// A success whose latency counts from `since` (the intended start, for open loop).
+    pub fn done(&mut self, since: Instant) {
+        self.ok += 1;
+        let _ = self.hist.record(since.elapsed().as_nanos() as u64);
+    }
+
+    /// A failure; `first` keeps the first error's text.
+    pub fn failed(&mut self, first: &FirstError, e: String) {
+        self.errors += 1;
+        first.note(|| e);
+    }
+}
+
+impl Default for ConnTally {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Opens the measured window (the workers are past the barrier), joins the workers and
+/// closes it: the merged tally, the window's length in seconds and the processes' figures.
+/// Fails with NoProgress when no connection succeeded.
+pub fn gather(
+    common: &Common,
+    workers: Vec<std::thread::JoinHandle<ConnTally>>,
+    first: &FirstError,
+) -> Result<(ConnTally, f64, Vec<crate::report::ProcessReport>), BenchError> {
+    let window = common.open_window()?;
+    let tallies: Vec<ConnTally> = workers
+        .into_iter()
+        .map(|w| w.join().expect("connection workers do not panic"))
+        .collect();
+    let elapsed_s = window.elapsed_s();
+    let processes = common.close_window(&window)?;
+    let mut all = ConnTally::new();
+    for t in &tallies {
+        all.ok += t.ok;
+        all.resumed += t.resumed;
+        all.errors += t.errors;
+        all.hist.add(&t.hist).expect("histograms share bounds");
+    }
+    require_progress(common.target, all.ok, first)?;
+    Ok((all, elapsed_s, processes))
+}
+
 /// Fails with NoProgress when nothing completed.
 pub fn require_progress(target: SocketAddr, operations: u64, first: &FirstError) -> Result<(), BenchError> {
     if operations == 0 {

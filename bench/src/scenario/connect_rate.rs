@@ -9,12 +9,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use hdrhistogram::Histogram;
 use serde_json::json;
 
-use super::{finish, require_progress, Common, FirstError};
+use super::{finish, gather, Common, ConnTally, FirstError};
 use crate::net::{probe, SourcePool};
-use crate::report::{new_histogram, Percentiles, Report, Results};
+use crate::report::{Percentiles, Report, Results};
 use crate::BenchError;
 
 /// Parameters of `connect-rate`.
@@ -26,13 +25,6 @@ pub struct Params {
     pub concurrency: usize,
     /// Bytes echoed on each connection.
     pub payload: usize,
-}
-
-#[derive(Default)]
-struct Tally {
-    ok: u64,
-    errors: u64,
-    hist: Option<Histogram<u64>>,
 }
 
 /// Runs the scenario.
@@ -61,23 +53,12 @@ pub fn run(common: &Common, p: &Params) -> Result<Report, BenchError> {
                     let _ = one(&sources, target, &msg, &mut back);
                 }
                 barrier.wait();
-                let mut tally = Tally {
-                    hist: Some(new_histogram()),
-                    ..Tally::default()
-                };
+                let mut tally = ConnTally::new();
                 while tickets.fetch_add(1, Ordering::Relaxed) < total && Instant::now() < cap {
                     let start = Instant::now();
                     match one(&sources, target, &msg, &mut back) {
-                        Ok(()) => {
-                            tally.ok += 1;
-                            if let Some(h) = tally.hist.as_mut() {
-                                let _ = h.record(start.elapsed().as_nanos() as u64);
-                            }
-                        }
-                        Err(e) => {
-                            tally.errors += 1;
-                            first.note(|| e);
-                        }
+                        Ok(()) => tally.done(start),
+                        Err(e) => tally.failed(&first, e),
                     }
                 }
                 tally
@@ -85,29 +66,16 @@ pub fn run(common: &Common, p: &Params) -> Result<Report, BenchError> {
         })
         .collect();
     barrier.wait();
-    let window = common.open_window()?;
-    let tallies: Vec<Tally> = workers
-        .into_iter()
-        .map(|w| w.join().expect("connect workers do not panic"))
-        .collect();
-    let elapsed_s = window.elapsed_s();
-    let processes = common.close_window(&window)?;
-    let mut hist = new_histogram();
-    for t in &tallies {
-        if let Some(h) = &t.hist {
-            hist.add(h).expect("histograms share bounds");
-        }
-    }
-    let ok: u64 = tallies.iter().map(|t| t.ok).sum();
-    require_progress(common.target, ok, &first)?;
+    let (tally, elapsed_s, processes) = gather(common, workers, &first)?;
+    let ok = tally.ok;
     let results = Results {
         elapsed_s,
         connections: ok,
         operations: ok,
-        errors: tallies.iter().map(|t| t.errors).sum(),
+        errors: tally.errors,
         bytes_up: ok * p.payload as u64,
         bytes_down: ok * p.payload as u64,
-        latency_us: Percentiles::from_histogram(&hist),
+        latency_us: Percentiles::from_histogram(&tally.hist),
         ..Results::default()
     };
     let extra = json!({

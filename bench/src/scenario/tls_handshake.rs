@@ -14,13 +14,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use hdrhistogram::Histogram;
 use rustls::HandshakeKind;
 use serde_json::json;
 
-use super::{finish, require_progress, Common, FirstError};
+use super::{finish, gather, Common, ConnTally, FirstError};
 use crate::net::{probe, SourcePool};
-use crate::report::{new_histogram, Percentiles, Report, Results};
+use crate::report::{Percentiles, Report, Results};
 use crate::tls::{TlsClient, TlsVersion, Verify};
 use crate::BenchError;
 
@@ -53,14 +52,6 @@ pub struct Params {
     pub server_name: String,
     /// Open loop at this many handshakes per second (all workers together).
     pub rate: Option<f64>,
-}
-
-#[derive(Default)]
-struct Tally {
-    ok: u64,
-    resumed: u64,
-    errors: u64,
-    hist: Option<Histogram<u64>>,
 }
 
 /// Runs the scenario.
@@ -107,10 +98,7 @@ pub fn run(common: &Common, p: &Params) -> Result<Report, BenchError> {
                 barrier.wait();
                 let start = Instant::now();
                 let cap = start + duration.max(Duration::from_secs(1));
-                let mut tally = Tally {
-                    hist: Some(new_histogram()),
-                    ..Tally::default()
-                };
+                let mut tally = ConnTally::new();
                 let mut next = start;
                 while tickets.fetch_add(1, Ordering::Relaxed) < total && Instant::now() < cap {
                     let intended = match interval {
@@ -127,16 +115,10 @@ pub fn run(common: &Common, p: &Params) -> Result<Report, BenchError> {
                     };
                     match one(&client, &sources, target, &msg, &mut back) {
                         Ok(kind) => {
-                            tally.ok += 1;
+                            tally.done(intended);
                             tally.resumed += u64::from(kind == Some(HandshakeKind::Resumed));
-                            if let Some(h) = tally.hist.as_mut() {
-                                let _ = h.record(intended.elapsed().as_nanos() as u64);
-                            }
                         }
-                        Err(e) => {
-                            tally.errors += 1;
-                            first.note(|| e);
-                        }
+                        Err(e) => tally.failed(&first, e),
                     }
                 }
                 tally
@@ -144,22 +126,8 @@ pub fn run(common: &Common, p: &Params) -> Result<Report, BenchError> {
         })
         .collect();
     barrier.wait();
-    let window = common.open_window()?;
-    let tallies: Vec<Tally> = workers
-        .into_iter()
-        .map(|w| w.join().expect("handshake workers do not panic"))
-        .collect();
-    let elapsed_s = window.elapsed_s();
-    let processes = common.close_window(&window)?;
-    let mut hist = new_histogram();
-    for t in &tallies {
-        if let Some(h) = &t.hist {
-            hist.add(h).expect("histograms share bounds");
-        }
-    }
-    let ok: u64 = tallies.iter().map(|t| t.ok).sum();
-    require_progress(common.target, ok, &first)?;
-    let resumed: u64 = tallies.iter().map(|t| t.resumed).sum();
+    let (tally, elapsed_s, processes) = gather(common, workers, &first)?;
+    let (ok, resumed) = (tally.ok, tally.resumed);
     if p.mode == Mode::Resumed && resumed * 10 < ok * 9 {
         return Err(BenchError::NoProgress {
             target: common.target,
@@ -170,10 +138,10 @@ pub fn run(common: &Common, p: &Params) -> Result<Report, BenchError> {
         elapsed_s,
         connections: ok,
         operations: ok,
-        errors: tallies.iter().map(|t| t.errors).sum(),
+        errors: tally.errors,
         bytes_up: ok * p.payload as u64,
         bytes_down: ok * p.payload as u64,
-        latency_us: Percentiles::from_histogram(&hist),
+        latency_us: Percentiles::from_histogram(&tally.hist),
         ..Results::default()
     };
     let extra = json!({

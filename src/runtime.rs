@@ -402,11 +402,13 @@ fn build_listener_tls(config: &Config) -> Result<TlsState, String> {
 }
 
 /// Binds (and releases) every listener that a reload adds or changes, so that an address
-/// in use is a refused reload rather than a listener that silently disappears.
+/// in use is a refused reload rather than a listener that silently disappears; an address
+/// this node did not listen on must have no listener of another process either.
 fn check_new_listeners(old: &Config, new: &Config) -> Result<(), String> {
     let key =
         |l: &crate::config::ListenerConfig| (l.name.clone(), l.bind, l.backlog, l.freebind, l.tcp_keepalive);
     let old_keys: Vec<_> = old.listeners().map(key).collect();
+    let old_addresses: Vec<_> = old.listeners().map(|l| l.bind).collect();
     for l in new.listeners() {
         if old_keys.contains(&key(l)) {
             continue;
@@ -417,7 +419,11 @@ fn check_new_listeners(old: &Config, new: &Config) -> Result<(), String> {
             freebind: l.freebind,
             keepalive: l.tcp_keepalive.get(),
         };
-        crate::engine::listener::bind(&spec).map_err(|e| format!("listener {:?}: {e}", l.name))?;
+        let fail = |e: std::io::Error| format!("listener {:?}: {e}", l.name);
+        if l.bind.port() != 0 && !old_addresses.contains(&l.bind) {
+            crate::engine::listener::nobody_listens(&spec).map_err(fail)?;
+        }
+        crate::engine::listener::bind(&spec).map_err(fail)?;
     }
     Ok(())
 }

@@ -1,7 +1,10 @@
 //! Listening sockets: one per worker per listener, with SO_REUSEPORT.
 //!
 //! Owns socket options of listeners. The kernel spreads new connections over the workers'
-//! sockets, so no worker hands connections to another.
+//! sockets, so no worker hands connections to another. SO_REUSEPORT would also let a second
+//! process bind the same address and quietly take a share of the connections (another
+//! gatehouse started by mistake, an old one that did not stop), so a group first checks that
+//! nobody listens there yet.
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
@@ -47,9 +50,47 @@ pub fn bind(spec: &BindSpec) -> io::Result<TcpListener> {
     Ok(socket.into())
 }
 
+/// Binds a socket without SO_REUSEPORT to `spec.address` and lets it go: that fails while
+/// any socket listens there, with or without SO_REUSEPORT (TIME_WAIT leftovers do not count,
+/// as for the listener itself with SO_REUSEADDR).
+pub fn nobody_listens(spec: &BindSpec) -> io::Result<()> {
+    let probe = Socket::new(
+        Domain::for_address(spec.address),
+        Type::STREAM.cloexec(),
+        Some(Protocol::TCP),
+    )?;
+    probe.set_reuse_address(true)?;
+    if spec.address.is_ipv6() {
+        probe.set_only_v6(true)?;
+    }
+    if spec.freebind {
+        if spec.address.is_ipv6() {
+            probe.set_freebind_ipv6(true)?;
+        } else {
+            probe.set_freebind(true)?;
+        }
+    }
+    match probe.bind(&spec.address.into()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => Err(io::Error::new(
+            e.kind(),
+            format!(
+                "cannot bind {}: another socket listens there (another gatehouse still running?)",
+                spec.address
+            ),
+        )),
+        // Anything else (a non-local address without freebind...) is for the real bind to
+        // report in its words.
+        Err(_) => Ok(()),
+    }
+}
+
 /// Binds `count` sockets on the same address (one per worker). With port 0 the first one
-/// picks the port and the others reuse it.
+/// picks the port and the others reuse it. Refuses an address some other socket listens on.
 pub fn bind_group(spec: &BindSpec, count: usize) -> io::Result<Vec<TcpListener>> {
+    if spec.address.port() != 0 {
+        nobody_listens(spec)?;
+    }
     let first = bind(spec)?;
     let mut spec = *spec;
     spec.address = first.local_addr()?;
@@ -58,4 +99,56 @@ pub fn bind_group(spec: &BindSpec, count: usize) -> io::Result<Vec<TcpListener>>
         all.push(bind(&spec)?);
     }
     Ok(all)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+    use std::net::TcpStream;
+    use std::time::Duration;
+
+    use super::*;
+
+    fn spec(address: SocketAddr) -> BindSpec {
+        BindSpec {
+            address,
+            backlog: 16,
+            freebind: false,
+            keepalive: Duration::from_secs(60),
+        }
+    }
+
+    #[test]
+    fn an_address_someone_listens_on_is_refused() {
+        let first = bind_group(&spec("127.0.0.1:0".parse().unwrap()), 2).unwrap();
+        let addr = first[0].local_addr().unwrap();
+        assert_eq!(first[1].local_addr().unwrap(), addr);
+        // A second group (another gatehouse) would share the connections: refused.
+        let err = bind_group(&spec(addr), 2).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
+        assert!(err.to_string().contains("another socket listens there"), "{err}");
+        // So is an address a plain listener holds.
+        let plain = TcpListener::bind("127.0.0.1:0").unwrap();
+        assert!(bind_group(&spec(plain.local_addr().unwrap()), 1).is_err());
+        drop(first);
+        assert!(
+            bind_group(&spec(addr), 2).is_ok(),
+            "free again once the first group is gone"
+        );
+    }
+
+    #[test]
+    fn time_wait_leftovers_do_not_block_a_restart() {
+        let group = bind_group(&spec("127.0.0.1:0".parse().unwrap()), 1).unwrap();
+        let addr = group[0].local_addr().unwrap();
+        group[0].set_nonblocking(false).unwrap();
+        let mut client = TcpStream::connect(addr).unwrap();
+        let (served, _) = group[0].accept().unwrap();
+        // The listener's side closes first: its end of the connection stays in TIME_WAIT.
+        drop(served);
+        let _ = client.read(&mut [0u8; 1]);
+        drop(client);
+        drop(group);
+        assert!(bind_group(&spec(addr), 1).is_ok());
+    }
 }

@@ -1,5 +1,6 @@
 //! Lifecycle and limits: drain on SIGTERM, the drain deadline, global and per-source
-//! connection limits, and accepting under a tiny `ulimit -n`.
+//! connection limits, accepting under a tiny `ulimit -n`, and a second node refused on an
+//! address the first one listens on.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::unix::process::CommandExt;
@@ -227,4 +228,49 @@ fn tiny_ulimit_pauses_accepting_without_spinning() {
     );
     assert!(pauses > 0.0, "out-of-files accept pauses counted");
     g.assert_nothing_held();
+}
+
+#[test]
+fn a_second_node_on_the_same_listener_address_is_refused() {
+    let echo = EchoServer::start(None);
+    let (admin, listen) = addrs();
+    let first = Gatehouse::start(&simple_config(admin, listen, "", "", &[("b", echo.addr)]), admin);
+    assert!(echo_once(listen));
+    // The same listener under another admin address: without the check, SO_REUSEPORT would
+    // let it start and take about half of the new connections.
+    let (other_admin, _) = addrs();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("second.toml");
+    std::fs::write(
+        &path,
+        simple_config(other_admin, listen, "", "", &[("b", echo.addr)]),
+    )
+    .unwrap();
+    let mut second = std::process::Command::new(bin())
+        .arg("run")
+        .arg("-c")
+        .arg(&path)
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let exited = wait_until(Duration::from_secs(10), || {
+        matches!(second.try_wait(), Ok(Some(_)))
+    });
+    if !exited {
+        let _ = second.kill();
+    }
+    let out = second.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        exited && !out.status.success(),
+        "the second node kept running: {stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("cannot bind {listen}: another socket listens there")),
+        "{stderr}"
+    );
+    // Every connection still reaches the first node.
+    assert!((0..20).all(|_| echo_once(listen)), "log:\n{}", first.log());
 }

@@ -55,7 +55,7 @@ impl LdapDirectory {
     /// A directory for `settings`; a TLS directory's CA is read now (the farm loader has
     /// checked it already, see [`super::client_config`]).
     pub fn new(settings: LdapSettings) -> Self {
-        let tls = super::tls::client_config(&settings).map_err(|e| format!("ca_file: {e}"));
+        let tls = super::tls::client_config(&settings).map_err(|e| format!("TLS set-up: {e}"));
         Self { settings, tls }
     }
 

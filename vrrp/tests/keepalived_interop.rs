@@ -46,7 +46,21 @@ impl Keepalived {
         .expect("write keepalived.conf");
         let log = fs::File::create(dir.join("log")).expect("log file");
         let child = Command::new("ip")
-            .args(["netns", "exec", ns, "keepalived", "-n", "-l", "-D", "-P", "-f"])
+            // -R: a crashed VRRP child stays dead. keepalived's parent otherwise respawns
+            // it, and the new child (priority 100, a shorter master-down interval than
+            // gatehouse's 50) can win the race for master before gatehouse's timer fires.
+            .args([
+                "netns",
+                "exec",
+                ns,
+                "keepalived",
+                "-n",
+                "-l",
+                "-D",
+                "-P",
+                "-R",
+                "-f",
+            ])
             .arg(&conf)
             .arg("-p")
             .arg(dir.join("keepalived.pid"))

@@ -11,6 +11,23 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// A one-shot in-test backend running `serve` on its first connection; its answer comes
+/// back on the channel.
+pub fn backend<T: Send + 'static>(
+    serve: impl FnOnce(TcpStream) -> T + Send + 'static,
+) -> (SocketAddr, std::sync::mpsc::Receiver<T>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        if let Ok((s, _)) = l.accept() {
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let _ = tx.send(serve(s));
+        }
+    });
+    (addr, rx)
+}
+
 /// Path of the gatehouse binary under test.
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_gatehouse"))

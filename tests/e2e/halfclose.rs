@@ -1,8 +1,7 @@
 //! Half-close and reset carried through the proxy.
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::mpsc;
+use std::net::{Shutdown, SocketAddr};
 use std::time::{Duration, Instant};
 
 use rand::{RngCore, SeedableRng};
@@ -16,22 +15,6 @@ fn random(len: usize, seed: u64) -> Vec<u8> {
     let mut v = vec![0u8; len];
     rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut v);
     v
-}
-
-/// A one-shot in-test backend running `serve` on its first connection.
-fn backend<T: Send + 'static>(
-    serve: impl FnOnce(TcpStream) -> T + Send + 'static,
-) -> (SocketAddr, mpsc::Receiver<T>) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        if let Ok((s, _)) = l.accept() {
-            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-            let _ = tx.send(serve(s));
-        }
-    });
-    (addr, rx)
 }
 
 fn node_for(addr: SocketAddr, splice: bool) -> (Gatehouse, SocketAddr) {

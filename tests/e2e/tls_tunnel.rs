@@ -3,31 +3,15 @@
 //! on one port, and TLS 1.3 session tickets held for the first answer but not for ever.
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::Path;
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::common::*;
 use crate::tls_offload::{have_tool, s_client, subject, tls_client, tls_client_config};
 
 type TlsStream = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
-
-/// A one-shot in-test backend running `serve` on its first connection.
-fn backend<T: Send + 'static>(
-    serve: impl FnOnce(TcpStream) -> T + Send + 'static,
-) -> (SocketAddr, mpsc::Receiver<T>) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        if let Ok((s, _)) = l.accept() {
-            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-            let _ = tx.send(serve(s));
-        }
-    });
-    (addr, rx)
-}
 
 /// A node offloading TLS on `listen` (mode `mode`) in front of `backend`, with a.test's
 /// certificate as the default.

@@ -420,7 +420,7 @@ fn check_new_listeners(old: &Config, new: &Config) -> Result<(), String> {
             keepalive: l.tcp_keepalive.get(),
         };
         let fail = |e: std::io::Error| format!("listener {:?}: {e}", l.name);
-        if l.bind.port() != 0 && !old_addresses.contains(&l.bind) {
+        if !old_addresses.contains(&l.bind) {
             crate::engine::listener::nobody_listens(&spec).map_err(fail)?;
         }
         crate::engine::listener::bind(&spec).map_err(fail)?;

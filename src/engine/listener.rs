@@ -25,12 +25,16 @@ pub struct BindSpec {
     pub keepalive: std::time::Duration,
 }
 
-/// Binds one listening socket with SO_REUSEPORT.
-pub fn bind(spec: &BindSpec) -> io::Result<TcpListener> {
-    let domain = Domain::for_address(spec.address);
-    let socket = Socket::new(domain, Type::STREAM.nonblocking().cloexec(), Some(Protocol::TCP))?;
+/// A socket for `spec.address` with the options a listener and its probe share: address
+/// reuse (TIME_WAIT leftovers do not block a bind), IPv6 only for an IPv6 address, and
+/// IP_FREEBIND when asked.
+fn address_socket(spec: &BindSpec) -> io::Result<Socket> {
+    let socket = Socket::new(
+        Domain::for_address(spec.address),
+        Type::STREAM.nonblocking().cloexec(),
+        Some(Protocol::TCP),
+    )?;
     socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
     if spec.address.is_ipv6() {
         socket.set_only_v6(true)?;
     }
@@ -41,6 +45,13 @@ pub fn bind(spec: &BindSpec) -> io::Result<TcpListener> {
             socket.set_freebind(true)?;
         }
     }
+    Ok(socket)
+}
+
+/// Binds one listening socket with SO_REUSEPORT.
+pub fn bind(spec: &BindSpec) -> io::Result<TcpListener> {
+    let socket = address_socket(spec)?;
+    socket.set_reuse_port(true)?;
     socket.set_nodelay(true)?;
     socket.set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(spec.keepalive))?;
     socket
@@ -52,24 +63,12 @@ pub fn bind(spec: &BindSpec) -> io::Result<TcpListener> {
 
 /// Binds a socket without SO_REUSEPORT to `spec.address` and lets it go: that fails while
 /// any socket listens there, with or without SO_REUSEPORT (TIME_WAIT leftovers do not count,
-/// as for the listener itself with SO_REUSEADDR).
+/// as for the listener itself). Port 0 (the kernel picks a free one) needs no check.
 pub fn nobody_listens(spec: &BindSpec) -> io::Result<()> {
-    let probe = Socket::new(
-        Domain::for_address(spec.address),
-        Type::STREAM.cloexec(),
-        Some(Protocol::TCP),
-    )?;
-    probe.set_reuse_address(true)?;
-    if spec.address.is_ipv6() {
-        probe.set_only_v6(true)?;
+    if spec.address.port() == 0 {
+        return Ok(());
     }
-    if spec.freebind {
-        if spec.address.is_ipv6() {
-            probe.set_freebind_ipv6(true)?;
-        } else {
-            probe.set_freebind(true)?;
-        }
-    }
+    let probe = address_socket(spec)?;
     match probe.bind(&spec.address.into()) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::AddrInUse => Err(io::Error::new(
@@ -88,9 +87,7 @@ pub fn nobody_listens(spec: &BindSpec) -> io::Result<()> {
 /// Binds `count` sockets on the same address (one per worker). With port 0 the first one
 /// picks the port and the others reuse it. Refuses an address some other socket listens on.
 pub fn bind_group(spec: &BindSpec, count: usize) -> io::Result<Vec<TcpListener>> {
-    if spec.address.port() != 0 {
-        nobody_listens(spec)?;
-    }
+    nobody_listens(spec)?;
     let first = bind(spec)?;
     let mut spec = *spec;
     spec.address = first.local_addr()?;

@@ -203,8 +203,10 @@ impl ServerTls {
         };
         let ticketer: Arc<dyn ProducesTickets> = match &settings.tickets {
             Tickets::Off => Arc::new(NeverTickets),
+            // aws-lc-rs's ticketer draws its nonces from aws-lc's user-space generator; ring's
+            // made a getrandom(2) call per ticket (two per TLS 1.3 handshake).
             Tickets::Local => {
-                rustls::crypto::ring::Ticketer::new().map_err(|e| TlsSetupError::Rustls(e.to_string()))?
+                rustls::crypto::aws_lc_rs::Ticketer::new().map_err(|e| TlsSetupError::Rustls(e.to_string()))?
             }
             Tickets::Shared(t) => t.clone(),
         };

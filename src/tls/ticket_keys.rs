@@ -300,7 +300,9 @@ pub struct SharedTicketer {
     keys: RwLock<Arc<SealingKeys>>,
     lifetime_secs: u32,
     clock: fn() -> SystemTime,
-    rng: SystemRandom,
+    /// Draws ticket nonces: the TLS provider's generator (aws-lc's, in user space; a
+    /// getrandom(2) call per ticket cost about 1 us, two per TLS 1.3 handshake).
+    nonces: &'static dyn rustls::crypto::SecureRandom,
 }
 
 struct SealingKeys {
@@ -335,7 +337,7 @@ impl SharedTicketer {
             keys: RwLock::new(Arc::new(SealingKeys::new(set))),
             lifetime_secs,
             clock,
-            rng: SystemRandom::new(),
+            nonces: super::provider().secure_random,
         })
     }
 
@@ -384,7 +386,7 @@ impl ProducesTickets for SharedTicketer {
         let id = current.id();
         let (_, aead) = keys.aead.iter().find(|(kid, _)| *kid == id)?;
         let mut nonce = [0u8; NONCE_LEN];
-        self.rng.fill(&mut nonce).ok()?;
+        self.nonces.fill(&mut nonce).ok()?;
         let mut out = Vec::with_capacity(KEY_ID_LEN + NONCE_LEN + plain.len() + TAG_LEN);
         out.extend_from_slice(&id);
         out.extend_from_slice(&nonce);

@@ -15,6 +15,12 @@
 #   rr-latency    ping-pong of 32-byte messages at 2,000/s on one connection, directly to the
 #                 echo stand-in and then through the proxy, back to back: added p50 and p99
 #                 (proxy minus direct) in microseconds
+#   office        the bench issue's office profile (rdp-profile: 10 input events/s of 80 B up,
+#                 1,200 B mean updates down, a 60 KB burst every 30 s) over N long-lived
+#                 sessions (--office-sessions, default 2,000; 0 skips it) to an RDP stand-in,
+#                 directly and then through the proxy: CPU-us per session-second, added p99,
+#                 and the sessions that CPU cost extrapolates to on 2 CPUs kept 80% busy (what
+#                 scripts/bench-capacity.sh measures for gatehouse alone, here against HAProxy)
 # TLS part (--tls on, the default; --tls only runs just this part), the proxy terminating TLS
 # (gatehouse `tls = "offload"`, HAProxy `bind ... ssl crt`) in front of the stand-ins, with
 # the same certificates made here by openssl (ECDSA P-256, then RSA-2048), TLS 1.3, X25519,
@@ -34,6 +40,7 @@
 # Usage: scripts/bench-vs-haproxy.sh [--pairs N] [--only haproxy|gatehouse] [--splice on|off|both]
 #          [--idle-connections N] [--connections N] [--bytes-per-stream B] [--no-write]
 #          [--rr-rate R] [--rr-duration D]   (rr-latency: default 2000/s for 4s after 1s warmup)
+#          [--office-sessions N]   (office profile sessions; 0 skips the scenario)
 #          [--gatehouse PATH]   (a prebuilt gatehouse binary; default: build target/release/gatehouse)
 #          [--tls on|off|only] [--tls-handshakes N] [--tls-idle N] [--tls-bytes B]
 #          (--tls only rewrites just the TLS rows inside the section, keeping the others)
@@ -54,6 +61,7 @@ WRITE=1
 GATEHOUSE_BIN=
 RR_RATE=2000
 RR_DURATION=4s
+OFFICE=2000
 TLS=on
 TLS_HS=5000
 TLS_IDLE=2000
@@ -74,6 +82,7 @@ while [[ $# -gt 0 ]]; do
         --gatehouse) GATEHOUSE_BIN=$2; shift 2 ;;
         --rr-rate) RR_RATE=$2; shift 2 ;;
         --rr-duration) RR_DURATION=$2; shift 2 ;;
+        --office-sessions) OFFICE=$2; shift 2 ;;
         --tls) TLS=$2; shift 2 ;;
         --tls-handshakes) TLS_HS=$2; shift 2 ;;
         --tls-idle) TLS_IDLE=$2; shift 2 ;;
@@ -87,6 +96,9 @@ case "$SPLICE" in on|off|both) ;; *) echo "--splice takes on, off or both" >&2; 
 case "$TLS" in on|off|only) ;; *) echo "--tls takes on, off or only" >&2; exit 2 ;; esac
 if ! [[ "$PAIRS" =~ ^[0-9]+$ ]] || [[ "$PAIRS" -lt 1 ]]; then
     echo "--pairs takes a positive number" >&2; exit 2
+fi
+if ! [[ "$OFFICE" =~ ^[0-9]+$ ]]; then
+    echo "--office-sessions takes a number (0 skips the office profile)" >&2; exit 2
 fi
 if [[ "$ONLY" == both && "$PAIRS" -lt 3 ]]; then
     echo "warning: fewer than 3 A/B pairs; the bench issue asks for at least 3 (5 for a verdict)" >&2
@@ -165,7 +177,9 @@ write_haproxy_conf() {
         # One scenario runs at a time: room for the largest, under the 20,000-file limit
         # (HAProxy asks for about two descriptors per connection and refuses to start when
         # it cannot have them).
-        echo "    maxconn $(( (IDLE_CONNS > TLS_IDLE ? IDLE_CONNS : TLS_IDLE) + 1000 ))"
+        local most=$((IDLE_CONNS > TLS_IDLE ? IDLE_CONNS : TLS_IDLE))
+        most=$((most > OFFICE ? most : OFFICE))
+        echo "    maxconn $((most + 1000))"
         echo "    log stderr format raw local0 err"
         # The suites gatehouse prefers, so both negotiate the same one (HAProxy's default,
         # OpenSSL's order, would pick AES-256-GCM-SHA384; it costs HAProxy 5-8% more per
@@ -319,6 +333,34 @@ measure() {
         record "direct_${q}_us" "$proxy" "$pair" "$(jq -r ".results.latency_us.$q" "$direct")"
     done
     stop_proxy
+
+    if [[ "$OFFICE" -gt 0 ]]; then measure_office "$proxy" "$pair"; fi
+}
+
+# The office profile over $OFFICE sessions: directly to the RDP stand-in, then through the
+# proxy, back to back (the sessions open during the warmup, staggered over 1 s).
+measure_office() {
+    local proxy=$1 pair=$2 f
+    start_proxy "$proxy" "$RDP_PORT" "$BASE_SPLICE"
+    local direct=$WORK/$proxy-$pair-office-direct.json out=$WORK/$proxy-$pair-office.json
+    run_load "$direct" rdp-profile --target "127.0.0.1:$RDP_PORT" \
+        --sessions "$OFFICE" --sources 16 --warmup 3s --duration 5s
+    run_load "$out" rdp-profile --target "127.0.0.1:$PROXY_PORT" --pid "$PROXY_PID" \
+        --sessions "$OFFICE" --sources 16 --warmup 3s --duration 5s
+    for f in "$direct" "$out"; do
+        if [[ "$(jq -r .results.errors "$f")" != 0 || "$(jq -r .results.connections "$f")" != "$OFFICE" ]]; then
+            echo "$proxy: the office profile failed ($(jq -c '{connections: .results.connections, errors: .results.errors}' "$f"), $f)" >&2
+            exit 1
+        fi
+    done
+    local per_session_s
+    per_session_s=$(jq -r '.derived.cpu_s * 1e6 / (.results.connections * .results.elapsed_s)' "$out")
+    record office_cpu_us_per_session_s "$proxy" "$pair" "$per_session_s"
+    record office_sessions_per_2cpu "$proxy" "$pair" \
+        "$(awk -v c="$per_session_s" 'BEGIN { if (c > 0) printf "%.0f", 2 * 0.8 * 1e6 / c; else print "nan" }')"
+    record office_added_p99_us "$proxy" "$pair" "$(jq -r --slurpfile d "$direct" \
+        '.results.latency_us.p99 - $d[0].results.latency_us.p99' "$out")"
+    stop_proxy
 }
 
 # make_cert NAME OPENSSL-NEWKEY-ARGS... : a leaf for localhost signed by $WORK/ca.crt (made
@@ -408,11 +450,13 @@ start_standin echo
 ECHO_PORT=$STANDIN_PORT
 start_standin sink
 SINK_PORT=$STANDIN_PORT
+start_standin rdp
+RDP_PORT=$STANDIN_PORT
 if [[ "$TLS" != off ]]; then
     make_cert ec -newkey ec -pkeyopt ec_paramgen_curve:prime256v1
     make_cert rsa -newkey rsa:2048
 fi
-log "stand-ins on CPU 1: echo 127.0.0.1:$ECHO_PORT, sink 127.0.0.1:$SINK_PORT"
+log "stand-ins on CPU 1: echo 127.0.0.1:$ECHO_PORT, sink 127.0.0.1:$SINK_PORT, rdp 127.0.0.1:$RDP_PORT"
 : >"$WORK/values"
 started=$(date +%s)
 for pair in $(seq 1 "$PAIRS"); do
@@ -452,6 +496,9 @@ goal_of() {
         tls_full_ecdsa_per_s) echo "(rate, closed loop)" ;;
         tls_rss_bytes_per_idle_tunnel) echo "<= 8,192 B" ;;
         tls_cpu_s_per_gb) echo "<= 0.8x" ;;
+        office_cpu_us_per_session_s) echo "(capacity: <= 64 us for the row below)" ;;
+        office_sessions_per_2cpu) echo ">= 25,000 (absolute)" ;;
+        office_added_p99_us) echo "(capacity SLO: <= 10,000 us)" ;;
     esac
 }
 label_of() {
@@ -471,12 +518,18 @@ label_of() {
         tls_resumed12_cpu_us) echo "TLS 1.2 CPU-us per resumed handshake" ;;
         tls_rss_bytes_per_idle_tunnel) echo "RSS bytes per idle TLS tunnel ($TLS_IDLE)" ;;
         tls_cpu_s_per_gb) echo "CPU-s per GB through TLS offload" ;;
+        office_cpu_us_per_session_s) echo "office profile: CPU-us per session-second ($OFFICE sessions)" ;;
+        office_sessions_per_2cpu) echo "office profile: sessions per 2 CPUs at 80% busy (extrapolated)" ;;
+        office_added_p99_us) echo "office profile: added p99, us ($OFFICE sessions)" ;;
     esac
 }
 
 metrics=()
 for mode in "${splice_modes[@]}"; do metrics+=("cpu_s_per_gb_splice_$mode"); done
 metrics+=(cpu_us_per_connection rss_bytes_per_idle_tunnel added_p50_us added_p99_us direct_p50_us direct_p99_us)
+if [[ "$OFFICE" -gt 0 ]]; then
+    metrics+=(office_cpu_us_per_session_s office_sessions_per_2cpu office_added_p99_us)
+fi
 tls_metrics=(tls_full_ecdsa_cpu_us tls_full_rsa_cpu_us tls_resumed13_cpu_us tls_resumed12_cpu_us
     tls_full_ecdsa_per_s tls_rss_bytes_per_idle_tunnel tls_cpu_s_per_gb)
 
@@ -545,7 +598,12 @@ section=$WORK/section.md
     echo "ping-pongs at $RR_RATE/s on one connection for $RR_DURATION after 1 s warmup (open loop, from the"
     echo "intended send time), run directly against the echo stand-in and then through the proxy back"
     echo "to back; added = proxy minus direct of the same pair (the direct rows are the baselines"
-    echo "measured next to each proxy). Neither proxy logs per connection: HAProxy logs errors only,"
+    echo "measured next to each proxy). Office profile (if measured): gatehouse-bench rdp-profile with"
+    echo "$OFFICE sessions to an RDP stand-in (10 input events/s of 80 B up, 1,200 B mean updates down,"
+    echo "a 60 KB burst every 30 s), 3 s warmup (the sessions open staggered over 1 s) then 5 s measured,"
+    echo "directly and then through the proxy; sessions per 2 CPUs = 1.6 CPU-s/s over the CPU per"
+    echo "session-second (the extrapolation of scripts/bench-capacity.sh, which assumes cost grows"
+    echo "linearly with sessions). Neither proxy logs per connection: HAProxy logs errors only,"
     echo "gatehouse runs with \`log_level = \"warn\"\`. Ratios are gatehouse/HAProxy within each pair;"
     echo "the verdict is their median."
     echo

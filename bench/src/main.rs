@@ -147,6 +147,11 @@ enum Command {
         sessions: usize,
         #[command(flatten)]
         profile: ProfileArgs,
+        /// TLS to the target (a terminating proxy in front of a plain stand-in).
+        #[arg(long)]
+        tls: bool,
+        #[command(flatten)]
+        tls_args: TlsArgs,
     },
     /// Ramps rdp-profile sessions until the added p99 passes an SLO or a machine limit;
     /// reports sessions held, CPU per session-second, memory per session and the capacity of
@@ -809,9 +814,18 @@ fn run(command: Command) -> Result<Option<Output>, Box<dyn std::error::Error>> {
             common,
             sessions,
             profile,
+            tls,
+            tls_args,
         } => {
             let p = profile.params(sessions);
-            Output::Report(Box::new(rdp_profile::run(&common.common(), &p)?), common.json)
+            let transport = match tls_args.client(tls)? {
+                Some(client) => rdp_profile::Transport::Tls(client),
+                None => rdp_profile::Transport::Plain,
+            };
+            Output::Report(
+                Box::new(rdp_profile::run(&common.common(), &p, &transport)?),
+                common.json,
+            )
         }
         Command::Capacity {
             mode,

@@ -183,7 +183,8 @@ fn json_schema_is_stable_for_every_scenario() {
     let mut office = rdp_profile::Params::office(20);
     office.burst_interval = Duration::from_millis(500);
     office.stagger = Duration::from_millis(100);
-    reports.push(rdp_profile::run(&common(rdp.local_addr()), &office).unwrap());
+    reports
+        .push(rdp_profile::run(&common(rdp.local_addr()), &office, &rdp_profile::Transport::Plain).unwrap());
 
     let top = set(&[
         "schema",
@@ -237,6 +238,7 @@ fn json_schema_is_stable_for_every_scenario() {
                 "stagger_s",
                 "threads",
                 "seed",
+                "tls",
             ],
         ),
     ];
@@ -310,7 +312,12 @@ fn dead_target_is_a_clear_error_in_every_scenario() {
             },
         )
         .unwrap_err(),
-        rdp_profile::run(&c, &rdp_profile::Params::office(2)).unwrap_err(),
+        rdp_profile::run(
+            &c,
+            &rdp_profile::Params::office(2),
+            &rdp_profile::Transport::Plain,
+        )
+        .unwrap_err(),
         tls_handshake::run(&c, &tls_params(tls_handshake::Mode::Full)).unwrap_err(),
     ];
     for e in errors {

@@ -1,6 +1,7 @@
 //! The TLS scenarios measure right: against an in-test rustls server in front of the
 //! stand-ins, full mode does only full handshakes and resumed mode resumes (counted by the
-//! server), TLS idle tunnels stay alive, and TLS throughput checks every byte.
+//! server), TLS idle tunnels stay alive, TLS throughput checks every byte, and the RDP-like
+//! profile runs inside TLS.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -11,7 +12,7 @@ use std::time::Duration;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::{HandshakeKind, ServerConfig, ServerConnection, StreamOwned};
 
-use gatehouse_bench::scenario::{idle, throughput, tls_handshake, Common};
+use gatehouse_bench::scenario::{idle, rdp_profile, throughput, tls_handshake, Common};
 use gatehouse_bench::standin::{Kind, StandIn, StandInHandle};
 use gatehouse_bench::tls::{TlsVersion, Verify};
 
@@ -238,6 +239,51 @@ fn tls_idle_tunnels_and_tls_throughput_check_their_bytes() {
     assert_eq!(r.results.bytes_match, Some(true));
     assert_eq!(r.results.bytes_up, 3_000_000, "stream 0 went up");
     assert_eq!(r.results.bytes_down, 3_000_000, "stream 1 came down");
+}
+
+#[test]
+fn the_office_profile_runs_inside_tls() {
+    let tmp = tempfile_dir();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let ca = tmp.path().join("rdp.pem");
+    std::fs::write(&ca, cert.pem()).unwrap();
+    let config = ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![CertificateDer::from(cert.der().to_vec())],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        )
+        .unwrap();
+    let rdp = StandIn::bind(Kind::Rdp, "127.0.0.1:0".parse().unwrap())
+        .unwrap()
+        .with_tls(Arc::new(config))
+        .unwrap()
+        .spawn();
+    let client =
+        gatehouse_bench::tls::TlsClient::new(&Verify::CaFile(ca), "localhost", TlsVersion::Tls13, false)
+            .unwrap();
+    let mut office = rdp_profile::Params::office(10);
+    office.burst_interval = Duration::from_millis(400);
+    office.stagger = Duration::from_millis(100);
+    let common = Common {
+        duration: Duration::from_millis(800),
+        warmup: Duration::from_millis(300),
+        ..common(rdp.local_addr())
+    };
+    let r = rdp_profile::run(&common, &office, &rdp_profile::Transport::Tls(client)).unwrap();
+    let v = serde_json::to_value(&r).unwrap();
+    assert_eq!(v["parameters"]["tls"], true);
+    assert_eq!(r.results.connections, 10);
+    assert_eq!(r.results.errors, 0);
+    // 10 sessions x 10 events/s over 0.8 s: about 80 updates, each answered.
+    assert!(r.results.operations >= 40, "{:?}", r.results);
+    assert!(r.results.bytes_down > r.results.bytes_up, "{:?}", r.results);
 }
 
 fn tempfile_dir() -> tempfile::TempDir {

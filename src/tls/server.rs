@@ -205,9 +205,8 @@ impl ServerTls {
             Tickets::Off => Arc::new(NeverTickets),
             // aws-lc-rs's ticketer draws its nonces from aws-lc's user-space generator; ring's
             // made a getrandom(2) call per ticket (two per TLS 1.3 handshake).
-            Tickets::Local => {
-                rustls::crypto::aws_lc_rs::Ticketer::new().map_err(|e| TlsSetupError::Rustls(e.to_string()))?
-            }
+            Tickets::Local => rustls::crypto::aws_lc_rs::Ticketer::new()
+                .map_err(|e| TlsSetupError::Rustls(e.to_string()))?,
             Tickets::Shared(t) => t.clone(),
         };
         let make = |provider: CryptoProvider| -> Result<Arc<ServerConfig>, TlsSetupError> {

@@ -468,8 +468,9 @@ pub fn start_shard(
     Ok(Running { workers, first })
 }
 
-/// Runs the scenario.
-pub fn run(common: &Common, p: &Params) -> Result<Report, BenchError> {
+/// Runs the scenario, every session over `transport` (plain TCP, or TLS to a terminating
+/// proxy or stand-in).
+pub fn run(common: &Common, p: &Params, transport: &Transport) -> Result<Report, BenchError> {
     validate(p)?;
     probe(common.target)?;
     crate::net::raise_nofile_limit();
@@ -484,7 +485,7 @@ pub fn run(common: &Common, p: &Params) -> Result<Report, BenchError> {
         p,
         schedule,
         Shard::WHOLE,
-        &Transport::Plain,
+        transport,
     )?;
     std::thread::sleep(schedule.window_start().saturating_duration_since(Instant::now()));
     let window = common.open_window()?;
@@ -521,6 +522,7 @@ pub fn run(common: &Common, p: &Params) -> Result<Report, BenchError> {
         "stagger_s": p.stagger.as_secs_f64(),
         "threads": p.threads.clamp(1, p.sessions),
         "seed": p.seed,
+        "tls": !matches!(transport, Transport::Plain),
     });
     Ok(finish("rdp-profile", common, extra, results, processes, false))
 }

@@ -12,4 +12,5 @@ pub mod timer;
 pub mod tls_conn;
 pub mod tls_flow;
 pub mod tls_setup;
+pub mod waiting;
 pub mod worker;

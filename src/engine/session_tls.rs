@@ -159,7 +159,7 @@ impl Session {
         // queues the alert the client gets.
         let refusal = tls.resolver.choose(hello.server_name.as_deref()).err();
         let config = tls.for_hello(hello.prefers_chacha20).clone();
-        let mut conn = match LeanServer::new(config, h.buf) {
+        let mut conn = match LeanServer::new(config, &h.buf) {
             Ok(c) => Box::new(TlsConn::Server(c)),
             Err(e) => return self.refuse("tls_setup", e, ctx),
         };

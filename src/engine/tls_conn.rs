@@ -4,8 +4,9 @@
 //! connection's whole life, idle or not: about half of what an idle TLS tunnel cost
 //! (BENCHMARKS.md, "idle TLS tunnel"). The client side of a session (offload, the gateway
 //! front) therefore runs rustls' unbuffered server inside [`LeanServer`]: the TLS bytes read,
-//! the records to send and the decrypted bytes not yet taken live in vectors freed as soon
-//! as they are empty. The backend side of re-encryption keeps rustls' buffered client.
+//! the records to send and the decrypted bytes not yet taken wait in buffers on loan from
+//! the worker thread's pool ([`Waiting`]), given back as soon as they are empty. The backend
+//! side of re-encryption keeps rustls' buffered client.
 //! [`TlsConn`] gives both the same small surface, shaped like the buffered API the tunnel
 //! and the front were written against.
 //!
@@ -23,6 +24,8 @@ use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
 use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, WriteTraffic};
 use rustls::{ClientConnection, ServerConfig};
 
+use super::waiting::Waiting;
+
 /// Largest TLS record on the wire: a 5-byte header and 2^14 + 256 bytes (RFC 8446 §5.2).
 const MAX_RECORD: usize = 5 + 16_384 + 256;
 /// Most TLS bytes held before rustls consumes them: a handshake message may span records up
@@ -36,23 +39,19 @@ const RECORD_OVERHEAD: usize = 64;
 /// backend delays the tickets by this much, not forever.
 pub const TICKET_HOLD: Duration = Duration::from_millis(20);
 
-thread_local! {
-    /// Where a worker thread reads TLS bytes before they are kept (one record's room).
-    static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; MAX_RECORD]);
-}
-
 /// A TLS server connection with rustls' unbuffered API and buffers that exist only while
 /// they hold bytes.
 pub struct LeanServer {
     conn: UnbufferedServerConnection,
     /// TLS bytes read from the peer that rustls has not consumed yet.
-    incoming: Vec<u8>,
-    /// TLS bytes for the peer; `sent` of them went out.
-    outgoing: Vec<u8>,
-    sent: usize,
-    /// Decrypted bytes; `taken` of them were read.
-    plaintext: Vec<u8>,
-    taken: usize,
+    incoming: Waiting,
+    /// TLS bytes for the peer, not yet written.
+    outgoing: Waiting,
+    /// Decrypted bytes not yet taken.
+    plaintext: Waiting,
+    /// The last read filled all the room it had: the socket likely holds more and is read
+    /// again at once, so a partial record left over stays where it is.
+    more_coming: bool,
     /// The socket ended (a read returned 0).
     eof: bool,
     /// The peer sent close_notify.
@@ -67,14 +66,15 @@ pub struct LeanServer {
 impl LeanServer {
     /// A server connection that starts from `first`, TLS bytes already read (the ClientHello
     /// the listener sniffed).
-    pub fn new(config: Arc<ServerConfig>, first: Vec<u8>) -> Result<LeanServer, rustls::Error> {
+    pub fn new(config: Arc<ServerConfig>, first: &[u8]) -> Result<LeanServer, rustls::Error> {
+        let mut incoming = Waiting::default();
+        incoming.extend(first);
         Ok(LeanServer {
             conn: UnbufferedServerConnection::new(config)?,
-            incoming: first,
-            outgoing: Vec::new(),
-            sent: 0,
-            plaintext: Vec::new(),
-            taken: 0,
+            incoming,
+            outgoing: Waiting::default(),
+            plaintext: Waiting::default(),
+            more_coming: false,
             eof: false,
             peer_closed: false,
             failed: None,
@@ -89,7 +89,7 @@ impl LeanServer {
 
     /// Whether TLS bytes wait to be written (held tickets do not count).
     pub fn wants_write(&self) -> bool {
-        self.held_until.is_none() && self.sent < self.outgoing.len()
+        self.held_until.is_none() && !self.outgoing.is_empty()
     }
 
     /// Called when the handshake has just completed: holds back what it left to send (TLS
@@ -98,7 +98,7 @@ impl LeanServer {
     /// waits. Returns whether anything is held.
     pub fn hold_tickets(&mut self, now: Instant) -> bool {
         let tls13 = self.conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3);
-        if tls13 && !self.is_handshaking() && self.sent < self.outgoing.len() {
+        if tls13 && !self.is_handshaking() && !self.outgoing.is_empty() {
             self.held_until = Some(now + TICKET_HOLD);
         }
         self.held_until.is_some()
@@ -117,7 +117,7 @@ impl LeanServer {
     /// Whether more TLS bytes should be read: nothing decrypted is waiting and the peer's
     /// stream goes on.
     pub fn wants_read(&self) -> bool {
-        self.taken == self.plaintext.len() && !self.peer_closed && !self.eof && self.failed.is_none()
+        self.plaintext.is_empty() && !self.peer_closed && !self.eof && self.failed.is_none()
     }
 
     /// Bytes held in buffers now (0 for an idle connection).
@@ -127,12 +127,8 @@ impl LeanServer {
 
     /// Writes waiting TLS bytes to `w` (one write call).
     pub fn write_tls(&mut self, w: &mut dyn Write) -> io::Result<usize> {
-        let n = w.write(&self.outgoing[self.sent..])?;
-        self.sent += n;
-        if self.sent == self.outgoing.len() {
-            self.outgoing = Vec::new();
-            self.sent = 0;
-        }
+        let n = w.write(self.outgoing.bytes())?;
+        self.outgoing.consume(n);
         Ok(n)
     }
 
@@ -147,15 +143,18 @@ impl LeanServer {
             ));
         }
         let room = MAX_RECORD.min(MAX_INCOMING - len);
-        // Read into the thread's scratch buffer and keep only what arrived: a connection's own
-        // buffer grows by the bytes read, not by a zeroed record's worth per read.
-        let got = SCRATCH.with_borrow_mut(|scratch| {
-            let n = r.read(&mut scratch[..room])?;
-            self.incoming.extend_from_slice(&scratch[..n]);
-            Ok(n)
-        });
-        if matches!(got, Ok(0)) {
-            self.eof = true;
+        // Read straight into the pooled buffer, where process_new_packets decrypts them; a
+        // read that brought nothing settles it (gives it back, or moves the start of a
+        // record out of it).
+        let got = r.read(&mut self.incoming.room(room)[..room]);
+        self.more_coming = matches!(got, Ok(n) if n == room);
+        match got {
+            Ok(n) if n > 0 => self.incoming.commit(n),
+            Ok(_) => {
+                self.eof = true;
+                self.incoming.settle();
+            }
+            Err(_) => self.incoming.settle(),
         }
         got
     }
@@ -167,8 +166,8 @@ impl LeanServer {
         if let Some(e) = &self.failed {
             return Err((**e).clone());
         }
-        loop {
-            let status = self.conn.process_tls_records(&mut self.incoming);
+        let outcome = loop {
+            let status = self.conn.process_tls_records(self.incoming.bytes_mut());
             let discard = status.discard;
             let outcome = match status.state {
                 Ok(state) => absorb(
@@ -179,43 +178,53 @@ impl LeanServer {
                 ),
                 Err(e) => Step::Fail(e),
             };
-            self.incoming.drain(..discard);
+            self.incoming.consume(discard);
             match outcome {
                 Step::More => {}
-                Step::Wait | Step::CanWrite => break,
+                Step::Wait | Step::CanWrite => break Ok(()),
                 Step::Fail(e) => {
                     self.fail(e.clone());
-                    return Err(e);
+                    break Err(e);
                 }
             }
+        };
+        // What is left is the start of a record whose rest has not arrived: unless it is
+        // being read right now, it waits in a buffer of its own size.
+        if !self.more_coming {
+            self.incoming.settle();
         }
-        if self.incoming.is_empty() {
-            self.incoming = Vec::new();
-        }
-        Ok(())
+        outcome
     }
 
-    /// Takes decrypted bytes. `Ok(0)`: the peer sent close_notify; `UnexpectedEof`: its stream
-    /// ended without one; `WouldBlock`: nothing yet.
-    pub fn read_plaintext(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let waiting = &self.plaintext[self.taken..];
-        if !waiting.is_empty() {
-            let n = waiting.len().min(buf.len());
-            buf[..n].copy_from_slice(&waiting[..n]);
-            self.taken += n;
-            if self.taken == self.plaintext.len() {
-                self.plaintext = Vec::new();
-                self.taken = 0;
-            }
-            return Ok(n);
+    /// Decrypted bytes where they wait, to be taken with [`LeanServer::consume_plaintext`].
+    /// `Ok` of nothing: the peer sent close_notify; `UnexpectedEof`: its stream ended without
+    /// one; `WouldBlock`: nothing yet.
+    pub fn plaintext(&self) -> io::Result<&[u8]> {
+        if !self.plaintext.is_empty() {
+            return Ok(self.plaintext.bytes());
         }
         if self.peer_closed {
-            return Ok(0);
+            return Ok(&[]);
         }
         if self.eof {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
         Err(io::ErrorKind::WouldBlock.into())
+    }
+
+    /// Takes the first `n` bytes of [`LeanServer::plaintext`].
+    pub fn consume_plaintext(&mut self, n: usize) {
+        self.plaintext.consume(n);
+    }
+
+    /// Copies decrypted bytes into `buf` (as [`LeanServer::plaintext`] says, `Ok(0)` being
+    /// close_notify).
+    pub fn read_plaintext(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let waiting = self.plaintext()?;
+        let n = waiting.len().min(buf.len());
+        buf[..n].copy_from_slice(&waiting[..n]);
+        self.consume_plaintext(n);
+        Ok(n)
     }
 
     /// Encrypts `data` into records for `write_tls` (the handshake must be complete).
@@ -241,14 +250,14 @@ impl LeanServer {
     /// Runs `f` in the write-traffic state, first handling whatever rustls has pending.
     fn with_write_traffic(
         &mut self,
-        f: impl FnOnce(&mut WriteTraffic<'_, ServerConnectionData>, &mut Vec<u8>) -> io::Result<()>,
+        f: impl FnOnce(&mut WriteTraffic<'_, ServerConnectionData>, &mut Waiting) -> io::Result<()>,
     ) -> io::Result<()> {
         if let Some(e) = &self.failed {
             return Err(io::Error::other((**e).clone()));
         }
         let mut f = Some(f);
         loop {
-            let status = self.conn.process_tls_records(&mut self.incoming);
+            let status = self.conn.process_tls_records(self.incoming.bytes_mut());
             let discard = status.discard;
             let outcome = match status.state {
                 Ok(ConnectionState::WriteTraffic(mut wt)) => {
@@ -267,7 +276,7 @@ impl LeanServer {
                 )),
                 Err(e) => Ok(Step::Fail(e)),
             };
-            self.incoming.drain(..discard);
+            self.incoming.consume(discard);
             match outcome {
                 Err(result) => return result,
                 Ok(Step::Fail(e)) => {
@@ -285,7 +294,7 @@ impl LeanServer {
         self.held_until = None;
         // A few rounds at most: decrypted data before the alert is skipped.
         for _ in 0..4 {
-            let status = self.conn.process_tls_records(&mut self.incoming);
+            let status = self.conn.process_tls_records(self.incoming.bytes_mut());
             let discard = status.discard;
             let done = match status.state {
                 Ok(ConnectionState::EncodeTlsData(mut enc)) => {
@@ -298,11 +307,12 @@ impl LeanServer {
                 }
                 _ => true,
             };
-            self.incoming.drain(..discard);
+            self.incoming.consume(discard);
             if done {
                 break;
             }
         }
+        self.incoming.settle();
     }
 }
 
@@ -310,15 +320,15 @@ impl LeanServer {
 /// state borrows the rustls connection and `incoming`).
 fn absorb(
     state: ConnectionState<'_, '_, ServerConnectionData>,
-    plaintext: &mut Vec<u8>,
-    outgoing: &mut Vec<u8>,
+    plaintext: &mut Waiting,
+    outgoing: &mut Waiting,
     peer_closed: &mut bool,
 ) -> Step {
     match state {
         ConnectionState::ReadTraffic(mut rt) => {
             while let Some(record) = rt.next_record() {
                 match record {
-                    Ok(r) => plaintext.extend_from_slice(r.payload),
+                    Ok(r) => plaintext.extend(r.payload),
                     Err(e) => return Step::Fail(e),
                 }
             }
@@ -366,28 +376,27 @@ enum Step {
     Fail(rustls::Error),
 }
 
-/// Appends what `encode` writes to `out`, growing the room to what the encoder asks for.
+/// Appends what `encode` writes to `out`, growing the room to what the encoder asks for
+/// (records are encrypted straight into the pooled buffer).
 fn append<E>(
-    out: &mut Vec<u8>,
+    out: &mut Waiting,
     mut room: usize,
     mut encode: impl FnMut(&mut [u8]) -> Result<usize, E>,
     need: fn(&E) -> Option<usize>,
 ) -> Result<(), E> {
-    let len = out.len();
     loop {
-        out.resize(len + room, 0);
-        match encode(&mut out[len..]) {
+        match encode(out.room(room)) {
             Ok(n) => {
-                out.truncate(len + n);
+                out.commit(n);
                 return Ok(());
             }
-            Err(e) => {
-                out.truncate(len);
-                match need(&e) {
-                    Some(required) if required > room => room = required,
-                    _ => return Err(e),
+            Err(e) => match need(&e) {
+                Some(required) if required > room => room = required,
+                _ => {
+                    out.settle();
+                    return Err(e);
                 }
-            }
+            },
         }
     }
 }
@@ -488,12 +497,30 @@ impl TlsConn {
         }
     }
 
-    /// Takes decrypted bytes (`Ok(0)`: close_notify; `UnexpectedEof`: ended without one;
-    /// `WouldBlock`: nothing yet).
+    /// Copies decrypted bytes into `buf` (`Ok(0)`: close_notify; `UnexpectedEof`: ended
+    /// without one; `WouldBlock`: nothing yet).
     pub fn read_plaintext(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             TlsConn::Server(s) => s.read_plaintext(buf),
             TlsConn::Client(c) => c.reader().read(buf),
+        }
+    }
+
+    /// Decrypted bytes where they wait (the same answers as `read_plaintext`, `Ok` of nothing
+    /// being close_notify), to be taken with `consume_plaintext`: a tunnel writes them on
+    /// without copying them first.
+    pub fn plaintext(&mut self) -> io::Result<&[u8]> {
+        match self {
+            TlsConn::Server(s) => s.plaintext(),
+            TlsConn::Client(c) => c.reader().into_first_chunk(),
+        }
+    }
+
+    /// Takes the first `n` bytes of `plaintext`.
+    pub fn consume_plaintext(&mut self, n: usize) {
+        match self {
+            TlsConn::Server(s) => s.consume_plaintext(n),
+            TlsConn::Client(c) => io::BufRead::consume(&mut c.reader(), n),
         }
     }
 

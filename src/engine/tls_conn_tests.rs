@@ -44,7 +44,7 @@ fn pair() -> (LeanServer, ClientConnection) {
         ClientConnection::new(client_config, ServerName::try_from("lean.test").unwrap()).unwrap();
     let mut hello = Vec::new();
     client.write_tls(&mut hello).unwrap();
-    let mut server = LeanServer::new(server_config, hello).unwrap();
+    let mut server = LeanServer::new(server_config, &hello).unwrap();
     server.process_new_packets().unwrap();
     assert!(exchange(&mut server, &mut client).is_empty());
     assert!(!server.is_handshaking() && !client.is_handshaking());
@@ -139,6 +139,45 @@ fn large_writes_arrive_whole_and_in_order() {
 }
 
 #[test]
+fn a_record_arriving_in_pieces_pins_its_bytes_not_a_pooled_buffer() {
+    let (mut server, mut client) = pair();
+    client.writer().write_all(&[9u8; 3000]).unwrap();
+    let mut wire = Vec::new();
+    while client.wants_write() {
+        client.write_tls(&mut wire).unwrap();
+    }
+    // Everything but the last byte: the record waits, in a buffer of its own size.
+    let (most, last) = wire.split_at(wire.len() - 1);
+    server.read_tls(&mut &most[..]).unwrap();
+    server.process_new_packets().unwrap();
+    assert_eq!(server.buffered_capacity(), most.len());
+    assert!(server.plaintext().is_err(), "nothing decrypted yet");
+    // A read that brings nothing (EAGAIN) leaves it so.
+    let mut dry = Dry;
+    assert!(server.read_tls(&mut dry).is_err());
+    assert_eq!(server.buffered_capacity(), most.len());
+    server.read_tls(&mut &last[..]).unwrap();
+    server.process_new_packets().unwrap();
+    // The plaintext is taken where it lies, in two goes.
+    assert_eq!(server.plaintext().unwrap(), &[9u8; 3000][..]);
+    server.consume_plaintext(1000);
+    assert_eq!(server.plaintext().unwrap().len(), 2000);
+    assert!(!server.wants_read(), "no records are read while plaintext waits");
+    server.consume_plaintext(2000);
+    assert_eq!(server.buffered_capacity(), 0);
+    assert!(server.wants_read());
+}
+
+/// A socket with nothing to read.
+struct Dry;
+
+impl Read for Dry {
+    fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+        Err(io::ErrorKind::WouldBlock.into())
+    }
+}
+
+#[test]
 fn close_notify_and_truncation_are_told_apart() {
     let (mut server, mut client) = pair();
     client.writer().write_all(b"last words").unwrap();
@@ -197,7 +236,7 @@ fn bad_first_flights_fail_as_with_the_buffered_server() {
         while buffered.wants_write() {
             buffered.write_tls(&mut want_alert).unwrap();
         }
-        let mut lean = LeanServer::new(server_config.clone(), input.to_vec()).unwrap();
+        let mut lean = LeanServer::new(server_config.clone(), input).unwrap();
         let got = lean.process_new_packets().unwrap_err();
         assert_eq!(got, want, "{input:?}");
         let mut alert = Vec::new();
@@ -213,7 +252,7 @@ fn bad_first_flights_fail_as_with_the_buffered_server() {
 #[test]
 fn unprocessed_bytes_are_bounded() {
     let (server_config, _) = configs();
-    let mut server = LeanServer::new(server_config, Vec::new()).unwrap();
+    let mut server = LeanServer::new(server_config, &[]).unwrap();
     let mut zeros = io::repeat(0);
     let mut total = 0;
     let err = loop {
@@ -238,7 +277,7 @@ fn handshake_holding(
         ClientConnection::new(client_config, ServerName::try_from("lean.test").unwrap()).unwrap();
     let mut hello = Vec::new();
     client.write_tls(&mut hello).unwrap();
-    let mut server = LeanServer::new(server_config, hello).unwrap();
+    let mut server = LeanServer::new(server_config, &hello).unwrap();
     server.process_new_packets().unwrap();
     let mut held = false;
     for _ in 0..10 {

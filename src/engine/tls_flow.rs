@@ -3,10 +3,13 @@
 //!
 //! Owns the plaintext in flight and the half-close bookkeeping: a close_notify (or a bare
 //! FIN) from the source becomes a FIN, or a close_notify then a FIN, at the destination.
-//! Plaintext waits in a pooled buffer only while a plain destination is slower than the
-//! source; records wait inside the TLS connection only while a TLS destination is slower
-//! (the source is not read meanwhile), so an idle tunnel holds no pooled buffer (and the
-//! client side's TLS connection none of its own). It never touches timers or the poller.
+//! Plaintext decrypted from a TLS source goes on from where rustls left it (written to a
+//! plain destination, or encrypted for a TLS one) and waits there while a plain
+//! destination is slower; plaintext read from a plain source waits in a pooled buffer only
+//! while its TLS destination's handshake runs; records wait inside the TLS connection only
+//! while a TLS destination is slower (the source is not read meanwhile). So an idle tunnel
+//! holds no pooled buffer (and the client side's TLS connection none of its own). It never
+//! touches timers or the poller.
 
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
@@ -166,20 +169,64 @@ impl TlsDirection {
             if dst_tls.as_deref().is_some_and(|c| c.is_handshaking()) {
                 return Ok(progress);
             }
-            // 3. More plaintext from the source.
+            // 3. More plaintext. A TLS source's is taken where rustls decrypted it: written to a
+            //    plain destination (what it does not take waits there, and the source is not
+            //    read meanwhile) or encrypted for a TLS one, with no copy in between.
+            if let Some(conn) = src_tls.as_deref_mut() {
+                match conn.plaintext() {
+                    // RFC 8446 §6.1: close_notify, the clean end of the peer's stream.
+                    Ok([]) => self.eof = true,
+                    Ok(bytes) => {
+                        let taken = match dst_tls.as_deref_mut() {
+                            Some(dst) => {
+                                // The connection takes all of it (the client side's buffer
+                                // limit is lifted); it is sent before anything more is read.
+                                dst.write_plaintext(bytes)
+                                    .map_err(|e| TlsFlowError::Io(FlowError::Destination(e)))?;
+                                bytes.len()
+                            }
+                            None => {
+                                if !dst_end.ready.writable {
+                                    return Ok(progress);
+                                }
+                                match (&*dst_end.sock).write(bytes) {
+                                    Ok(0) => return Err(TlsFlowError::Io(FlowError::DestinationReset)),
+                                    Ok(n) => n,
+                                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                                        dst_end.ready.writable = false;
+                                        return Ok(progress);
+                                    }
+                                    Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
+                                    Err(e) => return Err(TlsFlowError::Io(write_error(e))),
+                                }
+                            }
+                        };
+                        conn.consume_plaintext(taken);
+                        self.bytes += taken as u64;
+                    }
+                    // A FIN without close_notify: many peers end so; carried as a FIN.
+                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                        self.eof = true;
+                        self.truncated = true;
+                    }
+                    // Nothing decrypted yet.
+                    Err(_) => {
+                        if !read_records(conn, src_end.sock, src_end.ready)? {
+                            return Ok(progress);
+                        }
+                    }
+                }
+                progress = true;
+                continue;
+            }
+            // A plain source's bytes go through a pooled buffer.
             let mut buf = self.buf.take().unwrap_or_else(|| pools.bufs.take());
-            let got = match src_tls.as_deref_mut() {
-                Some(conn) => read_plaintext(conn, src_end.sock, src_end.ready, &mut buf[..]),
-                None => read_plain(src_end.sock, src_end.ready, &mut buf[..]),
-            };
-            match got {
+            match read_plain(src_end.sock, src_end.ready, &mut buf[..]) {
                 Ok(Got::Bytes(n)) => {
                     progress = true;
                     match dst_tls.as_deref_mut() {
                         Some(conn) => {
-                            // The connection takes all of it (the client side's buffer limit
-                            // is lifted); step 1 sends it before anything more is read
-                            // (backpressure).
+                            // As above: the connection takes all of it.
                             let written = conn.write_plaintext(&buf[..n]);
                             pools.bufs.give(buf);
                             written.map_err(|e| TlsFlowError::Io(FlowError::Destination(e)))?;
@@ -280,24 +327,36 @@ pub(super) fn read_plaintext(
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(Got::End { truncated: true }),
         Err(_) => {} // WouldBlock: nothing decrypted yet.
     }
-    // rustls refuses records while plaintext is pending, which was just drained.
+    Ok(Got::Nothing {
+        moved: read_records(conn, sock, ready)?,
+    })
+}
+
+/// With no plaintext waiting, reads TLS bytes as readiness allows and processes the records.
+/// Returns whether anything was read (else wait for readiness).
+fn read_records(
+    conn: &mut TlsConn,
+    sock: &mio::net::TcpStream,
+    ready: &mut super::flow::Ready,
+) -> Result<bool, TlsFlowError> {
+    // rustls refuses records while plaintext is pending.
     if !ready.readable || !conn.wants_read() {
-        return Ok(Got::Nothing { moved: false });
+        return Ok(false);
     }
     let mut from = ReadFrom::new(sock);
     match conn.read_tls(&mut from) {
-        // EOF: the next reader() call sees close_notify or the truncation.
+        // EOF: the next look at the plaintext sees close_notify or the truncation.
         Ok(0) => ready.readable = false,
         Ok(_) => from.settle(ready),
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
             ready.readable = false;
-            return Ok(Got::Nothing { moved: false });
+            return Ok(false);
         }
-        Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(Got::Nothing { moved: true }),
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(true),
         Err(e) => return Err(TlsFlowError::Io(read_error(e))),
     }
     conn.process_new_packets().map_err(TlsFlowError::SourceTls)?;
-    Ok(Got::Nothing { moved: true })
+    Ok(true)
 }
 
 /// Reads a socket through a shared reference (mio implements `Read` for `&TcpStream`) and

@@ -7,8 +7,11 @@
 //! picked by the pool's balancer, retrying the next one within the budget) -> `Tunnel` (two
 //! [`Flow`]s, splice-capable) or `TlsTunnel` (two `TlsDirection`s, when the client or the
 //! backend speaks TLS). Each state holds only what it needs; a transition consumes the old
-//! one. The TLS phases live in `session_tls.rs`. The worker owns the event loop and calls in
-//! here with readiness and time; this module decides and moves bytes, nothing else.
+//! one. The phases before the tunnel live beside this file: `session_reading.rs` (Reading),
+//! `session_tls.rs` (Hello, Handshake), `session_gateway.rs` (a gateway's front door) and
+//! `session_connect.rs` (Connecting); the tunnels and the session's life are here. The worker
+//! owns the event loop and calls in here with readiness and time; this module decides and
+//! moves bytes, nothing else.
 
 use std::io::{self, Read};
 use std::net::{IpAddr, SocketAddr};
@@ -24,14 +27,12 @@ use super::flow::{End, Flow, FlowError, Pools, Ready};
 use super::source_ports::SourcePorts;
 use super::tls_conn::TlsConn;
 use super::tls_flow::TlsDirection;
-use crate::balance::{Balancer, Candidate};
+use crate::balance::Candidate;
 use crate::broker_role::AnswerSink;
 use crate::cidr::Cidr;
 use crate::config::TlsMode;
-use crate::gateway::path::{GatewayPath, PP2_TYPE_GATEWAY_PATH};
 use crate::metrics::CloseReason;
-use crate::proxy_protocol::{self, Parsed, ProxyHeader, SIGNATURE};
-use crate::shared::{admits, BackendRuntime, ControlEvent, ListenerRole, PoolPlan, Shared};
+use crate::shared::{admits, BackendRuntime, ListenerRole, PoolPlan, Shared};
 use crate::tls::server::ServerTls;
 
 #[path = "session_tls.rs"]
@@ -40,6 +41,13 @@ mod tls_phases;
 #[path = "session_gateway.rs"]
 mod gateway_front;
 
+#[path = "session_reading.rs"]
+mod reading_phase;
+
+#[path = "session_connect.rs"]
+mod connect_phase;
+
+pub use connect_phase::retain_balancers;
 pub use gateway_front::{answer_tag, split_tag, FixedTarget, Front};
 
 /// Largest PROXY v2 header accepted (16-byte fixed part plus addresses and TLVs).
@@ -470,392 +478,6 @@ impl Session {
         }
     }
 
-    fn take_source_slot(&mut self, ctx: &mut Ctx<'_>) -> Step {
-        if self.settings.max_per_source == 0 {
-            return Step::Continue;
-        }
-        let ip = self.client_addr.ip();
-        if ctx.shared.sources.try_acquire(ip, self.settings.max_per_source) {
-            self.source_slot = Some(ip);
-            Step::Continue
-        } else {
-            Step::Close(
-                CloseReason::SourceLimit,
-                format!("{ip} already holds {} connections", self.settings.max_per_source),
-            )
-        }
-    }
-
-    fn drive_reading(&mut self, mut r: Reading, ctx: &mut Ctx<'_>) -> (Phase, Step, bool) {
-        let limit = match r.mode {
-            ReadMode::ExpectProxy => MAX_PROXY_HEADER,
-            ReadMode::RefuseProxy => SIGNATURE.len(),
-        };
-        let mut eof = false;
-        while self.client_ready.readable && r.buf.len() < limit {
-            let mut chunk = [0u8; 512];
-            let want = (limit - r.buf.len()).min(chunk.len());
-            match (&self.client).read(&mut chunk[..want]) {
-                Ok(0) => {
-                    // A request followed by FIN: route what was read; the tunnel reads this
-                    // EOF again (readiness stays set) and carries the half-close.
-                    eof = true;
-                    self.client_ready.read_closed = true;
-                    break;
-                }
-                Ok(n) => r.buf.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.client_ready.readable = false,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    return (
-                        Phase::Closed,
-                        Step::Close(CloseReason::ClientError, e.to_string()),
-                        false,
-                    )
-                }
-            }
-        }
-        if eof && r.buf.is_empty() {
-            let step = Step::Close(CloseReason::Done, "client closed before sending anything".into());
-            return (Phase::Closed, step, false);
-        }
-        match r.mode {
-            ReadMode::ExpectProxy => match proxy_protocol::parse_with_limit(&r.buf, MAX_PROXY_HEADER) {
-                Ok(Parsed::Incomplete { .. }) => {
-                    if eof {
-                        let detail = format!("client closed after {} bytes of a PROXY header", r.buf.len());
-                        return (
-                            Phase::Closed,
-                            Step::Close(CloseReason::ProxyHeaderInvalid, detail),
-                            false,
-                        );
-                    }
-                    if r.buf.len() >= MAX_PROXY_HEADER {
-                        let step =
-                            Step::Close(CloseReason::ProxyHeaderInvalid, "PROXY header too long".into());
-                        return (Phase::Closed, step, false);
-                    }
-                    (Phase::Reading(r), Step::Continue, false)
-                }
-                Ok(Parsed::Complete { header, consumed }) => {
-                    if let Some(src) = header.source() {
-                        self.client_addr = src;
-                    }
-                    if !admits(&self.settings.allow, &self.settings.deny, self.client_addr.ip()) {
-                        let detail = format!(
-                            "{} (via {}) is not allowed on this listener (allow/deny)",
-                            self.client_addr.ip(),
-                            self.peer
-                        );
-                        return (
-                            Phase::Closed,
-                            Step::Close(CloseReason::AddressDenied, detail),
-                            false,
-                        );
-                    }
-                    let rest = r.buf[consumed..].to_vec();
-                    match self.take_source_slot(ctx) {
-                        Step::Continue => {}
-                        close => return (Phase::Closed, close, false),
-                    }
-                    let step = self.begin(rest, header.tlv(PP2_TYPE_GATEWAY_PATH), ctx);
-                    let phase = std::mem::replace(&mut self.phase, Phase::Closed);
-                    (phase, step, true)
-                }
-                Err(e) => (
-                    Phase::Closed,
-                    Step::Close(
-                        CloseReason::ProxyHeaderInvalid,
-                        format!("bad PROXY v2 header from trusted {}: {e}", self.peer),
-                    ),
-                    false,
-                ),
-            },
-            ReadMode::RefuseProxy => {
-                let n = r.buf.len().min(SIGNATURE.len());
-                if r.buf[..n] != SIGNATURE[..n] {
-                    // Not a PROXY header: route it.
-                } else if n == SIGNATURE.len() {
-                    let step = Step::Close(
-                        CloseReason::ProxyHeaderUntrusted,
-                        format!(
-                            "PROXY header from {}, which is not in accept_proxy_from",
-                            self.peer
-                        ),
-                    );
-                    return (Phase::Closed, step, false);
-                } else if !eof {
-                    // Could still become a signature; wait (bounded by the handshake timeout).
-                    return (Phase::Reading(r), Step::Continue, false);
-                }
-                match self.take_source_slot(ctx) {
-                    Step::Continue => {}
-                    close => return (Phase::Closed, close, false),
-                }
-                let step = self.begin(r.buf, None, ctx);
-                let phase = std::mem::replace(&mut self.phase, Phase::Closed);
-                (phase, step, true)
-            }
-        }
-    }
-
-    /// The first bytes a listener must read before routing are in (a PROXY header, or none):
-    /// TLS listeners read a ClientHello next, others connect. Sets `self.phase`.
-    fn begin(&mut self, early: Vec<u8>, path: Option<&[u8]>, ctx: &mut Ctx<'_>) -> Step {
-        if let Err(step) = self.enter_path(path, ctx) {
-            return step;
-        }
-        if self.settings.tls == TlsMode::Off {
-            if matches!(self.settings.role, ListenerRole::Front { .. }) {
-                let (phase, step, _) = self.start_front(None, early, ctx);
-                self.phase = phase;
-                return step;
-            }
-            return self.start_connect(Vec::new(), early, ctx);
-        }
-        self.phase = Phase::Hello(Hello {
-            buf: early,
-            deadline: ctx.now + self.settings.handshake_timeout,
-        });
-        Step::Continue
-    }
-
-    /// Gateway listeners: checks the path of gateways a connection passed (from a trusted
-    /// forwarder's PROXY header): this gateway must not be in it (a loop) and it must be
-    /// shorter than `max_path`. A forwarding listener sends the path with itself appended.
-    fn enter_path(&mut self, tlv: Option<&[u8]>, ctx: &mut Ctx<'_>) -> Result<(), Step> {
-        if self.settings.role == ListenerRole::Balance {
-            return Ok(());
-        }
-        let Some(gateway) = ctx.shared.gateway() else {
-            return Ok(());
-        };
-        let refuse = |e: crate::gateway::path::PathError| {
-            Step::Close(
-                CloseReason::PathRefused,
-                format!("gateway path refused ({}): {e}", e.reason()),
-            )
-        };
-        let path = match tlv {
-            Some(value) => GatewayPath::decode(value).map_err(refuse)?,
-            None => GatewayPath::empty(),
-        };
-        let entered = path.enter(&gateway.id, gateway.max_path).map_err(refuse)?;
-        if self.settings.role == ListenerRole::Forward {
-            self.gateway_path = Some(entered.encode());
-        }
-        Ok(())
-    }
-
-    /// Picks a backend (skipping `tried`) and starts a connect; sets `self.phase`.
-    pub(super) fn start_connect(&mut self, mut tried: Vec<usize>, early: Vec<u8>, ctx: &mut Ctx<'_>) -> Step {
-        loop {
-            self.pool.candidates(ctx.candidates);
-            let picked = BALANCERS.with(|b| {
-                let mut map = b.borrow_mut();
-                let pool = &self.pool;
-                let stale = map
-                    .get(pool.name.as_str())
-                    .is_none_or(|b| b.algorithm() != pool.algorithm);
-                if stale {
-                    map.insert(
-                        pool.name.clone(),
-                        Balancer::new(pool.algorithm, pool.backends.len()),
-                    );
-                }
-                let balancer = map.get_mut(pool.name.as_str()).expect("inserted above");
-                balancer.pick(ctx.candidates, self.client_addr.ip(), &tried)
-            });
-            let Some(index) = picked else {
-                self.phase = Phase::Closed;
-                return if tried.is_empty() {
-                    Step::Close(
-                        CloseReason::NoBackend,
-                        format!("no backend of pool {:?} is up", self.pool.name),
-                    )
-                } else {
-                    Step::Close(
-                        CloseReason::ConnectFailed,
-                        format!("all {} attempts failed in pool {:?}", tried.len(), self.pool.name),
-                    )
-                };
-            };
-            let plan = &self.pool.backends[index];
-            if !reserve(&plan.runtime, plan.max_connections) {
-                tried.push(index);
-                continue;
-            }
-            plan.runtime.total.fetch_add(1, Ordering::Relaxed);
-            let backend = BackendRef {
-                index,
-                name: plan.name.clone(),
-                address: plan.address,
-                runtime: plan.runtime.clone(),
-            };
-            self.backend_label = Some((backend.name.clone(), backend.address));
-            let mut payload = Vec::new();
-            if self.pool.send_proxy {
-                // Both addresses are concrete, so encoding cannot fail.
-                // The local address is only needed here, so it is only asked for here.
-                let local = self.client.local_addr().unwrap_or(self.peer);
-                let mut header = ProxyHeader::proxy(self.client_addr, local);
-                if let Some(path) = &self.gateway_path {
-                    header = header.with_tlv(PP2_TYPE_GATEWAY_PATH, path.clone());
-                }
-                let _ = header.encode(&mut payload);
-            }
-            payload.extend_from_slice(&early);
-            match ctx.ports.connect(backend.address) {
-                Ok(mut sock) => {
-                    tune_backend_socket(&sock, self.settings.keepalive);
-                    if let Err(e) = ctx.registry.register(
-                        &mut sock,
-                        backend_token(self.key),
-                        Interest::READABLE | Interest::WRITABLE,
-                    ) {
-                        backend.runtime.active.fetch_sub(1, Ordering::Relaxed);
-                        self.phase = Phase::Closed;
-                        return Step::Close(CloseReason::BackendError, format!("register: {e}"));
-                    }
-                    self.phase = Phase::Connecting(Connecting {
-                        sock,
-                        ready: Ready::default(),
-                        backend,
-                        tried,
-                        early,
-                        deadline: ctx.now + self.settings.connect_timeout,
-                    });
-                    // The PROXY header is rebuilt per attempt; keep it with the early bytes.
-                    if let Phase::Connecting(c) = &mut self.phase {
-                        c.early = payload;
-                    }
-                    return Step::Continue;
-                }
-                Err(e) if is_out_of_files(&e) => {
-                    backend.runtime.active.fetch_sub(1, Ordering::Relaxed);
-                    self.phase = Phase::Closed;
-                    return Step::Close(
-                        CloseReason::OutOfFiles,
-                        format!("cannot open a backend socket: {e}"),
-                    );
-                }
-                Err(e) => {
-                    backend.runtime.active.fetch_sub(1, Ordering::Relaxed);
-                    note_failure(&self.pool, &backend, &e.to_string(), ctx);
-                    tried.push(index);
-                    if tried.len() > self.pool.retries as usize {
-                        self.phase = Phase::Closed;
-                        return Step::Close(CloseReason::ConnectFailed, format!("{}: {e}", backend.address));
-                    }
-                }
-            }
-        }
-    }
-
-    fn drive_connecting(&mut self, c: Connecting, ctx: &mut Ctx<'_>) -> (Phase, Step, bool) {
-        if !c.ready.writable && !c.ready.readable {
-            return (Phase::Connecting(c), Step::Continue, false);
-        }
-        // A plain writable edge means connected: the poller reports EPOLLERR (and HUP) with
-        // any pending socket error (tcp_poll), so SO_ERROR is only asked when it did, or
-        // when the edge is not the writable one.
-        let clean = c.ready.writable && !c.ready.error && !c.ready.read_closed;
-        let error = if clean {
-            None
-        } else {
-            match c.sock.take_error() {
-                Ok(Some(e)) | Err(e) => Some(e),
-                Ok(None) => None,
-            }
-        };
-        if let Some(e) = error {
-            let step = self.connect_failed(c, e.to_string(), ctx);
-            let phase = std::mem::replace(&mut self.phase, Phase::Closed);
-            return (phase, step, false);
-        }
-        if !c.ready.writable {
-            // Readable without writable before the handshake completes: wait for the edge
-            // that says connected (writable) or failed (error).
-            return (Phase::Connecting(c), Step::Continue, false);
-        }
-        // Connected. (A spurious edge would only make the first write return EAGAIN, which
-        // the flow handles like any full socket.)
-        c.backend.runtime.failures_in_row.store(0, Ordering::Relaxed);
-        self.last_activity = ctx.now;
-        // A gateway tunnel: the client learns that the host accepted (`101`) only now.
-        let greeting = self.take_greeting();
-        if !greeting.is_empty() {
-            ctx.shared.metrics.count_gateway_answer("tunnel", 101);
-        }
-        if self.handshaken.is_some() || self.pool.tls.is_some() {
-            if let Some(conn) = self.handshaken.as_deref_mut() {
-                if !greeting.is_empty() {
-                    // The limit is lifted after the handshake: rustls keeps all of it and the
-                    // tunnel's first pump sends it.
-                    let _ = conn.write_plaintext(&greeting);
-                }
-            }
-            return self.start_tls_tunnel(c, ctx);
-        }
-        let up = Flow::with_early(&c.early, &mut ctx.pools);
-        let down = if greeting.is_empty() {
-            Flow::default()
-        } else {
-            Flow::with_early(&greeting, &mut ctx.pools)
-        };
-        let tunnel = Tunnel {
-            backend_sock: c.sock,
-            backend_ready: c.ready,
-            backend: c.backend,
-            up,
-            down,
-        };
-        (Phase::Tunnel(tunnel), Step::Continue, true)
-    }
-
-    /// A connect attempt failed: count it and try the next backend within the budget.
-    fn connect_failed(&mut self, c: Connecting, detail: String, ctx: &mut Ctx<'_>) -> Step {
-        let Connecting {
-            sock,
-            backend,
-            mut tried,
-            early,
-            ..
-        } = c;
-        drop(sock);
-        backend.runtime.active.fetch_sub(1, Ordering::Relaxed);
-        if let Some(target) = self.fixed.take() {
-            // The broker chose this one host: there is no other to try.
-            let detail = format!("{} ({}): {detail}", backend.name, backend.address);
-            return self.fixed_connect_failed(target, detail, ctx);
-        }
-        note_failure(&self.pool, &backend, &detail, ctx);
-        tracing::debug!(client = %self.client_addr, backend = %backend.name, address = %backend.address, "connect failed: {detail}");
-        tried.push(backend.index);
-        if tried.len() > self.pool.retries as usize {
-            self.phase = Phase::Closed;
-            return Step::Close(
-                CloseReason::ConnectFailed,
-                format!(
-                    "{} ({}): {detail}; {} attempts",
-                    backend.name,
-                    backend.address,
-                    tried.len()
-                ),
-            );
-        }
-        // Strip the PROXY header we prepended; start_connect builds a fresh one.
-        let early = if self.pool.send_proxy {
-            match proxy_protocol::parse(&early) {
-                Ok(Parsed::Complete { consumed, .. }) => early[consumed..].to_vec(),
-                _ => early,
-            }
-        } else {
-            early
-        };
-        self.start_connect(tried, early, ctx)
-    }
-
     fn drive_tunnel(&mut self, mut t: Tunnel, ctx: &mut Ctx<'_>) -> (Phase, Step, bool) {
         let splice = self.settings.splice;
         // A reported error (a RST) ends the tunnel even if neither flow would touch that
@@ -1024,27 +646,40 @@ impl Session {
         }
     }
 
+    /// Reads client bytes into `buf` until it holds `limit` or the socket is drained (the
+    /// phases before a tunnel: a PROXY header, a ClientHello). Returns whether the client's
+    /// FIN arrived: readiness stays set, so a tunnel reads that EOF again and carries the
+    /// half-close. A read error ends the session.
+    pub(super) fn read_client_into(&mut self, buf: &mut Vec<u8>, limit: usize) -> Result<bool, Step> {
+        while self.client_ready.readable && buf.len() < limit {
+            let mut chunk = [0u8; 4096];
+            let want = (limit - buf.len()).min(chunk.len());
+            match (&self.client).read(&mut chunk[..want]) {
+                Ok(0) => {
+                    self.client_ready.read_closed = true;
+                    return Ok(true);
+                }
+                Ok(n) => {
+                    buf.extend_from_slice(&chunk[..n]);
+                    if n < want && !self.client_ready.read_closed {
+                        // A short read drained the socket; the next bytes raise a new edge
+                        // (a FIN already reported raises none: then read on to the EOF).
+                        self.client_ready.readable = false;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.client_ready.readable = false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Step::Close(CloseReason::ClientError, e.to_string())),
+            }
+        }
+        Ok(false)
+    }
+
     /// Makes the client see a reset when the session is dropped (used for refusals of
     /// protocol errors, where a FIN would look like a normal end).
     pub fn reset_client(&self) {
         let _ = SockRef::from(&self.client).set_linger(Some(Duration::ZERO));
     }
-}
-
-thread_local! {
-    /// Balancer state per pool name, per worker thread (round-robin cursors). It survives
-    /// snapshot changes (a health or admin state change must not restart the rotation); a
-    /// changed algorithm or backend list resets it.
-    static BALANCERS: std::cell::RefCell<std::collections::HashMap<String, Balancer>> =
-        std::cell::RefCell::new(std::collections::HashMap::new());
-}
-
-/// Forgets balancer state of pools no longer in the snapshot (called on snapshot change).
-pub fn retain_balancers(pools: &[Arc<PoolPlan>]) {
-    BALANCERS.with(|b| {
-        b.borrow_mut()
-            .retain(|name, _| pools.iter().any(|p| &p.name == name))
-    });
 }
 
 /// The pending error of a socket (SO_ERROR), if any.
@@ -1065,38 +700,6 @@ pub(super) fn source_error(e: io::Error) -> FlowError {
     } else {
         FlowError::Source(e)
     }
-}
-
-fn reserve(runtime: &BackendRuntime, max: u32) -> bool {
-    if max == 0 {
-        runtime.active.fetch_add(1, Ordering::Relaxed);
-        return true;
-    }
-    runtime
-        .active
-        .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
-            (n < max).then_some(n + 1)
-        })
-        .is_ok()
-}
-
-fn note_failure(pool: &PoolPlan, backend: &BackendRef, detail: &str, ctx: &mut Ctx<'_>) {
-    backend.runtime.connect_failures.fetch_add(1, Ordering::Relaxed);
-    let in_row = backend.runtime.failures_in_row.fetch_add(1, Ordering::Relaxed) + 1;
-    if pool.passive_fall > 0 && pool.health_checked && in_row == pool.passive_fall {
-        let _ = ctx.shared.events.send(ControlEvent::PassiveDown {
-            pool: pool.name.clone(),
-            backend: backend.name.to_string(),
-            reason: detail.to_string(),
-        });
-    }
-}
-
-/// TCP_NODELAY (RDP sends small input events) and keepalive (a backend that vanished is
-/// noticed) on a backend socket: three calls; the kernel's probe interval and count apply.
-fn tune_backend_socket(sock: &TcpStream, keepalive: Duration) {
-    let _ = sock.set_nodelay(true);
-    let _ = SockRef::from(sock).set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(keepalive));
 }
 
 /// Whether an error means the process or system ran out of descriptors.

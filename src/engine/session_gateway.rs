@@ -746,7 +746,7 @@ impl Session {
                 return self.answer_close(f, target.on_failure, reason, &detail);
             }
         };
-        super::tune_backend_socket(&sock, self.settings.keepalive);
+        super::connect_phase::tune_backend_socket(&sock, self.settings.keepalive);
         if let Err(e) = ctx.registry.register(
             &mut sock,
             backend_token(self.key),

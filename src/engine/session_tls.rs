@@ -6,7 +6,7 @@
 //! `gatehouse_tls_refused_total`) and the TLS tunnel's error mapping. Bytes move in
 //! `tls_flow`; sockets, slots and timers stay with `session.rs`.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::time::{Duration, Instant};
 
 use rustls::ClientConnection;
@@ -61,36 +61,10 @@ impl Session {
     /// Reads the ClientHello (bounded by `client_hello::MAX_BUFFERED` and the handshake
     /// deadline), then routes it, hands it to rustls, or (auto) serves plain bytes.
     pub(super) fn drive_hello(&mut self, mut h: Hello, ctx: &mut Ctx<'_>) -> (Phase, Step, bool) {
-        let mut eof = false;
-        while self.client_ready.readable && h.buf.len() < client_hello::MAX_BUFFERED {
-            let mut chunk = [0u8; 4096];
-            let want = (client_hello::MAX_BUFFERED - h.buf.len()).min(chunk.len());
-            match (&self.client).read(&mut chunk[..want]) {
-                Ok(0) => {
-                    // Readiness stays set: a tunnel (passthrough) reads this EOF again.
-                    eof = true;
-                    self.client_ready.read_closed = true;
-                    break;
-                }
-                Ok(n) => {
-                    h.buf.extend_from_slice(&chunk[..n]);
-                    if n < want && !self.client_ready.read_closed {
-                        // A short read drained the socket; the next bytes raise a new edge
-                        // (a FIN already reported raises none: then read on to the EOF).
-                        self.client_ready.readable = false;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.client_ready.readable = false,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    return (
-                        Phase::Closed,
-                        Step::Close(CloseReason::ClientError, e.to_string()),
-                        false,
-                    )
-                }
-            }
-        }
+        let eof = match self.read_client_into(&mut h.buf, client_hello::MAX_BUFFERED) {
+            Ok(eof) => eof,
+            Err(step) => return (Phase::Closed, step, false),
+        };
         if h.buf.is_empty() {
             if eof {
                 let step = Step::Close(CloseReason::Done, "client closed before sending anything".into());

@@ -100,6 +100,9 @@ impl LeanServer {
         let tls13 = self.conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3);
         if tls13 && !self.is_handshaking() && !self.outgoing.is_empty() {
             self.held_until = Some(now + TICKET_HOLD);
+            // Held for up to TICKET_HOLD: a few hundred bytes in a buffer of their own, not
+            // a pooled one (a handshake storm holds many at once).
+            self.outgoing.settle();
         }
         self.held_until.is_some()
     }

@@ -318,6 +318,11 @@ fn tls13_tickets_wait_for_the_first_answer_and_leave_in_its_write() {
     assert!(held, "a TLS 1.3 handshake leaves tickets to hold");
     assert!(!server.wants_write(), "held tickets are not written");
     assert_eq!(server.held_until(), Some(now + TICKET_HOLD));
+    let held_bytes = server.buffered_capacity();
+    assert!(
+        held_bytes > 0 && held_bytes < 2048,
+        "held tickets keep their own bytes, not a pooled buffer: {held_bytes}"
+    );
     server.write_plaintext(b"the first answer").unwrap();
     assert_eq!(server.held_until(), None, "an answer takes the tickets along");
     let mut wire = Vec::new();

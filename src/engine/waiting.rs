@@ -136,12 +136,13 @@ impl Waiting {
         }
     }
 
-    /// Called when the connection goes back to waiting for its socket: an empty buffer goes
-    /// back to the pool, and a few bytes left in a pooled buffer move into one of their own.
+    /// Called when the connection goes back to waiting for its socket (or holds bytes back):
+    /// an empty buffer goes back to the pool, and a few bytes left in a pooled (or larger)
+    /// buffer move into one of their own.
     pub fn settle(&mut self) {
         if self.is_empty() {
             self.release();
-        } else if self.capacity() == POOLED_LEN && self.len() < SETTLE_BELOW {
+        } else if self.capacity() >= POOLED_LEN && self.len() < SETTLE_BELOW {
             let own: Box<[u8]> = self.bytes().into();
             let len = own.len();
             if let Some(old) = self.buf.replace(own) {

@@ -5,11 +5,13 @@
 //! FIN) from the source becomes a FIN, or a close_notify then a FIN, at the destination.
 //! Plaintext decrypted from a TLS source goes on from where rustls left it (written to a
 //! plain destination, or encrypted for a TLS one) and waits there while a plain
-//! destination is slower; plaintext read from a plain source waits in a pooled buffer only
-//! while its TLS destination's handshake runs; records wait inside the TLS connection only
-//! while a TLS destination is slower (the source is not read meanwhile). So an idle tunnel
-//! holds no pooled buffer (and the client side's TLS connection none of its own). It never
-//! touches timers or the poller.
+//! destination is slower; plaintext read from a plain source is encrypted at once, and the
+//! pooled buffer it was read into goes straight back; records wait inside the TLS
+//! connection only while a TLS destination is slower (the source is not read meanwhile).
+//! A pooled buffer otherwise carries only early bytes (a PROXY header, bytes read before
+//! routing) to a destination that is not ready. So an idle tunnel holds no pooled buffer
+//! (and the client side's TLS connection none of its own). It never touches timers or the
+//! poller.
 
 use std::io::{self, Read, Write};
 use std::net::Shutdown;

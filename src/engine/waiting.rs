@@ -92,7 +92,7 @@ impl Waiting {
     /// [`Waiting::settle`] when nothing was committed.
     pub fn room(&mut self, n: usize) -> &mut [u8] {
         let (len, capacity) = (self.len(), self.capacity());
-        if self.end + n > capacity {
+        if self.buf.is_none() || self.end + n > capacity {
             let (start, end) = (self.start, self.end);
             match self.buf.as_deref_mut() {
                 // Enough room once the waiting bytes move to the front.
@@ -191,6 +191,8 @@ mod tests {
     #[test]
     fn room_is_filled_then_committed_and_moves_bytes_to_the_front_when_needed() {
         let mut w = Waiting::default();
+        assert!(w.room(0).len() >= 1, "even an empty ask gets a buffer");
+        w.settle();
         let room = w.room(10);
         assert!(room.len() >= 10);
         room[..3].copy_from_slice(b"abc");

@@ -776,30 +776,18 @@ mod tests {
     }
 
     fn tls_pair() -> (Arc<ServerConfig>, Arc<rustls::ClientConfig>) {
-        use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["standin.test".to_string()])
-            .unwrap()
-            .self_signed(&key)
-            .unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let server = ServerConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(
-                vec![CertificateDer::from(cert.der().to_vec())],
-                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-            )
-            .unwrap();
+        let (server, pem) = crate::tls::self_signed_server("standin.test").unwrap();
         let mut roots = rustls::RootCertStore::empty();
-        roots.add(CertificateDer::from(cert.der().to_vec())).unwrap();
-        let client = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        (Arc::new(server), Arc::new(client))
+        for cert in rustls_pemfile::certs(&mut pem.as_bytes()) {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let client =
+            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+        (server, Arc::new(client))
     }
 
     #[test]

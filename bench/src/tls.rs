@@ -6,7 +6,8 @@
 //! (its X25519 about half aws-lc's speed here, and a getrandom(2) per random draw) kept that
 //! CPU 99.7% busy while gatehouse was 57% busy (BENCHMARKS.md, "The handshake client").
 //!
-//! Owns how scenarios open TLS connections; it does not decide what they send.
+//! Owns how scenarios open TLS connections (and the throw-away certificate of a TLS stand-in,
+//! [`self_signed_server`]); it does not decide what they send.
 
 use std::io::{self, BufReader};
 use std::net::TcpStream;
@@ -17,12 +18,34 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::client::Resumption;
 use rustls::crypto::aws_lc_rs::kx_group;
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use rustls::{
-    ClientConfig, ClientConnection, DigitallySignedStruct, RootCertStore, SignatureScheme, StreamOwned,
+    ClientConfig, ClientConnection, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme,
+    StreamOwned,
 };
 
 use crate::BenchError;
+
+/// A TLS server configuration with a fresh self-signed certificate for `name` (ECDSA P-256,
+/// ring), and that certificate in PEM for the clients to trust: what TLS stand-ins and the
+/// harness's own TLS servers use.
+pub fn self_signed_server(name: &str) -> Result<(Arc<ServerConfig>, String), BenchError> {
+    let bad = |e: String| BenchError::Usage(format!("self-signed certificate for {name}: {e}"));
+    let key = rcgen::KeyPair::generate().map_err(|e| bad(e.to_string()))?;
+    let cert = rcgen::CertificateParams::new(vec![name.to_string()])
+        .and_then(|params| params.self_signed(&key))
+        .map_err(|e| bad(e.to_string()))?;
+    let config = ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![CertificateDer::from(cert.der().to_vec())],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        )
+        .map_err(|e| bad(e.to_string()))?;
+    Ok((Arc::new(config), cert.pem()))
+}
 
 /// How the client checks the target's certificate.
 #[derive(Clone, Debug)]

@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::{HandshakeKind, ServerConfig, ServerConnection, StreamOwned};
 
 use gatehouse_bench::scenario::{idle, rdp_profile, throughput, tls_handshake, Common};
@@ -27,25 +26,7 @@ struct Seen {
 /// enough for the scenarios: it reads until the client's close_notify, then relays back).
 /// Returns its address, the CA file and the handshake counts.
 fn tls_relay(backend: SocketAddr, dir: &std::path::Path) -> (SocketAddr, std::path::PathBuf, Arc<Seen>) {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
-    let ca = dir.join("relay.pem");
-    std::fs::write(&ca, cert.pem()).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = Arc::new(
-        ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(
-                vec![CertificateDer::from(cert.der().to_vec())],
-                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-            )
-            .unwrap(),
-    );
+    let (config, ca) = self_signed(dir, "relay.pem");
     let seen = Arc::new(Seen::default());
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
@@ -57,6 +38,14 @@ fn tls_relay(backend: SocketAddr, dir: &std::path::Path) -> (SocketAddr, std::pa
         }
     });
     (addr, ca, seen)
+}
+
+/// A server configuration for `localhost` and its certificate written to `dir/file`.
+fn self_signed(dir: &std::path::Path, file: &str) -> (Arc<ServerConfig>, std::path::PathBuf) {
+    let (config, pem) = gatehouse_bench::tls::self_signed_server("localhost").unwrap();
+    let path = dir.join(file);
+    std::fs::write(&path, pem).unwrap();
+    (config, path)
 }
 
 fn relay_one(client: TcpStream, backend: SocketAddr, config: Arc<ServerConfig>, seen: &Seen) {
@@ -244,25 +233,10 @@ fn tls_idle_tunnels_and_tls_throughput_check_their_bytes() {
 #[test]
 fn the_office_profile_runs_inside_tls() {
     let tmp = tempfile_dir();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
-    let ca = tmp.path().join("rdp.pem");
-    std::fs::write(&ca, cert.pem()).unwrap();
-    let config = ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![CertificateDer::from(cert.der().to_vec())],
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-        )
-        .unwrap();
+    let (config, ca) = self_signed(tmp.path(), "rdp.pem");
     let rdp = StandIn::bind(Kind::Rdp, "127.0.0.1:0".parse().unwrap())
         .unwrap()
-        .with_tls(Arc::new(config))
+        .with_tls(config)
         .unwrap()
         .spawn();
     let client =

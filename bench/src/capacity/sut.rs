@@ -19,7 +19,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::ServerConfig;
 
 use super::{Mode, PathSpec, SystemUnderTest};
@@ -434,23 +433,9 @@ pub fn halb_config(listen: SocketAddr, hosts: &[SocketAddr], state_dir: &str) ->
 /// A self-signed certificate for [`STANDIN_NAME`] (written to `standin.pem` for the
 /// clients to trust) and the stand-ins' TLS config.
 fn standin_tls(dir: &FarmDir) -> Result<Arc<ServerConfig>, BenchError> {
-    let bad = |e: String| BenchError::Usage(format!("stand-in certificate: {e}"));
-    let key = rcgen::KeyPair::generate().map_err(|e| bad(e.to_string()))?;
-    let cert = rcgen::CertificateParams::new(vec![STANDIN_NAME.to_string()])
-        .and_then(|params| params.self_signed(&key))
-        .map_err(|e| bad(e.to_string()))?;
-    dir.write("standin.pem", &cert.pem())?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| bad(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![CertificateDer::from(cert.der().to_vec())],
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-        )
-        .map_err(|e| bad(e.to_string()))?;
-    Ok(Arc::new(config))
+    let (config, pem) = crate::tls::self_signed_server(STANDIN_NAME)?;
+    dir.write("standin.pem", &pem)?;
+    Ok(config)
 }
 
 /// Pins every thread of `pid` to `cpu` (threads it starts later inherit the mask).

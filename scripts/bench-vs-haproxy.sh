@@ -491,10 +491,12 @@ elapsed=$(($(date +%s) - started))
 # --- summary -------------------------------------------------------------------------------
 # stats VALUES... -> "median min max"
 stats() {
-    printf '%s\n' "$@" | sort -g | awk 'NF { v[++n] = $1 } END {
+    # Four significant digits, but whole numbers from 10,000 up (not 1.782e+04).
+    printf '%s\n' "$@" | sort -g | awk 'function f(x) { return (x >= 10000 || x <= -10000) ? sprintf("%.0f", x) : sprintf("%.4g", x) }
+        NF { v[++n] = $1 } END {
         if (n == 0) { print "- - -"; exit }
         m = (n % 2) ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
-        printf "%.4g %.4g %.4g\n", m, v[1], v[n] }'
+        printf "%s %s %s\n", f(m), f(v[1]), f(v[n]) }'
 }
 values_of() { awk -v m="$1" -v p="$2" '$1 == m && $2 == p { print $4 }' "$WORK/values"; }
 value_at() { awk -v m="$1" -v p="$2" -v n="$3" '$1 == m && $2 == p && $3 == n { print $4 }' "$WORK/values"; }

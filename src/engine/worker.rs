@@ -35,6 +35,8 @@ const MIN_BACKOFF: Duration = Duration::from_millis(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// How often a worker paused at `node.max_connections` looks for a free slot.
 const LIMIT_RETRY: Duration = Duration::from_millis(20);
+/// At most one accept-pause warning per worker in this long.
+const PAUSE_WARN_EVERY: Duration = Duration::from_secs(1);
 
 /// A listener as one worker holds it.
 struct WorkerListener {
@@ -115,6 +117,9 @@ struct Worker {
     answers_rx: crossbeam_channel::Receiver<Answer>,
     accept_paused: bool,
     pause_streak: Option<PauseReason>,
+    /// When a pause was last logged: at a sustained fd limit every refused client starts a
+    /// streak, and one warning a second says it.
+    pause_warned: Option<Instant>,
     backoff: Duration,
     draining: bool,
 }
@@ -177,6 +182,7 @@ impl Worker {
             answers_rx,
             accept_paused: false,
             pause_streak: None,
+            pause_warned: None,
             backoff: MIN_BACKOFF,
             draining: false,
         }
@@ -363,11 +369,17 @@ impl Worker {
         if self.pause_streak != Some(reason) {
             self.pause_streak = Some(reason);
             self.shared.metrics.count_pause(reason);
-            tracing::warn!(
-                worker = self.id,
-                reason = reason.label(),
-                "accept paused: {detail}; retrying"
-            );
+            if self
+                .pause_warned
+                .is_none_or(|t| now.saturating_duration_since(t) >= PAUSE_WARN_EVERY)
+            {
+                self.pause_warned = Some(now);
+                tracing::warn!(
+                    worker = self.id,
+                    reason = reason.label(),
+                    "accept paused: {detail}; retrying"
+                );
+            }
         }
         self.accept_paused = true;
         match reason {
@@ -407,8 +419,6 @@ impl Worker {
             let plan_index = listener.plan_index;
             match listener.socket.accept() {
                 Ok((stream, peer)) => {
-                    self.backoff = MIN_BACKOFF;
-                    self.pause_streak = None;
                     self.shared.metrics.accepted.fetch_add(1, Ordering::Relaxed);
                     let held = self.shared.connections.fetch_add(1, Ordering::AcqRel) + 1;
                     if held > max {
@@ -420,6 +430,11 @@ impl Worker {
                         continue;
                     }
                     self.start_session(stream, peer, plan_index, now);
+                    if !self.accept_paused {
+                        // The session did not run out of descriptors: the pause streak is over.
+                        self.backoff = MIN_BACKOFF;
+                        self.pause_streak = None;
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -501,11 +516,22 @@ impl Worker {
             reason = reason.label(),
             "closed: {detail}"
         );
-        if !self.accept_paused || self.draining {
+        if self.draining {
             return;
         }
-        // A slot freed: if we paused for the connection limit, try again now.
-        self.resume_accept(now);
+        if reason == CloseReason::OutOfFiles {
+            // A backend or broker socket found no descriptor: neither would the next client.
+            // Leave new clients in the backlog (they are served once descriptors free up)
+            // rather than accept each only to close it at once.
+            if !self.accept_paused {
+                self.pause_accept(PauseReason::OutOfFiles, detail, now);
+            }
+            return;
+        }
+        if self.accept_paused {
+            // A slot and descriptors freed: whatever the pause was for, try again now.
+            self.resume_accept(now);
+        }
     }
 
     /// Ends an accept pause and accepts on every listener (their edges may have passed).

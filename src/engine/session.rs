@@ -242,6 +242,11 @@ pub struct Session {
     fixed: Option<FixedTarget>,
     /// The gateway path to send to the next hop (forwarding listeners), encoded.
     gateway_path: Option<Vec<u8>>,
+    /// Closes without anything worth an info line: the client sent nothing (a TCP health
+    /// check, a port scan) or asked `/health` and heard 200. Logged at debug, counted as
+    /// usual (HAProxy's `dontlognull`, and its unlogged `monitor-uri`); so is a clean close
+    /// of a tunnel that carried no byte.
+    pub routine: bool,
 }
 
 /// Token of a session's client socket.
@@ -299,6 +304,7 @@ impl Session {
             handshaken: None,
             fixed: None,
             gateway_path: None,
+            routine: false,
         };
         if mode != Some(ReadMode::ExpectProxy)
             && !admits(&session.settings.allow, &session.settings.deny, peer.ip())

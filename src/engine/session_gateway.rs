@@ -375,6 +375,7 @@ impl Session {
             // A /health answer ends the connection (`Connection: close`), as health checkers
             // expect, whatever the request asked.
             f.close_after = Some((CloseReason::Done, format!("GET /health: {status}")));
+            self.routine = status == 200;
             return Handled::Again;
         }
         let Some(front) = gateway.front.as_ref() else {

@@ -37,6 +37,7 @@ impl Session {
             Err(step) => return (Phase::Closed, step, false),
         };
         if eof && r.buf.is_empty() {
+            self.routine = true;
             let step = Step::Close(CloseReason::Done, "client closed before sending anything".into());
             return (Phase::Closed, step, false);
         }

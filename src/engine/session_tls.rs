@@ -67,6 +67,7 @@ impl Session {
         };
         if h.buf.is_empty() {
             if eof {
+                self.routine = true;
                 let step = Step::Close(CloseReason::Done, "client closed before sending anything".into());
                 return (Phase::Closed, step, false);
             }

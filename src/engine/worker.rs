@@ -505,17 +505,28 @@ impl Worker {
             Some((n, a)) => (&**n, a.to_string()),
             None => ("-", "-".to_string()),
         };
-        tracing::info!(
-            client = %s.client_addr,
-            listener = %s.settings.listener,
-            backend,
-            backend_address = %address,
-            bytes_up = s.bytes.0,
-            bytes_down = s.bytes.1,
-            duration_ms = duration.as_millis() as u64,
-            reason = reason.label(),
-            "closed: {detail}"
-        );
+        macro_rules! close_line {
+            ($level:ident) => {
+                tracing::$level!(
+                    client = %s.client_addr,
+                    listener = %s.settings.listener,
+                    backend,
+                    backend_address = %address,
+                    bytes_up = s.bytes.0,
+                    bytes_down = s.bytes.1,
+                    duration_ms = duration.as_millis() as u64,
+                    reason = reason.label(),
+                    "closed: {detail}"
+                )
+            };
+        }
+        // A clean close of a tunnel that carried nothing either way is a TCP check too.
+        let null_tunnel = s.backend_label.is_some() && s.bytes == (0, 0);
+        if reason == CloseReason::Done && (s.routine || null_tunnel) {
+            close_line!(debug);
+        } else {
+            close_line!(info);
+        }
         if self.draining {
             return;
         }

@@ -100,6 +100,64 @@ fn wrong_password_gets_no_tunnel_and_the_host_sees_nothing() {
     );
 }
 
+/// The value of one metric series in `metrics` (0 when absent).
+fn series(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn health_checks_and_empty_connections_are_counted_not_logged() {
+    let farm = GatewayFarm::start(1);
+    let gw = farm.start_gateway("gw-a", "site-a", "");
+    gw.wait_healthy();
+    // What a HALB's checks do: /health over plain and TLS, and TCP connects that say nothing.
+    for tls in [false, true] {
+        let r = client::request(gw.listen, "GET", "/health", None, None).unwrap();
+        assert_eq!(r.status, 200);
+        let mut s = Stream::connect(gw.listen, tls).unwrap();
+        let r = client::send(&mut s, "GET", "/health", None, None, "").unwrap();
+        assert_eq!(r.status, 200);
+    }
+    for _ in 0..3 {
+        drop(std::net::TcpStream::connect(gw.listen).unwrap());
+    }
+    // Something worth a line.
+    let mut s = Stream::connect(gw.listen, true).unwrap();
+    assert_eq!(client::login(&mut s, "alice", "wrong").status, 401);
+    drop(s);
+    let counted = |m: &str| {
+        (
+            series(
+                m,
+                "gatehouse_gateway_answers_total{endpoint=\"health\",status=\"200\"}",
+            ),
+            series(m, "gatehouse_connections_closed_total{reason=\"done\"}"),
+        )
+    };
+    let ok = (0..50).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        let (health, done) = counted(&gw.metrics());
+        health >= 5.0 && done >= 8.0
+    });
+    let log = gw.proc.log_text();
+    assert!(ok, "not counted: {:?}\n{log}", counted(&gw.metrics()));
+    let closes: Vec<&str> = log.lines().filter(|l| l.contains("closed:")).collect();
+    println!("gateway close lines at info: {closes:#?}");
+    assert!(
+        closes.iter().any(|l| l.contains("wrong_password")),
+        "the refused login is logged: {log}"
+    );
+    assert!(
+        !closes
+            .iter()
+            .any(|l| l.contains("/health: 200") || l.contains("before sending anything")),
+        "healthy answers and empty connections logged at info (a 503 may be): {closes:#?}"
+    );
+}
+
 #[test]
 fn tickets_work_once_and_only_where_issued() {
     let farm = GatewayFarm::start(2);

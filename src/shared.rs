@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
@@ -144,6 +144,7 @@ impl BackendPlan {
     pub fn eligible(&self) -> bool {
         self.admin == AdminState::Up
             && self.health == Health::Up
+            && !self.runtime.passive_down.load(Ordering::Relaxed)
             && (self.max_connections == 0
                 || self.runtime.active.load(Ordering::Relaxed) < self.max_connections)
     }
@@ -158,6 +159,10 @@ pub struct BackendRuntime {
     pub total: AtomicU64,
     /// Failed connects in a row (reset by a success).
     pub failures_in_row: AtomicU32,
+    /// A worker counted `passive_fall` failed connects in a row: out of rotation at once,
+    /// not only once the health checker's verdict (which it was sent) reaches a snapshot.
+    /// Cleared when a verdict for this backend is applied.
+    pub passive_down: AtomicBool,
     /// Failed connects ever.
     pub connect_failures: AtomicU64,
 }
@@ -389,7 +394,12 @@ impl Shared {
     /// Sets a backend's health verdict; returns false for an unknown backend.
     pub fn set_health(&self, pool: &str, backend: &str, health: Health) -> bool {
         let mut control = self.control.lock();
-        match control.status.get_mut(&(pool.to_string(), backend.to_string())) {
+        let key = (pool.to_string(), backend.to_string());
+        if let Some(runtime) = control.runtimes.get(&key) {
+            // The verdict rules from now on (down, or up again after `rise` good checks).
+            runtime.passive_down.store(false, Ordering::Relaxed);
+        }
+        match control.status.get_mut(&key) {
             Some(s) if s.health != health => {
                 s.health = health;
                 self.publish(&mut control);
@@ -692,5 +702,41 @@ impl Snapshot {
             })
             .collect();
         serde_json::json!({ "generation": self.generation, "pools": pools })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{load_str, ValidateOptions};
+
+    const CONFIG: &str = "[halb]\n[[halb.listener]]\nname = \"l\"\nbind = \"127.0.0.1:1\"\npool = \"p\"\n\n\
+        [[halb.pool]]\nname = \"p\"\nhealth = { check = \"tcp\" }\nbackends = [\n\
+        { name = \"a\", address = \"127.0.0.1:2\" },\n{ name = \"b\", address = \"127.0.0.1:3\" },\n]\n";
+
+    fn eligible(shared: &Shared) -> Vec<bool> {
+        shared.snapshot().pools[0]
+            .backends
+            .iter()
+            .map(|b| b.eligible())
+            .collect()
+    }
+
+    #[test]
+    fn a_passive_down_leaves_rotation_at_once_and_the_verdict_then_rules() {
+        let config = load_str(CONFIG, "t.toml", ValidateOptions::default()).expect("config");
+        let (shared, _events) = Shared::new(config);
+        assert_eq!(eligible(&shared), [true, true]);
+        // A worker counted passive_fall failures on "a": out before any verdict is published.
+        let a = shared.snapshot().pools[0].backends[0].runtime.clone();
+        a.passive_down.store(true, Ordering::Relaxed);
+        assert_eq!(eligible(&shared), [false, true]);
+        // The checker's verdict: down; the flag has done its job.
+        assert!(shared.set_health("p", "a", Health::Down));
+        assert!(!a.passive_down.load(Ordering::Relaxed));
+        assert_eq!(eligible(&shared), [false, true]);
+        // `rise` good checks later: back in rotation.
+        assert!(shared.set_health("p", "a", Health::Up));
+        assert_eq!(eligible(&shared), [true, true]);
     }
 }

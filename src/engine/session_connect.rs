@@ -264,6 +264,7 @@ fn note_failure(pool: &PoolPlan, backend: &BackendRef, detail: &str, ctx: &mut C
     backend.runtime.connect_failures.fetch_add(1, Ordering::Relaxed);
     let in_row = backend.runtime.failures_in_row.fetch_add(1, Ordering::Relaxed) + 1;
     if pool.passive_fall > 0 && pool.health_checked && in_row == pool.passive_fall {
+        backend.runtime.passive_down.store(true, Ordering::Relaxed);
         let _ = ctx.shared.events.send(ControlEvent::PassiveDown {
             pool: pool.name.clone(),
             backend: backend.name.to_string(),

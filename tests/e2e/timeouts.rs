@@ -103,7 +103,10 @@ fn refused_connect_retries_the_next_backend_and_marks_it_down() {
         "dead backend marked down after passive_fall failed connects: {}",
         g.backend("p", "dead")
     );
-    assert!((3.0..=5.0).contains(&failures), "connect failures {failures}");
+    // One worker: the third failure takes the backend out of rotation at once, without
+    // waiting for the checker's verdict to come back in a snapshot (under load that took
+    // seven more failed connects).
+    assert_eq!(failures, 3.0, "connect failures");
     assert_eq!(g.closed("connect_failed"), 0.0, "no client saw a failed connect");
     g.assert_nothing_held();
 }

@@ -431,8 +431,9 @@ pub fn priority_adjustment(
 }
 
 /// The running VRRP role of a node: the runner thread, an event thread that logs and counts
-/// transitions, and the metrics source. Started by `Node::start` after the workers; stopped
-/// first on shutdown so the VIP moves before the listeners close.
+/// transitions, and the metrics source. Started last by `Node::start`, just before the
+/// workers start accepting; stopped first on shutdown so the VIP moves before the listeners
+/// close.
 pub struct VrrpRole {
     runner: Arc<Mutex<Option<Runner>>>,
     events: Option<JoinHandle<()>>,

@@ -143,11 +143,15 @@ impl Node {
             shared.set_tls(tls);
         }
         let commands = crossbeam_channel::unbounded();
+        // The workers accept once everything else holds its descriptors (a message on `go`):
+        // clients queued in the backlogs meanwhile could otherwise take the last ones under a
+        // low `ulimit -n`, and the node would fail to start the rest.
+        let (go, go_rx) = crossbeam_channel::unbounded::<()>();
         let mut workers = Vec::new();
         let count = per_worker.len();
         for (id, listeners) in per_worker.into_iter().enumerate() {
             workers.push(
-                worker::spawn(id, count, shared.clone(), listeners)
+                worker::spawn(id, count, shared.clone(), listeners, go_rx.clone())
                     .map_err(|e| format!("worker {id}: {e}"))?,
             );
         }
@@ -161,8 +165,12 @@ impl Node {
         let health = start_health(&shared);
         // ticket rotation (issue 3): one timer for every listener's ticket key file.
         let ticket_keys = Some(crate::tls::rotation::TicketRotation::start(shared.clone())?);
-        // VRRP after the workers: the listeners (freebind on the VIP) serve as soon as it is ours.
+        // VRRP last: the listeners (freebind on the VIP) serve as soon as it is ours.
         let vrrp = crate::halb_vrrp::VrrpRole::start(&shared)?;
+        forward_signals(commands.0.clone())?;
+        for _ in &workers {
+            let _ = go.send(());
+        }
         tracing::info!(
             node = %shared.config().node_name(),
             workers = workers_n,
@@ -200,7 +208,6 @@ impl Node {
     /// Runs the control loop until a shutdown command (or SIGTERM/SIGINT) has drained the
     /// node. SIGHUP reloads.
     pub fn run_until_stopped(mut self) -> Result<(), String> {
-        forward_signals(self.commands.0.clone())?;
         crate::sd_notify::notify("READY=1");
         let cmd_rx = self.commands.1.clone();
         let events = self.events.clone();

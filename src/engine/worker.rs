@@ -53,12 +53,16 @@ pub struct WorkerHandle {
 }
 
 /// Starts a worker with pre-bound listeners (name -> socket), so binding happens before any
-/// privilege drop and errors surface at start-up.
+/// privilege drop and errors surface at start-up. It accepts nothing until a message on `go`
+/// says the node has started (clients already waiting in a listener's backlog must not take
+/// the descriptors the rest of the node still has to open); if the sender goes away instead,
+/// the node failed to start and the worker ends, closing its listeners.
 pub fn spawn(
     id: usize,
     workers: usize,
     shared: Arc<Shared>,
     listeners: Vec<(String, StdListener)>,
+    go: crossbeam_channel::Receiver<()>,
 ) -> io::Result<WorkerHandle> {
     let poll = Poll::new()?;
     let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
@@ -66,6 +70,9 @@ pub fn spawn(
     let thread = std::thread::Builder::new()
         .name(format!("worker-{id}"))
         .spawn(move || {
+            if go.recv().is_err() {
+                return;
+            }
             let mut worker = Worker::new(id, workers, poll, waker, shared);
             for (name, socket) in listeners {
                 worker.adopt_listener(name, socket);

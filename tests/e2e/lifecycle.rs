@@ -185,12 +185,9 @@ fn per_source_limit_closes_the_third_from_one_address() {
     g.assert_nothing_held();
 }
 
-#[test]
-fn tiny_ulimit_pauses_accepting_without_spinning() {
-    let srv = NameServer::start("n");
-    let (admin, listen) = addrs();
-    let config = simple_config(admin, listen, "", "", &[("n", srv.addr)]);
-    let g = Gatehouse::start_with(&config, admin, |cmd| {
+/// Starts a node under `ulimit -n 64` on `config`.
+fn start_with_64_files(config: &str, admin: SocketAddr) -> Gatehouse {
+    Gatehouse::start_with(config, admin, |cmd| {
         // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
         unsafe {
             cmd.pre_exec(|| {
@@ -198,7 +195,53 @@ fn tiny_ulimit_pauses_accepting_without_spinning() {
                     .map_err(std::io::Error::from)
             });
         }
-    });
+    })
+}
+
+#[test]
+fn clients_waiting_at_start_do_not_starve_the_node_of_descriptors() {
+    // A restart under load: clients fill the listener's backlog while the node still opens
+    // its own descriptors (signals, health, tickets). It must not accept them first and then
+    // fail to start ("signals: Too many open files" once killed the node here).
+    let srv = NameServer::start("n");
+    for round in 0..3 {
+        let (admin, listen) = addrs();
+        let config = simple_config(admin, listen, "", "", &[("n", srv.addr)]);
+        let clients = std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let mut held = Vec::new();
+            while held.len() < 100 && Instant::now() < deadline {
+                match connect_from(listen, None) {
+                    Ok(s) => held.push(s),
+                    Err(_) => std::thread::sleep(Duration::from_micros(200)),
+                }
+            }
+            held
+        });
+        let mut g = start_with_64_files(&config, admin);
+        let held = clients.join().unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let exited = g.proc.child.try_wait().unwrap();
+        println!(
+            "lifecycle: round {round}: {} clients queued at start, node exited: {exited:?}",
+            held.len()
+        );
+        assert!(exited.is_none(), "the node died at start; log:\n{}", g.log());
+        drop(held);
+        assert!(
+            wait_until(Duration::from_secs(5), || who_answers(listen, None).is_some()),
+            "served once the clients left; log:\n{}",
+            g.log()
+        );
+    }
+}
+
+#[test]
+fn tiny_ulimit_pauses_accepting_without_spinning() {
+    let srv = NameServer::start("n");
+    let (admin, listen) = addrs();
+    let config = simple_config(admin, listen, "", "", &[("n", srv.addr)]);
+    let g = start_with_64_files(&config, admin);
     let clients: Vec<_> = (0..100).filter_map(|_| connect_from(listen, None).ok()).collect();
     println!(
         "lifecycle: ulimit -n 64, {} client connections open",
@@ -219,7 +262,8 @@ fn tiny_ulimit_pauses_accepting_without_spinning() {
     drop(clients);
     assert!(
         wait_until(Duration::from_secs(5), || who_answers(listen, None).is_some()),
-        "a new connection is served after the clients closed"
+        "a new connection is served after the clients closed; log:\n{}",
+        g.log()
     );
     let pauses = g.metric("gatehouse_accept_pauses_total{reason=\"out_of_files\"}");
     println!(

@@ -115,7 +115,11 @@ impl Session {
                 }
                 Err(e) => {
                     backend.runtime.active.fetch_sub(1, Ordering::Relaxed);
-                    note_failure(&self.pool, &backend, &e.to_string(), ctx);
+                    // Out of local ports (EADDRNOTAVAIL) is this host's shortage, not the
+                    // backend's failure: try the next one without counting against this one.
+                    if !crate::health::is_local_shortage(&e) {
+                        note_failure(&self.pool, &backend, &e.to_string(), ctx);
+                    }
                     tried.push(index);
                     if tried.len() > self.pool.retries as usize {
                         self.phase = Phase::Closed;

@@ -352,7 +352,14 @@ impl TargetRunner {
             let outcome = self.probe_once();
             let latency = started.elapsed();
             self.status.record_check(&outcome, latency);
-            if let ProbeOutcome::Failed(failure) = &outcome {
+            if let ProbeOutcome::Failed(ProbeFailure::Local(msg)) = &outcome {
+                tracing::warn!(
+                    backend = %self.target.name,
+                    addr = %self.target.addr,
+                    health = %self.tracker.health(),
+                    "health check not made, the verdict stands: {msg}"
+                );
+            } else if let ProbeOutcome::Failed(failure) = &outcome {
                 tracing::debug!(
                     backend = %self.target.name,
                     addr = %self.target.addr,
@@ -385,6 +392,8 @@ impl TargetRunner {
     fn on_passive(&mut self, report: Passive) {
         match report {
             Passive::Succeeded => self.tracker.passive_success(),
+            // A connect this host could not make says nothing about the backend.
+            Passive::Failed(ProbeFailure::Local(_)) => {}
             Passive::Failed(failure) => {
                 self.status.passive_failures.fetch_add(1, Ordering::Relaxed);
                 if let Some(transition) = self.tracker.passive_failure() {

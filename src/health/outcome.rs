@@ -81,12 +81,15 @@ pub enum ProbeFailure {
     HttpMalformed(String),
     /// Any other local or network error, with its text.
     Io(String),
+    /// This host could not make the probe (out of descriptors, memory or local ports): it
+    /// says nothing about the backend, so it moves no verdict either way.
+    Local(String),
 }
 
 impl ProbeFailure {
     /// Every value [`ProbeFailure::reason`] can return, in a fixed order, so metrics can keep
     /// one counter per reason in an array indexed by [`ProbeFailure::reason_index`].
-    pub const REASONS: [&'static str; 11] = [
+    pub const REASONS: [&'static str; 12] = [
         "refused",
         "connect_timeout",
         "tls_timeout",
@@ -98,6 +101,7 @@ impl ProbeFailure {
         "http_status",
         "http_malformed",
         "io",
+        "local",
     ];
 
     /// Short fixed label for metrics (`failures_total{reason="..."}`).
@@ -119,12 +123,16 @@ impl ProbeFailure {
             ProbeFailure::HttpStatus(_) => 8,
             ProbeFailure::HttpMalformed(_) => 9,
             ProbeFailure::Io(_) => 10,
+            ProbeFailure::Local(_) => 11,
         }
     }
 
     /// Classifies a socket error raised during `stage`. The data plane uses this too when it
     /// reports a failed real connect, so active and passive failures read the same in logs.
     pub fn from_io(err: &io::Error, stage: Stage) -> ProbeFailure {
+        if is_local_shortage(err) {
+            return ProbeFailure::Local(format!("{stage}: {err}"));
+        }
         match err.kind() {
             // SO_RCVTIMEO/SO_SNDTIMEO expiry surfaces as EAGAIN (WouldBlock) on Linux.
             io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => ProbeFailure::Timeout(stage),
@@ -149,8 +157,18 @@ impl fmt::Display for ProbeFailure {
             ProbeFailure::HttpStatus(code) => write!(f, "unexpected HTTP status {code}"),
             ProbeFailure::HttpMalformed(msg) => write!(f, "malformed HTTP response: {msg}"),
             ProbeFailure::Io(msg) => write!(f, "i/o error: {msg}"),
+            ProbeFailure::Local(msg) => write!(f, "this host could not probe: {msg}"),
         }
     }
+}
+
+/// Whether `err` is this host running short (descriptors, memory, ephemeral ports) rather
+/// than anything the peer did. A connect that fails so proves nothing about the backend.
+pub fn is_local_shortage(err: &io::Error) -> bool {
+    matches!(
+        err.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::EADDRNOTAVAIL)
+    )
 }
 
 #[cfg(test)]
@@ -171,9 +189,32 @@ mod tests {
             ProbeFailure::HttpStatus(503),
             ProbeFailure::HttpMalformed("x".into()),
             ProbeFailure::Io("x".into()),
+            ProbeFailure::Local("x".into()),
         ];
         let reasons: Vec<&str> = all.iter().map(ProbeFailure::reason).collect();
         assert_eq!(reasons, ProbeFailure::REASONS.to_vec());
+    }
+
+    #[test]
+    fn running_short_here_is_told_apart_from_the_backend_failing() {
+        for errno in [
+            libc::EMFILE,
+            libc::ENFILE,
+            libc::ENOBUFS,
+            libc::ENOMEM,
+            libc::EADDRNOTAVAIL,
+        ] {
+            let e = io::Error::from_raw_os_error(errno);
+            assert!(is_local_shortage(&e), "{e}");
+            let failure = ProbeFailure::from_io(&e, Stage::Connect);
+            assert_eq!(failure.reason(), "local", "{e}");
+        }
+        let refused = io::Error::from_raw_os_error(libc::ECONNREFUSED);
+        assert!(!is_local_shortage(&refused));
+        assert_eq!(
+            ProbeFailure::from_io(&refused, Stage::Connect),
+            ProbeFailure::Refused
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@
 
 use std::fmt;
 
-use super::outcome::ProbeOutcome;
+use super::outcome::{ProbeFailure, ProbeOutcome};
 
 /// The verdict on a backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -91,6 +91,8 @@ impl HealthTracker {
     /// Feeds one active probe outcome; returns the transition if the verdict flipped.
     pub fn record(&mut self, outcome: &ProbeOutcome) -> Option<Transition> {
         match (self.health, outcome) {
+            // This host could not probe: no evidence either way, streaks untouched.
+            (_, ProbeOutcome::Failed(ProbeFailure::Local(_))) => None,
             (Health::Up, ProbeOutcome::Ok) => {
                 self.streak = 0;
                 // A good probe is fresh evidence of health: older connect failures no longer
@@ -221,6 +223,27 @@ mod tests {
         );
         let up = t.record(&ProbeOutcome::Ok).expect("rise=1");
         assert_eq!(up.reason, "1 consecutive successful checks");
+    }
+
+    #[test]
+    fn probes_this_host_could_not_make_move_no_verdict() {
+        let local = || ProbeOutcome::Failed(ProbeFailure::Local("connect: out of files".into()));
+        let mut up = HealthTracker::new(2, 2, Health::Up);
+        let seq = [
+            fail(),
+            local(),
+            local(),
+            local(),
+            ProbeOutcome::Ok,
+            fail(),
+            local(),
+            fail(),
+        ];
+        // The streak of two real failures is not broken or made by the local ones.
+        assert_eq!(flips(&mut up, &seq), vec![(8, Health::Down)]);
+        let mut down = HealthTracker::new(2, 2, Health::Down);
+        let seq = [ProbeOutcome::Ok, local(), local(), ProbeOutcome::Ok];
+        assert_eq!(flips(&mut down, &seq), vec![(4, Health::Up)]);
     }
 
     #[test]

@@ -325,3 +325,38 @@ fn a_second_node_on_the_same_listener_address_is_refused() {
     // Every connection still reaches the first node.
     assert!((0..20).all(|_| echo_once(listen)), "log:\n{}", first.log());
 }
+
+#[test]
+fn health_checks_at_the_fd_limit_do_not_mark_backends_down() {
+    // Out of descriptors, the checker cannot open a probe socket: that is this host's
+    // shortage, and a verdict of "down" would turn it into an outage for every client.
+    let srv = NameServer::start("n");
+    let (admin, listen) = addrs();
+    let checks =
+        "health = { check = \"tcp\", interval = \"100ms\", timeout = \"500ms\", rise = 1, fall = 2 }";
+    let g = start_with_64_files(
+        &simple_config(admin, listen, checks, "", &[("n", srv.addr)]),
+        admin,
+    );
+    assert!(wait_until(Duration::from_secs(3), || g.health("p", "n") == "up"));
+    let clients: Vec<_> = (0..100).filter_map(|_| connect_from(listen, None).ok()).collect();
+    // At least ten probe intervals at the limit.
+    std::thread::sleep(Duration::from_millis(1500));
+    // The admin listener may not get a descriptor either: read the log meanwhile.
+    let log = g.log();
+    let skipped = log.matches("health check not made").count();
+    println!(
+        "lifecycle: {} clients at ulimit 64, {skipped} probes not made, {} fds open",
+        clients.len(),
+        open_fds(&g)
+    );
+    assert!(skipped > 0, "no probe met the limit; log:\n{log}");
+    assert!(!log.contains("backend is down"), "log:\n{log}");
+    drop(clients);
+    assert!(
+        wait_until(Duration::from_secs(5), || who_answers(listen, None).is_some()),
+        "served once the clients left"
+    );
+    assert_eq!(g.health("p", "n"), "up");
+    assert_eq!(g.metric("gatehouse_health_transitions_total"), 0.0, "{}", g.log());
+}

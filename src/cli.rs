@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::config;
+use crate::config::{self, LogFormat};
 
 /// gatehouse: L4 load balancer and secure gateway for remote-desktop farms.
 #[derive(Parser, Debug)]
@@ -88,7 +88,7 @@ pub fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
-            init_logging(&cfg.node.log_level);
+            init_logging_as(&cfg.node.log_level, cfg.node.log_format);
             raise_open_files_limit();
             let options = crate::runtime::NodeOptions {
                 config_path: Some(config),
@@ -195,15 +195,32 @@ fn raise_open_files_limit() {
     }
 }
 
-/// Logs to stderr; `RUST_LOG` overrides the configured level.
+/// Logs text to stderr; `RUST_LOG` overrides the configured level.
 pub fn init_logging(level: &str) {
+    init_logging_as(level, LogFormat::Text);
+}
+
+/// Logs to stderr in `format`; `RUST_LOG` overrides the configured level. Colours only
+/// when stderr is a terminal (not in journald or a log file) and `NO_COLOR` is unset.
+pub fn init_logging_as(level: &str, format: LogFormat) {
+    use std::io::IsTerminal;
     let filter = std::env::var("RUST_LOG")
         .ok()
         .and_then(|v| tracing_subscriber::EnvFilter::try_new(v).ok())
         .unwrap_or_else(|| tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|_| "info".into()));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_target(false)
-        .try_init();
+        .with_target(false);
+    let _ = match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
+            .try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .try_init(),
+    };
 }

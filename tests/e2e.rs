@@ -19,6 +19,8 @@ mod health;
 mod integrity;
 #[path = "e2e/lifecycle.rs"]
 mod lifecycle;
+#[path = "e2e/logging.rs"]
+mod logging;
 #[path = "e2e/proxy.rs"]
 mod proxy;
 #[path = "e2e/reload.rs"]

@@ -74,6 +74,8 @@ pub struct NodeConfig {
     pub drain_timeout: HumanDuration,
     /// Log filter: `error`, `warn`, `info`, `debug`, `trace`, or a tracing filter directive.
     pub log_level: String,
+    /// How log lines look on stderr.
+    pub log_format: LogFormat,
     /// Drop to this user after binding (when started as root).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
@@ -95,6 +97,7 @@ impl Default for NodeConfig {
             max_connections: 9_000,
             drain_timeout: HumanDuration::secs(30),
             log_level: "info".to_string(),
+            log_format: LogFormat::Text,
             user: None,
             group: None,
             state_dir: PathBuf::from("/var/lib/gatehouse"),
@@ -232,6 +235,18 @@ pub struct ListenerConfig {
     /// Passthrough routing by server name; `pool` takes the rest.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sni_routes: Vec<SniRoute>,
+}
+
+/// How log lines look (`[node] log_format`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// `TIME LEVEL message key=value ...`, coloured only on a terminal.
+    #[default]
+    Text,
+    /// One JSON object per line (`timestamp`, `level`, `message` and the event's fields at
+    /// the top level), for log shippers.
+    Json,
 }
 
 /// Who chooses the source port of a backend connect (`[node] source_ports`).

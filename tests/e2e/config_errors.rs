@@ -58,6 +58,12 @@ fn each_error_names_file_line_and_key() {
             3,
             "source_ports",
         ),
+        (
+            "unknown log format",
+            with_line(2, "workers = 1\nlog_format = \"xml\""),
+            3,
+            "log_format",
+        ),
         ("port 0", with_line(10, "bind = \"127.0.0.1:0\""), 10, "bind"),
         (
             "empty pool",

@@ -194,25 +194,3 @@ fn drained_backend_keeps_its_tunnels_and_takes_no_new_ones() {
     let back = (0..6).any(|_| who_answers(listen, None).is_some_and(|(n, _)| n == name));
     assert!(back, "the backend takes connections again once up");
 }
-
-#[test]
-fn tcp_checks_of_this_node_are_counted_not_logged() {
-    let echo = EchoServer::start(None);
-    let (admin, listen) = addrs();
-    let g = Gatehouse::start(&simple_config(admin, listen, "", "", &[("b", echo.addr)]), admin);
-    // A TCP health check (an upstream balancer's, a port scan): connect, say nothing, close.
-    for _ in 0..3 {
-        drop(connect_from(listen, None).unwrap());
-    }
-    assert!(echo_once(listen));
-    assert!(
-        wait_until(Duration::from_secs(3), || g.closed("done") >= 4.0),
-        "closes counted: {}",
-        g.closed("done")
-    );
-    let log = g.log();
-    let closes: Vec<&str> = log.lines().filter(|l| l.contains("closed:")).collect();
-    println!("health: close lines at info: {closes:#?}");
-    assert_eq!(closes.len(), 1, "only the echo's close is logged: {closes:#?}");
-    g.assert_nothing_held();
-}

@@ -142,16 +142,35 @@ impl Session {
             self.phase = phase;
             return step;
         }
-        let detail = if f.first && f.input.is_empty() {
-            format!("no request within {:?}", self.settings.handshake_timeout)
-        } else {
-            format!(
-                "request incomplete after {:?} ({} bytes)",
-                self.settings.handshake_timeout,
-                f.input.len()
-            )
-        };
-        Step::Close(CloseReason::HandshakeTimeout, detail)
+        if let Some((reason, detail)) = f.close_after.take() {
+            // An answer (a 408 too) the client did not take within another deadline.
+            return Step::Close(reason, format!("{detail}; the answer was not taken"));
+        }
+        if f.input.is_empty() {
+            // Nothing asked (a pre-connect, or a kept-alive client gone quiet): just close.
+            let detail = match f.first {
+                true => format!("no request within {:?}", self.settings.handshake_timeout),
+                false => format!("no further request within {:?}", self.settings.handshake_timeout),
+            };
+            return Step::Close(CloseReason::HandshakeTimeout, detail);
+        }
+        let detail = format!(
+            "request incomplete after {:?} ({} bytes)",
+            self.settings.handshake_timeout,
+            f.input.len()
+        );
+        if sniff::classify(&f.input) != Some(FirstBytes::Http) {
+            return Step::Close(CloseReason::HandshakeTimeout, detail);
+        }
+        // Part of an HTTP request: say so (408, as HTTP servers do), then close. The answer
+        // gets one more deadline to be written.
+        ctx.shared.metrics.count_gateway_answer("invalid", 408);
+        let err = ApiError::new(408, "request_timeout", &detail);
+        self.answer_close(&mut f, err.response(), CloseReason::HandshakeTimeout, &detail);
+        f.deadline = ctx.now + self.settings.handshake_timeout;
+        let (phase, step, _) = self.drive_front(f, ctx);
+        self.phase = phase;
+        step
     }
 
     /// Writes answers, reads requests and handles them as far as readiness allows.

@@ -275,15 +275,33 @@ fn bad_first_bytes_and_non_api_requests_get_a_specific_answer() {
         .unwrap();
     let r = client::read_response(&mut s).unwrap();
     assert_eq!((r.status, r.error_code().as_str()), (400, "bad_request"));
-    // A slow client: the handshake timeout (2 s here) ends it.
-    let mut s = std::net::TcpStream::connect(gw.listen).unwrap();
-    s.write_all(b"POST /api/v1/lo").unwrap();
+    // Slow clients: the handshake timeout (2 s here) ends them, with a 408 for part of a
+    // request (plain and inside TLS) and without a word for a connection that said nothing.
+    let mut slow = std::net::TcpStream::connect(gw.listen).unwrap();
+    slow.write_all(b"POST /api/v1/lo").unwrap();
+    let mut slow_tls = Stream::connect(gw.listen, true).unwrap();
+    slow_tls
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    slow_tls.flush().unwrap();
+    let mut silent = std::net::TcpStream::connect(gw.listen).unwrap();
     let t = Instant::now();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut buf = Vec::new();
-    let _ = s.read_to_end(&mut buf);
+    let _ = slow.read_to_end(&mut buf);
     println!("slow request closed after {:?}", t.elapsed());
     assert!(t.elapsed() < Duration::from_secs(6));
+    let answer = String::from_utf8_lossy(&buf);
+    assert!(
+        answer.starts_with("HTTP/1.1 408 ") && answer.contains("request_timeout"),
+        "{answer}"
+    );
+    let r = client::read_response(&mut slow_tls).unwrap();
+    assert_eq!((r.status, r.error_code().as_str()), (408, "request_timeout"));
+    silent.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = Vec::new();
+    let _ = silent.read_to_end(&mut buf);
+    assert!(buf.is_empty(), "{:?}", String::from_utf8_lossy(&buf));
     echo_through(&mut tunnel, 50_000, 3, &r.rest[..0]);
     let log = gw.proc.log_text();
     assert!(log.contains("first bytes are not TLS, RDP or HTTP"), "{log}");

@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use crate::admin::AdminServer;
 use crate::config::{self, Config, HealthConfig};
-use crate::engine::listener::{bind_group, BindSpec};
+use crate::engine::listener::{bind_group, listener_key, BindSpec, Staged};
 use crate::engine::tls_setup;
 use crate::engine::worker::{self, WorkerHandle};
 use crate::health::{
@@ -284,7 +284,7 @@ impl Node {
             tracing::error!("reload refused: {e}; the previous configuration keeps serving");
             e
         };
-        check_new_listeners(&old, &new).map_err(refuse)?;
+        let staged = bind_new_listeners(&old, &new, self.workers.len()).map_err(refuse)?;
         let tls = build_listener_tls(&new).map_err(refuse)?;
         // broker (issue 4): SIGHUP reloads the farm file (and [ldap]) too; a farm that does
         // not load refuses the whole reload.
@@ -314,6 +314,7 @@ impl Node {
         if let Some(h) = self.health.take() {
             h.stop();
         }
+        self.shared.stage_listeners(staged);
         self.shared.replace_config_and_tls(new, tls);
         self.health = start_health(&self.shared);
         self.shared
@@ -411,16 +412,18 @@ fn build_listener_tls(config: &Config) -> Result<TlsState, String> {
 /// Binds (and releases) every listener that a reload adds or changes, so that an address
 /// in use is a refused reload rather than a listener that silently disappears; an address
 /// this node did not listen on must have no listener of another process either.
-fn check_new_listeners(old: &Config, new: &Config) -> Result<(), String> {
-    let key =
-        |l: &crate::config::ListenerConfig| (l.name.clone(), l.bind, l.backlog, l.freebind, l.tcp_keepalive);
+/// Binds every worker's socket of each listener `new` adds or changes, so a reload that
+/// cannot bind them all (address taken, out of descriptors) is refused as a whole.
+fn bind_new_listeners(old: &Config, new: &Config, workers: usize) -> Result<Staged, String> {
+    let key = |l: &crate::config::ListenerConfig| (l.name.clone(), listener_key(l));
     let old_keys: Vec<_> = old.listeners().map(key).collect();
     let old_addresses: Vec<_> = old.listeners().map(|l| l.bind).collect();
+    let mut staged = Staged::new();
     for l in new.listeners() {
         if old_keys.contains(&key(l)) {
             continue;
         }
-        let spec = BindSpec {
+        let mut spec = BindSpec {
             address: l.bind,
             backlog: l.backlog,
             freebind: l.freebind,
@@ -430,9 +433,14 @@ fn check_new_listeners(old: &Config, new: &Config) -> Result<(), String> {
         if !old_addresses.contains(&l.bind) {
             crate::engine::listener::nobody_listens(&spec).map_err(fail)?;
         }
-        crate::engine::listener::bind(&spec).map_err(fail)?;
+        for worker in 0..workers {
+            let socket = crate::engine::listener::bind(&spec).map_err(fail)?;
+            // Port 0: the first socket's port is the group's, as at start.
+            spec.address = socket.local_addr().map_err(fail)?;
+            staged.insert((l.name.clone(), worker), (listener_key(l), socket));
+        }
     }
-    Ok(())
+    Ok(staged)
 }
 
 fn forward_signals(commands: Sender<Command>) -> Result<(), String> {

@@ -261,6 +261,8 @@ pub struct Shared {
     lifecycle: AtomicU8,
     control: Mutex<ControlState>,
     wakers: Mutex<Vec<Arc<mio::Waker>>>,
+    /// Listener sockets a reload bound for the workers to take.
+    staged: Mutex<crate::engine::listener::Staged>,
     metric_sources: Mutex<Vec<MetricSource>>,
     /// Counters.
     pub metrics: Metrics,
@@ -291,6 +293,7 @@ impl Shared {
             lifecycle: AtomicU8::new(Lifecycle::Running as u8),
             control: Mutex::new(control),
             wakers: Mutex::new(Vec::new()),
+            staged: Mutex::new(Default::default()),
             metric_sources: Mutex::new(Vec::new()),
             metrics: Metrics::default(),
             connections: AtomicUsize::new(0),
@@ -353,6 +356,26 @@ impl Shared {
     }
 
     /// Registers a worker's waker so publishes reach it promptly.
+    /// Leaves sockets bound by a reload for the workers (replacing any a previous reload
+    /// left untaken).
+    pub fn stage_listeners(&self, staged: crate::engine::listener::Staged) {
+        *self.staged.lock() = staged;
+    }
+
+    /// Worker `worker`'s socket for listener `name`, if a reload bound one with `key`.
+    pub fn take_staged_listener(
+        &self,
+        name: &str,
+        worker: usize,
+        key: crate::engine::listener::ListenerKey,
+    ) -> Option<std::net::TcpListener> {
+        let mut staged = self.staged.lock();
+        match staged.remove(&(name.to_string(), worker)) {
+            Some((k, socket)) if k == key => Some(socket),
+            _ => None,
+        }
+    }
+
     pub fn add_waker(&self, waker: Arc<mio::Waker>) {
         self.wakers.lock().push(waker);
     }

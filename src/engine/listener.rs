@@ -11,6 +11,26 @@ use std::net::{SocketAddr, TcpListener};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
+/// What makes a listener's sockets: two listener configs with the same key share them
+/// across a reload.
+pub type ListenerKey = (SocketAddr, u32, bool, std::time::Duration);
+
+/// The key of `config`'s sockets.
+pub fn listener_key(config: &crate::config::ListenerConfig) -> ListenerKey {
+    (
+        config.bind,
+        config.backlog,
+        config.freebind,
+        config.tcp_keepalive.get(),
+    )
+}
+
+/// Sockets a reload bound for each worker before it published the new configuration:
+/// (listener name, worker id) -> (key, socket). A worker takes its own when it applies the
+/// reload, so a reload that cannot bind every worker's socket is refused as a whole instead
+/// of leaving a listener on some workers only.
+pub type Staged = std::collections::HashMap<(String, usize), (ListenerKey, TcpListener)>;
+
 /// What a listening socket needs.
 #[derive(Clone, Copy, Debug)]
 pub struct BindSpec {

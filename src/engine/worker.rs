@@ -18,7 +18,7 @@ use slab::Slab;
 
 use super::buffers::{BufferPool, PipePool};
 use super::flow::Pools;
-use super::listener::{bind, BindSpec};
+use super::listener::{bind, listener_key, BindSpec};
 use super::session::{self, is_out_of_files, Ctx, Session, SessionSettings, Step};
 use super::source_ports::{PortPlan, SourcePorts};
 use super::timer::{TimerEntry, TimerWheel};
@@ -41,7 +41,7 @@ const PAUSE_WARN_EVERY: Duration = Duration::from_secs(1);
 /// A listener as one worker holds it.
 struct WorkerListener {
     name: String,
-    spec: (std::net::SocketAddr, u32, bool, std::time::Duration),
+    spec: super::listener::ListenerKey,
     socket: TcpListener,
     plan_index: usize,
 }
@@ -199,8 +199,7 @@ impl Worker {
         let Some(plan_index) = self.snapshot.listeners.iter().position(|l| l.config.name == name) else {
             return;
         };
-        let cfg = &self.snapshot.listeners[plan_index].config;
-        let spec = (cfg.bind, cfg.backlog, cfg.freebind, cfg.tcp_keepalive.get());
+        let spec = listener_key(&self.snapshot.listeners[plan_index].config);
         let mut socket = TcpListener::from_std(socket);
         let idx = self.next_listener;
         self.next_listener += 1;
@@ -601,22 +600,21 @@ impl Worker {
             return;
         }
         let snapshot = self.snapshot.clone();
-        let spec_of =
-            |c: &crate::config::ListenerConfig| (c.bind, c.backlog, c.freebind, c.tcp_keepalive.get());
         // 1. Listeners that stay as they are follow their plan's new index.
         let mut kept = std::collections::HashSet::new();
         for l in self.listeners.values_mut() {
             let same = snapshot
                 .listeners
                 .iter()
-                .position(|p| p.config.name == l.name && spec_of(&p.config) == l.spec);
+                .position(|p| p.config.name == l.name && listener_key(&p.config) == l.spec);
             if let Some(pi) = same {
                 l.plan_index = pi;
                 kept.insert(l.name.clone());
             }
         }
-        // 2. Bind new and changed listeners before closing anything, so a failed bind leaves
-        //    the old socket serving.
+        // 2. Take the sockets the reload bound for new and changed listeners (or bind them
+        //    here if it did not) before closing anything, so a failed bind leaves the old
+        //    socket serving.
         let mut bound = Vec::new();
         let mut failed = std::collections::HashSet::new();
         for plan in snapshot
@@ -630,7 +628,10 @@ impl Worker {
                 freebind: plan.config.freebind,
                 keepalive: plan.config.tcp_keepalive.get(),
             };
-            match bind(&spec) {
+            let staged =
+                self.shared
+                    .take_staged_listener(&plan.config.name, self.id, listener_key(&plan.config));
+            match staged.map_or_else(|| bind(&spec), Ok) {
                 Ok(socket) => bound.push((plan.config.name.clone(), socket)),
                 Err(e) => {
                     tracing::error!(worker = self.id, listener = %plan.config.name, "reload cannot bind: {e}");

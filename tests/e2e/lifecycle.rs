@@ -360,3 +360,77 @@ fn health_checks_at_the_fd_limit_do_not_mark_backends_down() {
     assert_eq!(g.health("p", "n"), "up");
     assert_eq!(g.metric("gatehouse_health_transitions_total"), 0.0, "{}", g.log());
 }
+
+/// Listening sockets on `port` (IPv4), one per worker that holds the listener.
+fn listening_sockets(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    table
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3
+                && f[3] == "0A"
+                && f[1]
+                    .rsplit(':')
+                    .next()
+                    .and_then(|p| u16::from_str_radix(p, 16).ok())
+                    == Some(port)
+        })
+        .count()
+}
+
+#[test]
+fn a_reload_at_the_fd_limit_binds_a_new_listener_on_every_worker_or_on_none() {
+    // Each worker used to bind its own socket of a new listener while applying the reload;
+    // with one descriptor left, the first worker could and the second could not, and the
+    // reload was reported a success with the listener on one worker only.
+    let srv = NameServer::start("n");
+    let (admin, listen) = addrs();
+    let (_, second) = addrs();
+    let config = simple_config(admin, listen, "", "", &[("n", srv.addr)]);
+    let g = start_with_64_files(&config, admin);
+    // Leave exactly one descriptor free: tunnels take two each, an idle admin client one.
+    let base = open_fds(&g);
+    let tunnels = (64 - base - 1) / 2;
+    let mut held: Vec<_> = (0..tunnels)
+        .map(|_| connect_from(listen, None).unwrap())
+        .collect();
+    if (64 - base - 2 * tunnels) == 2 {
+        held.push(std::net::TcpStream::connect(admin).unwrap());
+    }
+    assert!(
+        wait_until(Duration::from_secs(3), || open_fds(&g) == 63),
+        "{} fds open, want 63 (base {base}, {tunnels} tunnels)",
+        open_fds(&g)
+    );
+    let with_second =
+        format!("{config}\n[[halb.listener]]\nname = \"second\"\nbind = \"{second}\"\npool = \"p\"\n");
+    g.rewrite_config(&with_second);
+    g.signal(Signal::SIGHUP);
+    let answered = |g: &Gatehouse| g.log().lines().filter(|l| l.contains("reload")).count() >= 2;
+    assert!(wait_until(Duration::from_secs(3), || answered(&g)));
+    std::thread::sleep(Duration::from_millis(200));
+    let at_limit = listening_sockets(second.port());
+    let log = g.log();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("reload")).collect();
+    println!("lifecycle: reload with one descriptor left: {at_limit} of 2 sockets bound; {lines:#?}");
+    assert!(
+        at_limit == 0 || at_limit == 2,
+        "a listener on part of the workers; log:\n{log}"
+    );
+    assert!(
+        at_limit == 2 || log.contains("reload refused: listener \"second\""),
+        "log:\n{log}"
+    );
+    drop(held);
+    assert!(wait_until(Duration::from_secs(3), || open_fds(&g) < 30));
+    g.signal(Signal::SIGHUP);
+    assert!(
+        wait_until(Duration::from_secs(3), || listening_sockets(second.port()) == 2),
+        "the next reload binds it on both workers: {} sockets; log:\n{}",
+        listening_sockets(second.port()),
+        g.log()
+    );
+    assert!(who_answers(second, None).is_some());
+}

@@ -90,12 +90,7 @@ impl Node {
             .iter_mut()
             .flat_map(|g| g.listener.iter_mut().map(|l| ("gateway", l)));
         for (role, l) in halb.chain(gateway) {
-            let spec = BindSpec {
-                address: l.bind,
-                backlog: l.backlog,
-                freebind: l.freebind,
-                keepalive: l.tcp_keepalive.get(),
-            };
+            let spec = BindSpec::of(l);
             let group = bind_group(&spec, workers_n).map_err(|e| format!("listener {:?}: {e}", l.name))?;
             l.bind = group[0].local_addr().map_err(|e| e.to_string())?;
             endpoints.push(Endpoint {
@@ -423,12 +418,7 @@ fn bind_new_listeners(old: &Config, new: &Config, workers: usize) -> Result<Stag
         if old_keys.contains(&key(l)) {
             continue;
         }
-        let mut spec = BindSpec {
-            address: l.bind,
-            backlog: l.backlog,
-            freebind: l.freebind,
-            keepalive: l.tcp_keepalive.get(),
-        };
+        let mut spec = BindSpec::of(l);
         let fail = |e: std::io::Error| format!("listener {:?}: {e}", l.name);
         if !old_addresses.contains(&l.bind) {
             crate::engine::listener::nobody_listens(&spec).map_err(fail)?;

@@ -193,6 +193,19 @@ pub struct ListenerConfig {
     /// TCP keepalive idle time on both sockets, so a peer that vanished is noticed.
     #[serde(default = "default_keepalive")]
     pub tcp_keepalive: HumanDuration,
+    /// Time between keepalive probes once they start.
+    #[serde(default = "default_keepalive_interval")]
+    pub tcp_keepalive_interval: HumanDuration,
+    /// Unanswered keepalive probes after which a connection is dropped: a silent peer is
+    /// noticed `tcp_keepalive + tcp_keepalive_interval x tcp_keepalive_probes` after its
+    /// last word (2 minutes by default; the kernel's defaults take over 12).
+    #[serde(default = "default_keepalive_probes")]
+    pub tcp_keepalive_probes: u32,
+    /// Data sent and not acknowledged for this long drops the connection (TCP_USER_TIMEOUT;
+    /// a cut link while bytes are in flight, which keepalive does not cover). `"0s"`: the
+    /// kernel's retransmission limit, about 15 minutes.
+    #[serde(default = "default_user_timeout")]
+    pub tcp_user_timeout: HumanDuration,
     /// TLS on this listener: `off`, `offload`, `passthrough` or `auto`.
     #[serde(default)]
     pub tls: TlsMode,
@@ -474,6 +487,15 @@ fn default_idle_timeout() -> HumanDuration {
     HumanDuration::secs(8 * 3600)
 }
 fn default_keepalive() -> HumanDuration {
+    HumanDuration::secs(60)
+}
+fn default_keepalive_interval() -> HumanDuration {
+    HumanDuration::secs(10)
+}
+fn default_keepalive_probes() -> u32 {
+    6
+}
+fn default_user_timeout() -> HumanDuration {
     HumanDuration::secs(60)
 }
 fn default_algorithm() -> String {

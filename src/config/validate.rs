@@ -179,10 +179,27 @@ fn validate_listener(
         ("connect_timeout", l.connect_timeout),
         ("idle_timeout", l.idle_timeout),
         ("tcp_keepalive", l.tcp_keepalive),
+        ("tcp_keepalive_interval", l.tcp_keepalive_interval),
     ] {
         if d.get() < Duration::from_millis(1) {
             problems.push((at.key(key), "must be at least 1ms".into()));
         }
+    }
+    // The kernel counts keepalive times in whole seconds up to 32767 (TCP_KEEPIDLE,
+    // TCP_KEEPINTVL), probes up to 127 (TCP_KEEPCNT), the user timeout in milliseconds.
+    for (key, d) in [
+        ("tcp_keepalive", l.tcp_keepalive),
+        ("tcp_keepalive_interval", l.tcp_keepalive_interval),
+    ] {
+        if d.get() > Duration::from_secs(32_767) {
+            problems.push((at.key(key), "must be at most 32767s (a kernel limit)".into()));
+        }
+    }
+    if !(1..=127).contains(&l.tcp_keepalive_probes) {
+        problems.push((at.key("tcp_keepalive_probes"), "must be 1 to 127".into()));
+    }
+    if l.tcp_user_timeout.get() > Duration::from_millis(u64::from(u32::MAX)) {
+        problems.push((at.key("tcp_user_timeout"), "must be at most 49 days".into()));
     }
 }
 

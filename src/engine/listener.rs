@@ -8,21 +8,58 @@
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
+use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
+/// How a silent or vanished peer is noticed on a proxied connection's sockets: TCP
+/// keepalive for an idle connection, TCP_USER_TIMEOUT for one with bytes in flight (a cut
+/// link, a peer that crashed without a reset). Set on the listener, where Linux copies it
+/// to every accepted socket, and on every backend socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeadPeer {
+    /// Silence before the first keepalive probe.
+    pub idle: Duration,
+    /// Between probes.
+    pub interval: Duration,
+    /// Unanswered probes before the connection is dropped.
+    pub probes: u32,
+    /// Sent bytes unacknowledged this long drop the connection (zero: the kernel's limit).
+    pub user_timeout: Duration,
+}
+
+impl DeadPeer {
+    /// The settings of a listener (`tcp_keepalive*`, `tcp_user_timeout`).
+    pub fn of(config: &crate::config::ListenerConfig) -> DeadPeer {
+        DeadPeer {
+            idle: config.tcp_keepalive.get(),
+            interval: config.tcp_keepalive_interval.get(),
+            probes: config.tcp_keepalive_probes,
+            user_timeout: config.tcp_user_timeout.get(),
+        }
+    }
+
+    /// Sets them on `socket` (five system calls; four without a user timeout).
+    pub fn apply(&self, socket: socket2::SockRef<'_>) -> io::Result<()> {
+        let keepalive = socket2::TcpKeepalive::new()
+            .with_time(self.idle)
+            .with_interval(self.interval)
+            .with_retries(self.probes);
+        socket.set_tcp_keepalive(&keepalive)?;
+        if !self.user_timeout.is_zero() {
+            socket.set_tcp_user_timeout(Some(self.user_timeout))?;
+        }
+        Ok(())
+    }
+}
+
 /// What makes a listener's sockets: two listener configs with the same key share them
 /// across a reload.
-pub type ListenerKey = (SocketAddr, u32, bool, std::time::Duration);
+pub type ListenerKey = (SocketAddr, u32, bool, DeadPeer);
 
 /// The key of `config`'s sockets.
 pub fn listener_key(config: &crate::config::ListenerConfig) -> ListenerKey {
-    (
-        config.bind,
-        config.backlog,
-        config.freebind,
-        config.tcp_keepalive.get(),
-    )
+    (config.bind, config.backlog, config.freebind, DeadPeer::of(config))
 }
 
 /// Sockets a reload bound for each worker before it published the new configuration:
@@ -40,9 +77,21 @@ pub struct BindSpec {
     pub backlog: u32,
     /// IP_FREEBIND: bind an address that is not local yet (a VIP).
     pub freebind: bool,
-    /// TCP keepalive idle time. Set on the listener together with TCP_NODELAY: Linux copies
-    /// both to every accepted socket, which saves two to five system calls per connection.
-    pub keepalive: std::time::Duration,
+    /// Keepalive and user timeout. Set on the listener together with TCP_NODELAY: Linux
+    /// copies them to every accepted socket, which saves system calls per connection.
+    pub dead_peer: DeadPeer,
+}
+
+impl BindSpec {
+    /// The sockets `config` asks for.
+    pub fn of(config: &crate::config::ListenerConfig) -> BindSpec {
+        BindSpec {
+            address: config.bind,
+            backlog: config.backlog,
+            freebind: config.freebind,
+            dead_peer: DeadPeer::of(config),
+        }
+    }
 }
 
 /// A socket for `spec.address` with the options a listener and its probe share: address
@@ -73,7 +122,7 @@ pub fn bind(spec: &BindSpec) -> io::Result<TcpListener> {
     let socket = address_socket(spec)?;
     socket.set_reuse_port(true)?;
     socket.set_nodelay(true)?;
-    socket.set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(spec.keepalive))?;
+    spec.dead_peer.apply(socket2::SockRef::from(&socket))?;
     socket
         .bind(&spec.address.into())
         .map_err(|e| io::Error::new(e.kind(), format!("cannot bind {}: {e}", spec.address)))?;
@@ -131,7 +180,12 @@ mod tests {
             address,
             backlog: 16,
             freebind: false,
-            keepalive: Duration::from_secs(60),
+            dead_peer: DeadPeer {
+                idle: Duration::from_secs(60),
+                interval: Duration::from_secs(10),
+                probes: 6,
+                user_timeout: Duration::from_secs(60),
+            },
         }
     }
 

@@ -167,8 +167,9 @@ pub struct SessionSettings {
     pub connect_timeout: Duration,
     /// Idle timeout of the tunnel.
     pub idle_timeout: Duration,
-    /// TCP keepalive idle time.
-    pub keepalive: Duration,
+    /// Keepalive and user timeout of the backend socket (the client's come from the
+    /// listener).
+    pub dead_peer: super::listener::DeadPeer,
     /// Use splice(2).
     pub splice: bool,
     /// Per-source limit (0: none).

@@ -4,9 +4,9 @@
 //! the next backend is tried within the pool's retry budget; a connected backend starts the
 //! tunnel (plain, or TLS when either side speaks it). Bytes do not move here.
 
+use crate::engine::listener::DeadPeer;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
 use mio::net::TcpStream;
 use mio::Interest;
@@ -81,7 +81,7 @@ impl Session {
             payload.extend_from_slice(&early);
             match ctx.ports.connect(backend.address) {
                 Ok(mut sock) => {
-                    tune_backend_socket(&sock, self.settings.keepalive);
+                    tune_backend_socket(&sock, &self.settings.dead_peer);
                     if let Err(e) = ctx.registry.register(
                         &mut sock,
                         backend_token(self.key),
@@ -277,9 +277,9 @@ fn note_failure(pool: &PoolPlan, backend: &BackendRef, detail: &str, ctx: &mut C
     }
 }
 
-/// TCP_NODELAY (RDP sends small input events) and keepalive (a backend that vanished is
-/// noticed) on a backend socket: three calls; the kernel's probe interval and count apply.
-pub(super) fn tune_backend_socket(sock: &TcpStream, keepalive: Duration) {
+/// TCP_NODELAY (RDP sends small input events), keepalive and the user timeout (a backend
+/// that vanished, or a cut link, is noticed) on a backend socket: six calls.
+pub(super) fn tune_backend_socket(sock: &TcpStream, dead_peer: &DeadPeer) {
     let _ = sock.set_nodelay(true);
-    let _ = SockRef::from(sock).set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(keepalive));
+    let _ = dead_peer.apply(SockRef::from(sock));
 }

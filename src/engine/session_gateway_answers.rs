@@ -186,7 +186,7 @@ impl Session {
                 return self.answer_close(f, target.on_failure, reason, &detail);
             }
         };
-        super::super::connect_phase::tune_backend_socket(&sock, self.settings.keepalive);
+        super::super::connect_phase::tune_backend_socket(&sock, &self.settings.dead_peer);
         if let Err(e) = ctx.registry.register(
             &mut sock,
             backend_token(self.key),

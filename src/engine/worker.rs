@@ -18,7 +18,7 @@ use slab::Slab;
 
 use super::buffers::{BufferPool, PipePool};
 use super::flow::Pools;
-use super::listener::{bind, listener_key, BindSpec};
+use super::listener::{bind, listener_key, BindSpec, DeadPeer};
 use super::session::{self, is_out_of_files, Ctx, Session, SessionSettings, Step};
 use super::source_ports::{PortPlan, SourcePorts};
 use super::timer::{TimerEntry, TimerWheel};
@@ -143,7 +143,7 @@ fn session_settings(snapshot: &Snapshot) -> Vec<Arc<SessionSettings>> {
                 handshake_timeout: cfg.handshake_timeout.get(),
                 connect_timeout: cfg.connect_timeout.get(),
                 idle_timeout: cfg.idle_timeout.get(),
-                keepalive: cfg.tcp_keepalive.get(),
+                dead_peer: DeadPeer::of(cfg),
                 splice: cfg.splice,
                 max_per_source: cfg.max_per_source,
                 tls: cfg.tls,
@@ -622,12 +622,7 @@ impl Worker {
             .iter()
             .filter(|p| !kept.contains(&p.config.name))
         {
-            let spec = BindSpec {
-                address: plan.config.bind,
-                backlog: plan.config.backlog,
-                freebind: plan.config.freebind,
-                keepalive: plan.config.tcp_keepalive.get(),
-            };
+            let spec = BindSpec::of(&plan.config);
             let staged =
                 self.shared
                     .take_staged_listener(&plan.config.name, self.id, listener_key(&plan.config));

@@ -64,6 +64,12 @@ fn each_error_names_file_line_and_key() {
             3,
             "log_format",
         ),
+        (
+            "keepalive probes out of the kernel's range",
+            with_line(11, "pool = \"p\"\ntcp_keepalive_probes = 0"),
+            12,
+            "tcp_keepalive_probes",
+        ),
         ("port 0", with_line(10, "bind = \"127.0.0.1:0\""), 10, "bind"),
         (
             "empty pool",

@@ -587,11 +587,11 @@ impl Session {
             }
             (FlowError::Source(e), true) | (FlowError::Destination(e), false) => {
                 let _ = SockRef::from(backend_sock).set_linger(Some(Duration::ZERO));
-                (CloseReason::ClientError, e.to_string())
+                (CloseReason::ClientError, format!("client: {}", side_error(&e)))
             }
             (FlowError::Source(e), false) | (FlowError::Destination(e), true) => {
                 let _ = SockRef::from(&self.client).set_linger(Some(Duration::ZERO));
-                (CloseReason::BackendError, e.to_string())
+                (CloseReason::BackendError, format!("backend: {}", side_error(&e)))
             }
         }
     }
@@ -706,6 +706,16 @@ pub(super) fn source_error(e: io::Error) -> FlowError {
         FlowError::SourceReset
     } else {
         FlowError::Source(e)
+    }
+}
+
+/// A socket error of one side of a tunnel, said plainly: a timeout there is keepalive or
+/// the user timeout giving up on a peer that went silent (a cut link, a crashed host).
+fn side_error(e: &io::Error) -> String {
+    if e.raw_os_error() == Some(libc::ETIMEDOUT) {
+        "no answer to keepalive probes or to data sent (a cut link or a crashed host)".into()
+    } else {
+        e.to_string()
     }
 }
 

@@ -1,5 +1,5 @@
-//! A cut link between the HALB and a backend, with a tunnel open: the HALB notices it by
-//! TCP keepalive when the tunnel is idle and by its user timeout when bytes are in flight,
+//! A cut link between the HALB and a backend or a client, with a tunnel open: the HALB
+//! notices it by TCP keepalive when the tunnel is idle and by its user timeout when bytes are in flight,
 //! and closes the client's side, instead of holding a dead tunnel for 12 to 15 minutes
 //! (the kernel's defaults). The lab's HALB runs without VRRP here.
 
@@ -114,7 +114,43 @@ fn a_cut_backend_link_closes_the_tunnel_idle_or_busy() {
         "both closes counted as backend failures; log:\n{}",
         halb.log_text()
     );
+    // The client's side: its socket was accepted from the listener and inherits the
+    // settings. Cut the client's link with an idle tunnel open; the HALB closes it.
+    let ns_c = lab.ns("c");
+    let held = spawn_in_ns(&ns_c, move || {
+        let mut s = TcpStream::connect_timeout(&target, Duration::from_secs(2)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        s.write_all(b"hello\n").unwrap();
+        let mut back = [0u8; 6];
+        s.read_exact(&mut back).expect("echo");
+        s
+    })
+    .join()
+    .expect("client thread");
+    let client_closes = |h: &Gatehouse| {
+        h.metric("gatehouse_connections_closed_total{reason=\"client_error\"}")
+            + h.metric("gatehouse_connections_closed_total{reason=\"client_reset\"}")
+    };
+    let before = client_closes(&halb);
+    ip(&["-n", &ns_c, "link", "set", IFACE, "down"]);
+    let took = wait_until(BOUND, || client_closes(&halb) > before);
+    println!("dead peer: idle tunnel over a cut client link closed after {took:?} (bound {BOUND:?})");
+    assert!(
+        took.is_some(),
+        "the client's side still open; log:\n{}",
+        halb.log_text()
+    );
+    drop(held);
     let log = halb.log_text();
     let lines: Vec<&str> = log.lines().filter(|l| l.contains("closed:")).collect();
     println!("dead peer: {lines:#?}");
+    let said = |side: &str| {
+        let want = format!("closed: {side}: no answer to keepalive probes");
+        lines.iter().filter(|l| l.contains(&want)).count()
+    };
+    assert_eq!(
+        (said("backend"), said("client")),
+        (2, 1),
+        "the log says which side went silent"
+    );
 }

@@ -45,6 +45,9 @@ impl AdminServer {
         let flag = stop.clone();
         let clients = Arc::new(AtomicUsize::new(0));
         let thread = std::thread::Builder::new().name("admin".into()).spawn(move || {
+            // At the descriptor limit accept(2) fails at once, pending client or not: one
+            // warning per streak of failures, not ten a second.
+            let mut failing = false;
             for conn in listener.incoming() {
                 if flag.load(Ordering::Acquire) {
                     return;
@@ -53,11 +56,17 @@ impl AdminServer {
                     Ok(s) => s,
                     Err(e) => {
                         // Out of descriptors (or a transient error): back off, do not spin.
-                        tracing::warn!("admin accept failed: {e}");
+                        if !failing {
+                            tracing::warn!("admin accept failed: {e}; retrying every 100 ms");
+                            failing = true;
+                        }
                         std::thread::sleep(Duration::from_millis(100));
                         continue;
                     }
                 };
+                if std::mem::take(&mut failing) {
+                    tracing::info!("admin accepting again");
+                }
                 if clients.load(Ordering::Acquire) >= MAX_CLIENTS {
                     let _ = respond(&stream, 503, "text/plain", "too many admin clients\n");
                     continue;

@@ -31,8 +31,8 @@ use super::link::{self, our_hello, Link};
 use super::{BrokerSection, ControlRoles};
 use crate::config::Config;
 
-/// How long a gateway's connection thread waits for bytes before looking at its queue of
-/// finished logins: the most a login answer waits after its hash is done.
+/// How long a gateway's connection thread waits for bytes before it looks at the stop and
+/// drain flags and a reloaded farm (finished logins wake it at once through its wake socket).
 const POLL_PERIOD: Duration = Duration::from_millis(10);
 /// The same for host agents, which have nothing queued: only the stop flag waits on it.
 const AGENT_POLL_PERIOD: Duration = Duration::from_millis(200);
@@ -327,9 +327,14 @@ fn accept_loop(listener: TcpListener, role: Role, shared: Arc<Shared>) {
         tracing::error!("broker listener: {e}");
         return;
     }
+    // Out of descriptors, accept(2) fails at once on every call: one warning per streak.
+    let mut failing = false;
     while !shared.stop.load(Ordering::Relaxed) {
         match listener.accept() {
             Ok((sock, addr)) => {
+                if std::mem::take(&mut failing) {
+                    tracing::info!("broker accepting again");
+                }
                 if shared.connections.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
                     shared.connections.fetch_sub(1, Ordering::SeqCst);
                     tracing::warn!(%addr, "connection refused: {MAX_CONNECTIONS} connections held");
@@ -351,7 +356,10 @@ fn accept_loop(listener: TcpListener, role: Role, shared: Arc<Shared>) {
                 std::thread::sleep(Duration::from_millis(10));
             }
             Err(e) => {
-                tracing::warn!("broker accept: {e}");
+                if !failing {
+                    tracing::warn!("broker accept: {e}; retrying every 50 ms");
+                    failing = true;
+                }
                 std::thread::sleep(Duration::from_millis(50));
             }
         }

@@ -36,6 +36,17 @@ fn echo_in(ns: &str) {
         .expect("backend listening");
 }
 
+/// A tunnel through the HALB at `target`, with one echo through it.
+fn open_tunnel(target: SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect_timeout(&target, Duration::from_secs(2)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    s.write_all(b"hello\n").unwrap();
+    let mut back = [0u8; 6];
+    s.read_exact(&mut back).expect("echo before the cut");
+    assert_eq!(&back, b"hello\n");
+    s
+}
+
 /// How long after `cut` the client's side of `s` was closed, writing `chunk` every 100 ms
 /// meanwhile when given one (bytes in flight toward the cut link).
 fn closed_after(mut s: TcpStream, cut: Instant, chunk: Option<&[u8]>) -> Option<Duration> {
@@ -86,12 +97,7 @@ fn a_cut_backend_link_closes_the_tunnel_idle_or_busy() {
         let ns_c = lab.ns("c");
         let (ns, chunk2) = (ns_g.clone(), chunk.clone());
         let took = spawn_in_ns(&ns_c, move || {
-            let mut s = TcpStream::connect_timeout(&target, Duration::from_secs(2)).expect("connect");
-            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-            s.write_all(b"hello\n").unwrap();
-            let mut back = [0u8; 6];
-            s.read_exact(&mut back).expect("echo before the cut");
-            assert_eq!(&back, b"hello\n");
+            let s = open_tunnel(target);
             let cut = Instant::now();
             ip(&["-n", &ns, "link", "set", IFACE, "down"]);
             closed_after(s, cut, chunk2.as_deref())
@@ -117,16 +123,9 @@ fn a_cut_backend_link_closes_the_tunnel_idle_or_busy() {
     // The client's side: its socket was accepted from the listener and inherits the
     // settings. Cut the client's link with an idle tunnel open; the HALB closes it.
     let ns_c = lab.ns("c");
-    let held = spawn_in_ns(&ns_c, move || {
-        let mut s = TcpStream::connect_timeout(&target, Duration::from_secs(2)).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-        s.write_all(b"hello\n").unwrap();
-        let mut back = [0u8; 6];
-        s.read_exact(&mut back).expect("echo");
-        s
-    })
-    .join()
-    .expect("client thread");
+    let held = spawn_in_ns(&ns_c, move || open_tunnel(target))
+        .join()
+        .expect("client thread");
     let client_closes = |h: &Gatehouse| {
         h.metric("gatehouse_connections_closed_total{reason=\"client_error\"}")
             + h.metric("gatehouse_connections_closed_total{reason=\"client_reset\"}")

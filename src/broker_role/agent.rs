@@ -80,7 +80,12 @@ impl AgentCtx {
                     backoff = MIN_BACKOFF;
                     tracing::info!(broker = %self.broker, "host agent connected");
                     let why = self.serve(link);
-                    tracing::warn!(broker = %self.broker, "host agent link ended: {why}");
+                    if self.stop.load(Ordering::Relaxed) {
+                        // This node is stopping: an ending, not a fault.
+                        tracing::info!(broker = %self.broker, "host agent link ended: {why}");
+                    } else {
+                        tracing::warn!(broker = %self.broker, "host agent link ended: {why}");
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(broker = %self.broker, "host agent cannot connect: {e}; retry in {backoff:?}")

@@ -234,11 +234,9 @@ impl Node {
                 reason,
             } => {
                 // The health checker owns the verdict: it marks the backend down (and logs it),
-                // and `rise` good checks bring it back.
-                let Some(checks) = &self.health else { return };
-                let Some(id) = checks.ids.get(&(pool.clone(), backend.clone())) else {
-                    return;
-                };
+                // and `rise` good checks bring it back. Meanwhile the worker has taken the
+                // backend out of rotation; if no verdict can follow (no checker for it any
+                // more, a full queue), put it back rather than leave it out for good.
                 let fall = self
                     .shared
                     .snapshot()
@@ -247,7 +245,15 @@ impl Node {
                     .find(|p| p.name == pool)
                     .map_or(1, |p| p.passive_fall);
                 tracing::warn!(pool = %pool, backend = %backend, "{fall} connects in a row failed: {reason}");
-                checks.reporter.passive_down(*id, fall, ProbeFailure::Io(reason));
+                let delivered = self.health.as_ref().is_some_and(|checks| {
+                    checks
+                        .ids
+                        .get(&(pool.clone(), backend.clone()))
+                        .is_some_and(|id| checks.reporter.passive_down(*id, fall, ProbeFailure::Io(reason)))
+                });
+                if !delivered {
+                    self.shared.clear_passive_down(&pool, &backend);
+                }
             }
         }
     }
@@ -311,6 +317,8 @@ impl Node {
         }
         self.shared.stage_listeners(staged);
         self.shared.replace_config_and_tls(new, tls);
+        // The new checkers judge afresh: reports the old ones took with them get no verdict.
+        self.shared.clear_all_passive_down();
         self.health = start_health(&self.shared);
         self.shared
             .metrics

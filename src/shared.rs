@@ -414,6 +414,22 @@ impl Shared {
         self.control.lock().config.clone()
     }
 
+    /// Puts a backend a worker took out of rotation (passive health) back, when no verdict
+    /// will come for it.
+    pub fn clear_passive_down(&self, pool: &str, backend: &str) {
+        let control = self.control.lock();
+        if let Some(runtime) = control.runtimes.get(&(pool.to_string(), backend.to_string())) {
+            runtime.passive_down.store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// The same for every backend (the health checkers restart on a reload).
+    pub fn clear_all_passive_down(&self) {
+        for runtime in self.control.lock().runtimes.values() {
+            runtime.passive_down.store(false, Ordering::Relaxed);
+        }
+    }
+
     /// Sets a backend's health verdict; returns false for an unknown backend.
     pub fn set_health(&self, pool: &str, backend: &str, health: Health) -> bool {
         let mut control = self.control.lock();
@@ -760,6 +776,16 @@ mod tests {
         assert_eq!(eligible(&shared), [false, true]);
         // `rise` good checks later: back in rotation.
         assert!(shared.set_health("p", "a", Health::Up));
+        assert_eq!(eligible(&shared), [true, true]);
+        // A report no checker will judge (queue full, checks gone): back at once.
+        a.passive_down.store(true, Ordering::Relaxed);
+        shared.clear_passive_down("p", "a");
+        assert_eq!(eligible(&shared), [true, true]);
+        // A reload restarts the checkers: every such flag goes.
+        let b = shared.snapshot().pools[0].backends[1].runtime.clone();
+        a.passive_down.store(true, Ordering::Relaxed);
+        b.passive_down.store(true, Ordering::Relaxed);
+        shared.clear_all_passive_down();
         assert_eq!(eligible(&shared), [true, true]);
     }
 }

@@ -175,13 +175,17 @@ impl PassiveReporter {
     /// The data plane counted `consecutive` failed real connects to target `id` against its
     /// own threshold: mark it down now (if up), with `last` as the event's outcome. The
     /// tracker then needs `rise` good probes to bring it back, so route every passive
-    /// verdict through here rather than flipping the backend's state elsewhere.
-    pub fn passive_down(&self, id: usize, consecutive: u32, last: ProbeFailure) {
-        if let Some(line) = self.lines.get(&id) {
-            if line.tx.try_send(Passive::Down(consecutive, last)).is_err() {
-                tracing::warn!(target_id = id, "passive health queue full, down report dropped");
-            }
+    /// verdict through here rather than flipping the backend's state elsewhere. False when
+    /// the report could not be queued (unknown id, queue full): no verdict will follow.
+    pub fn passive_down(&self, id: usize, consecutive: u32, last: ProbeFailure) -> bool {
+        let Some(line) = self.lines.get(&id) else {
+            return false;
+        };
+        if line.tx.try_send(Passive::Down(consecutive, last)).is_err() {
+            tracing::warn!(target_id = id, "passive health queue full, down report dropped");
+            return false;
         }
+        true
     }
 
     /// A real connect to target `id` succeeded: restarts its passive failure count.

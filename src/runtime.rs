@@ -412,11 +412,10 @@ fn build_listener_tls(config: &Config) -> Result<TlsState, String> {
     Ok(out)
 }
 
-/// Binds (and releases) every listener that a reload adds or changes, so that an address
-/// in use is a refused reload rather than a listener that silently disappears; an address
-/// this node did not listen on must have no listener of another process either.
-/// Binds every worker's socket of each listener `new` adds or changes, so a reload that
-/// cannot bind them all (address taken, out of descriptors) is refused as a whole.
+/// Binds every worker's socket of each listener `new` adds or changes, for the workers to
+/// take, so that a reload that cannot bind them all (address in use, out of descriptors) is
+/// refused as a whole rather than leaving a listener missing, or on some workers only. An
+/// address this node did not listen on must have no listener of another process either.
 fn bind_new_listeners(old: &Config, new: &Config, workers: usize) -> Result<Staged, String> {
     let key = |l: &crate::config::ListenerConfig| (l.name.clone(), listener_key(l));
     let old_keys: Vec<_> = old.listeners().map(key).collect();

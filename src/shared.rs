@@ -161,7 +161,8 @@ pub struct BackendRuntime {
     pub failures_in_row: AtomicU32,
     /// A worker counted `passive_fall` failed connects in a row: out of rotation at once,
     /// not only once the health checker's verdict (which it was sent) reaches a snapshot.
-    /// Cleared when a verdict for this backend is applied.
+    /// Cleared when a verdict for this backend is applied, or when none can follow
+    /// (`Shared::clear_passive_down`).
     pub passive_down: AtomicBool,
     /// Failed connects ever.
     pub connect_failures: AtomicU64,

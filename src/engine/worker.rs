@@ -18,7 +18,7 @@ use slab::Slab;
 
 use super::buffers::{BufferPool, PipePool};
 use super::flow::Pools;
-use super::listener::{bind, listener_key, BindSpec, DeadPeer};
+use super::listener::{bind, listener_key, BindSpec, DeadPeer, ListenerKey};
 use super::session::{self, is_out_of_files, Ctx, Session, SessionSettings, Step};
 use super::source_ports::{PortPlan, SourcePorts};
 use super::timer::{TimerEntry, TimerWheel};
@@ -41,7 +41,7 @@ const PAUSE_WARN_EVERY: Duration = Duration::from_secs(1);
 /// A listener as one worker holds it.
 struct WorkerListener {
     name: String,
-    spec: super::listener::ListenerKey,
+    spec: ListenerKey,
     socket: TcpListener,
     plan_index: usize,
 }

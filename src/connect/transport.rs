@@ -350,6 +350,9 @@ pub fn connect_tcp(target: &str, timeout: Duration) -> Result<TcpStream, String>
         match TcpStream::connect_timeout(&addr, timeout) {
             Ok(s) => {
                 let _ = s.set_nodelay(true);
+                // A cut link to the gateway is noticed in about two minutes, as the gateway
+                // notices it, rather than at the kernel's pace (12 to 15).
+                let _ = crate::engine::listener::DeadPeer::default().apply(socket2::SockRef::from(&s));
                 return Ok(s);
             }
             Err(e) => last = io_words(&e, timeout, "connecting"),

@@ -28,6 +28,19 @@ pub struct DeadPeer {
     pub user_timeout: Duration,
 }
 
+impl Default for DeadPeer {
+    /// A listener's defaults: a silent peer is dropped 60 s + 6 x 10 s after its last word,
+    /// unacknowledged bytes after 60 s.
+    fn default() -> DeadPeer {
+        DeadPeer {
+            idle: Duration::from_secs(60),
+            interval: Duration::from_secs(10),
+            probes: 6,
+            user_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
 impl DeadPeer {
     /// The settings of a listener (`tcp_keepalive*`, `tcp_user_timeout`).
     pub fn of(config: &crate::config::ListenerConfig) -> DeadPeer {
@@ -180,13 +193,42 @@ mod tests {
             address,
             backlog: 16,
             freebind: false,
-            dead_peer: DeadPeer {
-                idle: Duration::from_secs(60),
-                interval: Duration::from_secs(10),
-                probes: 6,
-                user_timeout: Duration::from_secs(60),
-            },
+            dead_peer: DeadPeer::default(),
         }
+    }
+
+    #[test]
+    fn a_listeners_dead_peer_defaults_are_the_documented_ones() {
+        let text = "[[halb.listener]]\nname = \"l\"\nbind = \"127.0.0.1:1\"\npool = \"p\"\n\n\
+                    [[halb.pool]]\nname = \"p\"\nbackends = [{ address = \"127.0.0.1:2\" }]\n";
+        let config = crate::config::load_str(text, "t.toml", Default::default()).expect("config");
+        let listener = config.listeners().next().expect("one listener");
+        assert_eq!(DeadPeer::of(listener), DeadPeer::default());
+    }
+
+    #[test]
+    fn dead_peer_settings_reach_the_socket() {
+        let listener = bind(&spec("127.0.0.1:0".parse().unwrap())).unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let peer = DeadPeer {
+            idle: Duration::from_secs(7),
+            interval: Duration::from_secs(3),
+            probes: 4,
+            user_timeout: Duration::from_millis(9_500),
+        };
+        peer.apply(socket2::SockRef::from(&client)).unwrap();
+        let s = socket2::SockRef::from(&client);
+        assert!(s.keepalive().unwrap());
+        assert_eq!(s.keepalive_time().unwrap(), Duration::from_secs(7));
+        assert_eq!(s.keepalive_interval().unwrap(), Duration::from_secs(3));
+        assert_eq!(s.keepalive_retries().unwrap(), 4);
+        assert_eq!(s.tcp_user_timeout().unwrap(), Some(Duration::from_millis(9_500)));
+        // Accepted sockets inherit the listener's (the defaults here).
+        let (accepted, _) = listener.accept().unwrap();
+        let a = socket2::SockRef::from(&accepted);
+        assert_eq!(a.keepalive_interval().unwrap(), Duration::from_secs(10));
+        assert_eq!(a.keepalive_retries().unwrap(), 6);
+        assert_eq!(a.tcp_user_timeout().unwrap(), Some(Duration::from_secs(60)));
     }
 
     #[test]

@@ -31,11 +31,12 @@ use super::link::{self, our_hello, Link};
 use super::{BrokerSection, ControlRoles};
 use crate::config::Config;
 
-/// How long a gateway's connection thread waits for bytes before it looks at the stop and
-/// drain flags and a reloaded farm (finished logins wake it at once through its wake socket).
-const POLL_PERIOD: Duration = Duration::from_millis(10);
-/// The same for host agents, which have nothing queued: only the stop flag waits on it.
-const AGENT_POLL_PERIOD: Duration = Duration::from_millis(200);
+/// The longest a connection thread waits for bytes before it looks at its flags again. A
+/// backstop only: finished logins, a drain, a stop and a farm reload wake it through its
+/// wake socket at once.
+const POLL_PERIOD: Duration = Duration::from_millis(200);
+/// How long a stop waits for connection threads to tell their gateways that it drains.
+const DRAIN_NOTICE: Duration = Duration::from_millis(50);
 /// Password checks queued at most; beyond, logins are refused `internal` at once rather
 /// than queued for longer than any gateway waits.
 const MAX_QUEUED_HASHES: usize = 1024;
@@ -79,8 +80,24 @@ struct Shared {
     draining: Arc<AtomicBool>,
     /// Connection threads running.
     connections: AtomicUsize,
+    /// The wake sockets of the connection threads, to tell them at once of a drain, a stop
+    /// or a reloaded farm.
+    wakes: Mutex<Vec<std::sync::Weak<std::os::unix::net::UnixStream>>>,
     /// What the broker counted (the node's /metrics renders it).
     metrics: Arc<BrokerMetrics>,
+}
+
+impl Shared {
+    /// Wakes every connection thread (and forgets those that ended).
+    fn wake_all(&self) {
+        self.wakes.lock().retain(|w| match w.upgrade() {
+            Some(wake) => {
+                let _ = std::io::Write::write(&mut &*wake, &[1]);
+                true
+            }
+            None => false,
+        });
+    }
 }
 
 /// The broker's counters: replies by type and refusal reason, farm peers connected by role.
@@ -198,6 +215,7 @@ impl BrokerServer {
             stop: stop.clone(),
             draining: draining.clone(),
             connections: AtomicUsize::new(0),
+            wakes: Mutex::new(Vec::new()),
             metrics: Arc::new(BrokerMetrics::default()),
         });
         let mut threads = Vec::new();
@@ -252,6 +270,7 @@ impl BrokerServer {
         *self.shared.credentials.lock() = Credentials::new(pool_users, directory);
         *self.shared.users_file.lock() = section.users_file.clone();
         self.shared.farm_generation.fetch_add(1, Ordering::SeqCst);
+        self.shared.wake_all();
         tracing::info!(
             sites,
             hosts,
@@ -302,9 +321,11 @@ impl BrokerServer {
     pub fn stop(mut self) {
         self.broker.lock().start_draining();
         self.draining.store(true, Ordering::SeqCst);
-        // Give connection threads a few poll periods to send the event.
-        std::thread::sleep(POLL_PERIOD * 5);
+        self.shared.wake_all();
+        // Give connection threads a moment to send the event.
+        std::thread::sleep(DRAIN_NOTICE);
         self.stop.store(true, Ordering::SeqCst);
+        self.shared.wake_all();
         for t in self.threads.drain(..) {
             // The hash pool ends when every sender is gone, i.e. after the other threads.
             if t.thread().name().is_some_and(|n| n.starts_with("broker-hash")) {
@@ -320,6 +341,19 @@ fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>
         .name(name.to_string())
         .spawn(f)
         .map_err(|e| format!("cannot start thread {name}: {e}"))
+}
+
+/// Waits until `listener` has a connection to accept, or [`POLL_PERIOD`] passes (so the
+/// stop flag is seen), instead of waking a hundred times a second.
+fn wait_for_connection(listener: &TcpListener) {
+    use std::os::fd::AsRawFd;
+    let mut fd = libc::pollfd {
+        fd: listener.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call, on a descriptor `listener` owns.
+    unsafe { libc::poll(&mut fd, 1, POLL_PERIOD.as_millis() as libc::c_int) };
 }
 
 fn accept_loop(listener: TcpListener, role: Role, shared: Arc<Shared>) {
@@ -352,9 +386,7 @@ fn accept_loop(listener: TcpListener, role: Role, shared: Arc<Shared>) {
                     tracing::warn!(%addr, "cannot start a connection thread: {e}");
                 }
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(10));
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => wait_for_connection(&listener),
             Err(e) => {
                 if !failing {
                     tracing::warn!("broker accept: {e}; retrying every 50 ms");
@@ -420,6 +452,7 @@ fn connection(sock: TcpStream, addr: SocketAddr, role: Role, shared: &Arc<Shared
         tx: done_tx,
         wake: Arc::new(wake_tx),
     };
+    shared.wakes.lock().push(Arc::downgrade(&done_tx.wake));
     let mut told_draining = false;
     let end = loop {
         if shared.stop.load(Ordering::Relaxed) {
@@ -445,12 +478,7 @@ fn connection(sock: TcpStream, addr: SocketAddr, role: Role, shared: &Arc<Shared
                 }
             }
         }
-        let period = if role == Role::Gateway {
-            POLL_PERIOD
-        } else {
-            AGENT_POLL_PERIOD
-        };
-        let frames = match link.wait_readable(&wake_rx, period) {
+        let frames = match link.wait_readable(&wake_rx, POLL_PERIOD) {
             Ok(true) => match link.poll(Duration::from_millis(1)) {
                 Ok(f) => f,
                 Err(e) => break Some(e),

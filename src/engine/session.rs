@@ -47,6 +47,7 @@ mod reading_phase;
 #[path = "session_connect.rs"]
 mod connect_phase;
 
+pub use crate::health::is_out_of_files;
 pub use connect_phase::retain_balancers;
 pub use gateway_front::{answer_tag, split_tag, FixedTarget, Front};
 
@@ -717,12 +718,4 @@ fn side_error(e: &io::Error) -> String {
     } else {
         e.to_string()
     }
-}
-
-/// Whether an error means the process or system ran out of descriptors.
-pub fn is_out_of_files(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS) | Some(libc::ENOMEM)
-    )
 }

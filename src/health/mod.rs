@@ -21,7 +21,7 @@ mod tls;
 mod tracker;
 
 pub use checker::{HealthChecker, HealthEvent, PassiveReporter, Target, TargetStatus};
-pub use outcome::{is_local_shortage, ProbeFailure, ProbeOutcome, Stage};
+pub use outcome::{is_local_shortage, is_out_of_files, ProbeFailure, ProbeOutcome, Stage};
 pub use probe::probe;
 pub use spec::{CheckKind, CheckSpec, StatusMatch, TlsVerify};
 pub use tracker::{Health, HealthTracker, Transition};

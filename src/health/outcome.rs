@@ -162,13 +162,19 @@ impl fmt::Display for ProbeFailure {
     }
 }
 
+/// Whether an error means the process or system ran out of descriptors (or the memory a
+/// new socket needs).
+pub fn is_out_of_files(err: &io::Error) -> bool {
+    matches!(
+        err.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
 /// Whether `err` is this host running short (descriptors, memory, ephemeral ports) rather
 /// than anything the peer did. A connect that fails so proves nothing about the backend.
 pub fn is_local_shortage(err: &io::Error) -> bool {
-    matches!(
-        err.raw_os_error(),
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::EADDRNOTAVAIL)
-    )
+    is_out_of_files(err) || err.raw_os_error() == Some(libc::EADDRNOTAVAIL)
 }
 
 #[cfg(test)]

@@ -150,6 +150,14 @@ impl Node {
                     .map_err(|e| format!("worker {id}: {e}"))?,
             );
         }
+        let health = start_health(&shared);
+        // ticket rotation (issue 3): one timer for every listener's ticket key file.
+        let ticket_keys = Some(crate::tls::rotation::TicketRotation::start(shared.clone())?);
+        // VRRP last: the listeners (freebind on the VIP) serve as soon as it is ours.
+        let vrrp = crate::halb_vrrp::VrrpRole::start(&shared)?;
+        forward_signals(commands.0.clone())?;
+        // The admin API answers once the node is whole: a script that waits for it and then
+        // sends SIGHUP must not meet the default action of SIGHUP (the end of the process).
         let admin = match admin_listener {
             Some(l) => Some(
                 AdminServer::spawn(l, shared.clone(), commands.0.clone())
@@ -157,12 +165,6 @@ impl Node {
             ),
             None => None,
         };
-        let health = start_health(&shared);
-        // ticket rotation (issue 3): one timer for every listener's ticket key file.
-        let ticket_keys = Some(crate::tls::rotation::TicketRotation::start(shared.clone())?);
-        // VRRP last: the listeners (freebind on the VIP) serve as soon as it is ours.
-        let vrrp = crate::halb_vrrp::VrrpRole::start(&shared)?;
-        forward_signals(commands.0.clone())?;
         for _ in &workers {
             let _ = go.send(());
         }

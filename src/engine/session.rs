@@ -233,8 +233,11 @@ pub struct Session {
     pub source_slot: Option<IpAddr>,
     /// Tick of the earliest timer entry scheduled for this session.
     pub armed_tick: Option<u64>,
-    /// Bytes client -> backend, backend -> client (final counts).
+    /// Bytes client -> backend, backend -> client, as far as counted (the PROXY header this
+    /// node sends is in the first; see [`Session::carried`]).
     pub bytes: (u64, u64),
+    /// Length of the PROXY header sent ahead of the client's bytes (0: none).
+    proxy_header: u64,
     /// Name and address of the backend, once chosen (for the close log line).
     pub backend_label: Option<(Arc<str>, SocketAddr)>,
     /// The client's TLS connection between the end of its handshake and the tunnel: held
@@ -302,6 +305,7 @@ impl Session {
             source_slot: None,
             armed_tick: None,
             bytes: (0, 0),
+            proxy_header: 0,
             backend_label: None,
             handshaken: None,
             fixed: None,
@@ -599,6 +603,19 @@ impl Session {
 
     fn record_bytes(&mut self, t: &Tunnel, ctx: &mut Ctx<'_>) {
         self.record_counts(t.up.bytes, t.down.bytes, t.up.spliced + t.down.spliced, ctx);
+    }
+
+    /// The client's bytes carried to the backend and the backend's to the client: the
+    /// PROXY header this node wrote is not the client's.
+    pub fn carried(&self) -> (u64, u64) {
+        (self.bytes.0.saturating_sub(self.proxy_header), self.bytes.1)
+    }
+
+    /// Counts `header` bytes of PROXY header ahead of the client's bytes upstream: taken as
+    /// already counted, so neither the node's counters nor the close line include them.
+    pub(super) fn set_proxy_header(&mut self, header: u64) {
+        self.proxy_header = header;
+        self.bytes.0 = header;
     }
 
     /// Adds the bytes carried since the last call to the node's counters.

@@ -78,6 +78,7 @@ impl Session {
                 }
                 let _ = header.encode(&mut payload);
             }
+            self.set_proxy_header(payload.len() as u64);
             payload.extend_from_slice(&early);
             match ctx.ports.connect(backend.address) {
                 Ok(mut sock) => {

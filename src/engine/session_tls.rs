@@ -206,6 +206,8 @@ impl Session {
         let client_tls = self.handshaken.take();
         let mut backend_tls = None;
         let mut raw = &c.early[..];
+        // Client bytes handed to the backend's TLS connection before the tunnel: carried.
+        let mut handed = 0;
         if let Some(bt) = &self.pool.tls {
             let mut conn = match ClientConnection::new(bt.config.clone(), bt.name_for(c.backend.address.ip()))
             {
@@ -228,6 +230,7 @@ impl Session {
                 // With the limit lifted rustls keeps all of it (at most one ClientHello's
                 // worth of bytes) until the handshake ends.
                 let _ = conn.writer().write_all(rest);
+                handed = rest.len() as u64;
             }
             raw = header;
             backend_tls = Some(Box::new(TlsConn::Client(conn)));
@@ -235,6 +238,7 @@ impl Session {
         let raw = raw.to_vec();
         let mut tunnel = self.tls_tunnel_of(c, client_tls, backend_tls, &mut ctx.pools);
         tunnel.up = TlsDirection::with_early(&raw, &mut ctx.pools);
+        tunnel.up.bytes = handed;
         (Phase::TlsTunnel(tunnel), Step::Continue, true)
     }
 

@@ -511,6 +511,7 @@ impl Worker {
             Some((n, a)) => (&**n, a.to_string()),
             None => ("-", "-".to_string()),
         };
+        let (bytes_up, bytes_down) = s.carried();
         macro_rules! close_line {
             ($level:ident) => {
                 tracing::$level!(
@@ -518,8 +519,8 @@ impl Worker {
                     listener = %s.settings.listener,
                     backend,
                     backend_address = %address,
-                    bytes_up = s.bytes.0,
-                    bytes_down = s.bytes.1,
+                    bytes_up,
+                    bytes_down,
                     duration_ms = duration.as_millis() as u64,
                     reason = reason.label(),
                     "closed: {detail}"
@@ -527,7 +528,7 @@ impl Worker {
             };
         }
         // A clean close of a tunnel that carried nothing either way is a TCP check too.
-        let null_tunnel = s.backend_label.is_some() && s.bytes == (0, 0);
+        let null_tunnel = s.backend_label.is_some() && (bytes_up, bytes_down) == (0, 0);
         if reason == CloseReason::Done && (s.routine || null_tunnel) {
             close_line!(debug);
         } else {

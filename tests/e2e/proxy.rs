@@ -99,6 +99,49 @@ fn backend_sees_the_client_address() {
     assert_eq!(seen, Seen::Data(me.to_string().into_bytes()));
     drop(c);
     s.g.assert_nothing_held();
+    // The header is this node's, not the client's: not in its byte counts.
+    let answer = me.to_string().len() + 1;
+    let line = format!("client={me} ");
+    assert!(
+        wait_until(Duration::from_secs(3), || s.g.log().contains(&line)),
+        "no close line; log:\n{}",
+        s.g.log()
+    );
+    let log = s.g.log();
+    let close = log.lines().find(|l| l.contains(&line)).unwrap();
+    println!("proxy: {close}");
+    assert!(
+        close.contains(&format!("bytes_up=5 bytes_down={answer} ")),
+        "{close}"
+    );
+    assert_eq!(s.g.metric("gatehouse_bytes_total{direction=\"up\"}"), 5.0);
+}
+
+#[test]
+fn a_check_through_a_proxy_sending_pool_is_not_logged() {
+    // A TCP check of a forwarding gateway (connect, close) becomes a tunnel that carried only
+    // the PROXY header: a null connection, at debug like any other.
+    let sink = TcpListener::bind("127.0.0.1:0").unwrap();
+    let backend = sink.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in sink.incoming() {
+            let Ok(mut s) = conn else { continue };
+            std::thread::spawn(move || while matches!(s.read(&mut [0u8; 512]), Ok(n) if n > 0) {});
+        }
+    });
+    let (admin, listen) = addrs();
+    let g = Gatehouse::start(
+        &simple_config(admin, listen, "send_proxy = true", "", &[("b", backend)]),
+        admin,
+    );
+    for _ in 0..3 {
+        drop(connect_from(listen, Some(ip(6))).unwrap());
+    }
+    assert!(wait_until(Duration::from_secs(3), || g.closed("done") == 3.0));
+    g.assert_nothing_held();
+    let log = g.log();
+    assert!(!log.contains("client=127.0.0.6:"), "log:\n{log}");
+    assert_eq!(g.metric("gatehouse_bytes_total{direction=\"up\"}"), 0.0);
 }
 
 #[test]

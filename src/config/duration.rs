@@ -67,10 +67,11 @@ impl FromStr for HumanDuration {
                 return Err(bad("expected a number"));
             }
             let number: u64 = rest[..digits].parse().map_err(|_| bad("number too large"))?;
-            rest = &rest[digits..];
+            // "10 s" and "1m 30s" read as "10s" and "1m30s".
+            rest = rest[digits..].trim_start();
             let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
             let unit = &rest[..unit_len];
-            rest = &rest[unit_len..];
+            rest = rest[unit_len..].trim_start();
             let part = match unit {
                 "ms" => Duration::from_millis(number),
                 "s" => Duration::from_secs(number),
@@ -161,6 +162,18 @@ mod tests {
             "1d".parse::<HumanDuration>().unwrap().get(),
             Duration::from_secs(86400)
         );
+        assert_eq!(
+            "1m 30 s".parse::<HumanDuration>().unwrap().get(),
+            Duration::from_secs(90)
+        );
+    }
+
+    #[test]
+    fn an_unknown_unit_is_named() {
+        let e = "10 minutes".parse::<HumanDuration>().unwrap_err().to_string();
+        assert!(e.contains("unknown unit \"minutes\""), "{e}");
+        let e = "10".parse::<HumanDuration>().unwrap_err().to_string();
+        assert!(e.contains("missing unit"), "{e}");
     }
 
     #[test]

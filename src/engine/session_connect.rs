@@ -17,7 +17,7 @@ use crate::balance::Balancer;
 use crate::engine::flow::{Flow, Ready};
 use crate::gateway::path::PP2_TYPE_GATEWAY_PATH;
 use crate::metrics::CloseReason;
-use crate::proxy_protocol::{self, Parsed, ProxyHeader};
+use crate::proxy_protocol::ProxyHeader;
 use crate::shared::{BackendRuntime, ControlEvent, PoolPlan};
 
 impl Session {
@@ -223,15 +223,13 @@ impl Session {
                 ),
             );
         }
-        // Strip the PROXY header we prepended; start_connect builds a fresh one.
-        let early = if self.pool.send_proxy {
-            match proxy_protocol::parse(&early) {
-                Ok(Parsed::Complete { consumed, .. }) => early[consumed..].to_vec(),
-                _ => early,
-            }
-        } else {
-            early
-        };
+        // Strip the PROXY header we prepended (its length is known: a parse would stop at
+        // the default bound, shorter than a header with a long gateway path); start_connect
+        // builds a fresh one.
+        let early = early
+            .get(self.proxy_header as usize..)
+            .unwrap_or_default()
+            .to_vec();
         self.start_connect(tried, early, ctx)
     }
 }

@@ -19,7 +19,7 @@ use crate::engine::tls_conn::{LeanServer, TlsConn};
 use crate::engine::tls_flow::{ReadFrom, Side, TlsDirection, TlsFlowError, WriteTo};
 use crate::engine::tls_setup::name_matches;
 use crate::metrics::CloseReason;
-use crate::proxy_protocol::{self, Parsed};
+
 use crate::shared::ListenerRole;
 use crate::tls::client_hello::{self, HelloError};
 
@@ -221,10 +221,7 @@ impl Session {
             conn.set_buffer_limit(None);
             // A PROXY header goes raw before the ClientHello; client bytes read before the
             // connect (plain listeners) are encrypted once the handshake is done.
-            let header_len = match (self.pool.send_proxy, proxy_protocol::parse(&c.early)) {
-                (true, Ok(Parsed::Complete { consumed, .. })) => consumed,
-                _ => 0,
-            };
+            let header_len = (self.proxy_header as usize).min(c.early.len());
             let (header, rest) = c.early.split_at(header_len);
             if !rest.is_empty() {
                 // With the limit lifted rustls keeps all of it (at most one ClientHello's

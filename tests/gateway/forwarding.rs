@@ -210,3 +210,64 @@ fn a_forwarder_can_offload_tls_and_re_encrypt_to_the_next_gateway() {
         .proc
         .wait_log("tunnel ticket redeemed", 1, Duration::from_secs(5)));
 }
+
+#[test]
+fn a_retry_after_a_refused_hop_sends_one_header_even_with_a_long_path() {
+    // A path of eight 64-byte ids makes a PROXY header of 552 bytes: longer than the 536 a
+    // default parse takes. A retry must still replace the header, not send a second one.
+    use gatehouse::gateway::path::{GatewayPath, PP2_TYPE_GATEWAY_PATH};
+    use gatehouse::proxy_protocol::{parse_with_limit, Parsed, ProxyHeader};
+    let farm = GatewayFarm::start(1);
+    let capture = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let next = capture.local_addr().unwrap();
+    let own_id = "z".repeat(64);
+    let fw = forwarder(&farm, &own_id, addr(), &[addr(), next], true);
+    let mut path = GatewayPath::empty();
+    for i in 0..7 {
+        path = path.enter(&i.to_string().repeat(64), 8).unwrap();
+    }
+    let claimed: SocketAddr = "203.0.113.9:4000".parse().unwrap();
+    let mut sent = Vec::new();
+    ProxyHeader::proxy(claimed, fw.listen)
+        .with_tlv(PP2_TYPE_GATEWAY_PATH, path.encode())
+        .encode(&mut sent)
+        .unwrap();
+    sent.extend_from_slice(b"hello after the header");
+    let mut c = TcpStream::connect(fw.listen).unwrap();
+    c.write_all(&sent).unwrap();
+    capture
+        .set_nonblocking(false)
+        .and_then(|_| c.set_read_timeout(Some(Duration::from_secs(5))))
+        .unwrap();
+    let (mut hop, _) = capture.accept().unwrap();
+    hop.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 2048];
+    let (header, consumed) = loop {
+        let n = hop.read(&mut chunk).unwrap();
+        assert!(n > 0, "the next hop got {} bytes and EOF", got.len());
+        got.extend_from_slice(&chunk[..n]);
+        match parse_with_limit(&got, 4096).unwrap() {
+            Parsed::Incomplete { .. } => continue,
+            Parsed::Complete { header, consumed } => break (header, consumed),
+        }
+    };
+    while got.len() < consumed + 22 {
+        let n = hop.read(&mut chunk).unwrap();
+        assert!(n > 0, "EOF after {} bytes", got.len());
+        got.extend_from_slice(&chunk[..n]);
+    }
+    println!(
+        "forwarding: header of {consumed} bytes, then {} bytes",
+        got.len() - consumed
+    );
+    assert!(consumed > 536, "{consumed}");
+    assert_eq!(header.source(), Some(claimed));
+    let ids = GatewayPath::decode(header.tlv(PP2_TYPE_GATEWAY_PATH).unwrap()).unwrap();
+    assert_eq!(ids.ids().len(), 8);
+    assert_eq!(ids.ids()[7], own_id);
+    assert_eq!(
+        String::from_utf8_lossy(&got[consumed..]),
+        "hello after the header"
+    );
+}

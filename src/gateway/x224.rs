@@ -287,12 +287,35 @@ fn decimal<T: std::str::FromStr>(text: &str) -> Option<T> {
     text.parse().ok()
 }
 
-/// Cookie text: UTF-8 when it is, else one char per byte (the client's ANSI code page is
-/// unknown; Latin-1 keeps the hint stable and printable).
+/// Cookie text: UTF-8 when it is, else Windows-1252, the commonest ANSI code page (the
+/// client's own is unknown). Latin-1 alone would turn 0x80-0x9F (Š, ž, œ, € ...) into control
+/// characters, which the broker refuses in a user name; the five bytes 1252 leaves undefined
+/// become U+FFFD. The text is cut at a character boundary to [`MAX_COOKIE_USER_BYTES`], as
+/// widening can pass it: a hint, like mstsc's own truncated one.
 fn ansi_text(bytes: &[u8]) -> String {
-    match std::str::from_utf8(bytes) {
+    let mut text = match std::str::from_utf8(bytes) {
         Ok(s) => s.to_owned(),
-        Err(_) => bytes.iter().map(|&b| char::from(b)).collect(),
+        Err(_) => bytes.iter().map(|&b| windows_1252(b)).collect(),
+    };
+    if text.len() > MAX_COOKIE_USER_BYTES {
+        let mut end = MAX_COOKIE_USER_BYTES;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
+}
+
+/// One byte of Windows-1252 as a char.
+fn windows_1252(b: u8) -> char {
+    const HIGH: [char; 32] = [
+        '€', '\u{fffd}', '‚', 'ƒ', '„', '…', '†', '‡', 'ˆ', '‰', 'Š', '‹', 'Œ', '\u{fffd}', 'Ž', '\u{fffd}',
+        '\u{fffd}', '‘', '’', '“', '”', '•', '–', '—', '˜', '™', 'š', '›', 'œ', '\u{fffd}', 'ž', 'Ÿ',
+    ];
+    match b {
+        0x80..=0x9f => HIGH[usize::from(b - 0x80)],
+        _ => char::from(b),
     }
 }
 
@@ -386,6 +409,27 @@ mod tests {
             complete(&request(&v)).cookie,
             Some(Cookie::User("administ".into()))
         );
+    }
+
+    #[test]
+    fn ansi_user_names_read_as_windows_1252_within_the_broker_bound() {
+        let user = |name: &[u8]| {
+            let mut v = b"Cookie: mstshash=".to_vec();
+            v.extend_from_slice(name);
+            v.extend_from_slice(b"\r\n");
+            match complete(&request(&v)).cookie {
+                Some(Cookie::User(u)) => u,
+                other => panic!("{other:?}"),
+            }
+        };
+        // Š and ž are 0x8A and 0x9E: C1 control characters if read as Latin-1.
+        assert_eq!(user(b"\x8aimon"), "Šimon");
+        assert_eq!(user(b"\x9eiga"), "žiga");
+        assert_eq!(user(b"Ren\xe9"), "René");
+        assert_eq!(user(b"a\x81b"), "a\u{fffd}b");
+        // 200 bytes that widen to 400 in UTF-8: cut to the broker's 255 on a char boundary.
+        let long = user(&[0xe9; 200]);
+        assert_eq!(long, "é".repeat(127));
     }
 
     #[test]
@@ -607,6 +651,20 @@ mod tests {
         #[test]
         fn never_panics_on_random_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..1200)) {
             let _ = parse_connection_request(&bytes);
+        }
+
+        #[test]
+        fn user_hints_are_what_the_broker_accepts(name in proptest::collection::vec(0x20u8..=0xff, 1..200)) {
+            let mut v = b"Cookie: mstshash=".to_vec();
+            v.extend_from_slice(&name);
+            v.extend_from_slice(b"\r\n");
+            if let X224Parse::Complete(ConnectionRequest { cookie: Some(Cookie::User(u)), .. }) =
+                parse_connection_request(&request(&v))
+            {
+                // control::message's check of a user name: 1..=255 bytes, no control character.
+                prop_assert!(!u.is_empty() && u.len() <= MAX_COOKIE_USER_BYTES, "{:?}", u);
+                prop_assert!(!u.chars().any(char::is_control), "{:?}", u);
+            }
         }
 
         #[test]

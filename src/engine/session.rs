@@ -492,18 +492,13 @@ impl Session {
 
     fn drive_tunnel(&mut self, mut t: Tunnel, ctx: &mut Ctx<'_>) -> (Phase, Step, bool) {
         let splice = self.settings.splice;
-        // A reported error (a RST) ends the tunnel even if neither flow would touch that
-        // socket again (its direction already finished): carry it to the other side now.
-        if std::mem::take(&mut self.client_ready.error) {
-            if let Some(e) = socket_error(&self.client) {
-                return self.tunnel_error(t, source_error(e), true, ctx);
-            }
-        }
-        if std::mem::take(&mut t.backend_ready.error) {
-            if let Some(e) = socket_error(&t.backend_sock) {
-                return self.tunnel_error(t, source_error(e), false, ctx);
-            }
-        }
+        // A reported error (a RST) is handled after the pumps: bytes the peer sent before
+        // its reset are still queued, read(2) returns them before the error, and they are
+        // carried first, as a direct connection would deliver them.
+        let errors = (
+            std::mem::take(&mut self.client_ready.error),
+            std::mem::take(&mut t.backend_ready.error),
+        );
         loop {
             let up = t.up.pump(
                 End {
@@ -551,8 +546,14 @@ impl Session {
                 );
             }
             if !up && !down {
-                return (Phase::Tunnel(t), Step::Continue, false);
+                break;
             }
+        }
+        // An error neither flow met (a RST on a socket whose direction had already finished)
+        // still ends the tunnel: carry it to the other side now.
+        match pending_error(errors, &self.client, &t.backend_sock) {
+            Some((e, upstream)) => self.tunnel_error(t, e, upstream, ctx),
+            None => (Phase::Tunnel(t), Step::Continue, false),
         }
     }
 
@@ -705,6 +706,26 @@ impl Session {
     pub fn reset_client(&self) {
         let _ = SockRef::from(&self.client).set_linger(Some(Duration::ZERO));
     }
+}
+
+/// The error of a socket whose poll event reported one (`flagged`: client, backend), as the
+/// flow error to carry and whether it came from the client.
+pub(super) fn pending_error(
+    flagged: (bool, bool),
+    client: &TcpStream,
+    backend: &TcpStream,
+) -> Option<(FlowError, bool)> {
+    if flagged.0 {
+        if let Some(e) = socket_error(client) {
+            return Some((source_error(e), true));
+        }
+    }
+    if flagged.1 {
+        if let Some(e) = socket_error(backend) {
+            return Some((source_error(e), false));
+        }
+    }
+    None
 }
 
 /// The pending error of a socket (SO_ERROR), if any.

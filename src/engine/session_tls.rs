@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use rustls::ClientConnection;
 use socket2::SockRef;
 
-use super::{socket_error, source_error, Connecting, Ctx, Handshake, Hello, Phase, Session, Step, TlsTunnel};
+use super::{pending_error, Connecting, Ctx, Handshake, Hello, Phase, Session, Step, TlsTunnel};
 use crate::config::TlsMode;
 use crate::engine::flow::{End, Pools};
 use crate::engine::tls_conn::{LeanServer, TlsConn};
@@ -265,16 +265,11 @@ impl Session {
 
     /// Moves bytes both ways until neither direction can progress.
     pub(super) fn drive_tls_tunnel(&mut self, mut t: TlsTunnel, ctx: &mut Ctx<'_>) -> (Phase, Step, bool) {
-        if std::mem::take(&mut self.client_ready.error) {
-            if let Some(e) = socket_error(&self.client) {
-                return self.tls_tunnel_error(t, TlsFlowError::Io(source_error(e)), true, ctx);
-            }
-        }
-        if std::mem::take(&mut t.backend_ready.error) {
-            if let Some(e) = socket_error(&t.backend_sock) {
-                return self.tls_tunnel_error(t, TlsFlowError::Io(source_error(e)), false, ctx);
-            }
-        }
+        // As for plain tunnels: bytes before a reset are carried first.
+        let errors = (
+            std::mem::take(&mut self.client_ready.error),
+            std::mem::take(&mut t.backend_ready.error),
+        );
         loop {
             let up = t.up.pump(
                 Side {
@@ -337,8 +332,12 @@ impl Session {
                 );
             }
             if !up && !down {
-                return (Phase::TlsTunnel(t), Step::Continue, false);
+                break;
             }
+        }
+        match pending_error(errors, &self.client, &t.backend_sock) {
+            Some((e, upstream)) => self.tls_tunnel_error(t, TlsFlowError::Io(e), upstream, ctx),
+            None => (Phase::TlsTunnel(t), Step::Continue, false),
         }
     }
 

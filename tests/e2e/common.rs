@@ -28,6 +28,40 @@ pub fn backend<T: Send + 'static>(
     (addr, rx)
 }
 
+/// A backend for `rounds` connections that each read 5 bytes, answer 3,000 and close with a
+/// reset (SO_LINGER 0) at once, so the answer and the RST arrive together; returns its
+/// address and the answer.
+pub fn answer_then_reset_backend(rounds: usize) -> (SocketAddr, Vec<u8>) {
+    let answer: Vec<u8> = (0..3000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let sent = answer.clone();
+    std::thread::spawn(move || {
+        for conn in l.incoming().take(rounds) {
+            let Ok(mut s) = conn else { continue };
+            let mut b = [0u8; 5];
+            if s.read_exact(&mut b).is_ok() {
+                let _ = s.write_all(&sent);
+            }
+            let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+        }
+    });
+    (addr, answer)
+}
+
+/// Everything `s` yields until its end (EOF, a reset or any error).
+pub fn read_until_end(s: &mut impl Read) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while let Ok(n) = s.read(&mut chunk) {
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&chunk[..n]);
+    }
+    got
+}
+
 /// Path of the gatehouse binary under test.
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_gatehouse"))

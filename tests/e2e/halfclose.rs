@@ -10,6 +10,8 @@ use sha2::{Digest, Sha256};
 use crate::common::*;
 
 const ANSWER: usize = 1024 * 1024;
+/// Connections of the answer-then-reset tests (the race lost 12 of 20 before the fix).
+const ROUNDS: usize = 20;
 
 fn random(len: usize, seed: u64) -> Vec<u8> {
     let mut v = vec![0u8; len];
@@ -119,6 +121,33 @@ fn backend_reset_reaches_the_client(splice: bool) {
         Duration::from_secs(3),
     );
     assert_eq!(n, 1.0, "closed{{reason=backend_reset}}");
+}
+
+/// A backend that answers and resets at once: its answer and its RST arrive together, and
+/// the answer must still reach the client before the reset does (as it would directly).
+fn answer_then_reset_arrives_whole(splice: bool) {
+    let (addr, answer) = answer_then_reset_backend(ROUNDS);
+    let (g, listen) = node_for(addr, splice);
+    let cut = (0..ROUNDS)
+        .filter(|_| {
+            let mut c = connect_from(listen, None).unwrap();
+            c.write_all(b"hello").unwrap();
+            let got = read_until_end(&mut c);
+            got != answer
+        })
+        .count();
+    println!("answer then reset (splice={splice}): {cut} of {ROUNDS} answers cut short");
+    assert_eq!(cut, 0, "answers cut short by the reset; log:\n{}", g.log());
+}
+
+#[test]
+fn answer_then_reset_arrives_whole_copy() {
+    answer_then_reset_arrives_whole(false);
+}
+
+#[test]
+fn answer_then_reset_arrives_whole_splice() {
+    answer_then_reset_arrives_whole(true);
 }
 
 #[test]

@@ -113,6 +113,26 @@ fn backend_reset_reaches_the_tls_client() {
 }
 
 #[test]
+fn an_answer_then_a_reset_reaches_the_tls_client_whole() {
+    // The answer and the backend's RST arrive together: the answer is carried first.
+    const ROUNDS: usize = 20;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path(), "Reset Test CA 3");
+    let (addr, answer) = answer_then_reset_backend(ROUNDS);
+    let (g, listen) = node(dir.path(), &ca, addr, "offload");
+    let cut = (0..ROUNDS)
+        .filter(|_| {
+            let mut c = connect_tls(listen, &ca);
+            c.write_all(b"hello").unwrap();
+            c.flush().unwrap();
+            read_until_end(&mut c) != answer
+        })
+        .count();
+    println!("answer then reset through TLS offload: {cut} of {ROUNDS} answers cut short");
+    assert_eq!(cut, 0, "answers cut short by the reset; log:\n{}", g.log());
+}
+
+#[test]
 fn backend_fin_becomes_close_notify_while_the_client_keeps_sending() {
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new(dir.path(), "Half-close Test CA");

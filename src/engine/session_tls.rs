@@ -233,9 +233,13 @@ impl Session {
             backend_tls = Some(Box::new(TlsConn::Client(conn)));
         }
         let raw = raw.to_vec();
+        let reencrypting = backend_tls.is_some();
         let mut tunnel = self.tls_tunnel_of(c, client_tls, backend_tls, &mut ctx.pools);
-        tunnel.up = TlsDirection::with_early(&raw, &mut ctx.pools);
-        tunnel.up.bytes = handed;
+        if reencrypting {
+            // Only the PROXY header goes raw; the rest was handed to the backend's TLS.
+            tunnel.up = TlsDirection::with_early(&raw, &mut ctx.pools);
+            tunnel.up.bytes = handed;
+        }
         (Phase::TlsTunnel(tunnel), Step::Continue, true)
     }
 

@@ -148,9 +148,11 @@ impl TlsDirection {
                 }
             }
             // 2. The source ended and everything was delivered: close_notify (TLS), then FIN.
+            //    A TLS source that ended without close_notify ends the same way towards a TLS
+            //    destination: a close_notify would vouch for a stream that may be cut short.
             if self.eof {
                 if let Some(conn) = dst_tls.as_deref_mut() {
-                    if !self.close_notify_sent {
+                    if !self.close_notify_sent && !self.truncated {
                         conn.send_close_notify();
                         self.close_notify_sent = true;
                         progress = true;
@@ -175,6 +177,7 @@ impl TlsDirection {
             //    plain destination (what it does not take waits there, and the source is not
             //    read meanwhile) or encrypted for a TLS one, with no copy in between.
             if let Some(conn) = src_tls.as_deref_mut() {
+                let handshaking = conn.is_handshaking();
                 match conn.plaintext() {
                     // RFC 8446 §6.1: close_notify, the clean end of the peer's stream.
                     Ok([]) => self.eof = true,
@@ -206,7 +209,16 @@ impl TlsDirection {
                         conn.consume_plaintext(taken);
                         self.bytes += taken as u64;
                     }
-                    // A FIN without close_notify: many peers end so; carried as a FIN.
+                    // A FIN before the handshake finished (a backend that is not TLS, refused
+                    // our hello or crashed): nothing was carried yet, and a clean end towards
+                    // the other side would hide the failure.
+                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof && handshaking => {
+                        return Err(TlsFlowError::SourceTls(rustls::Error::General(
+                            "connection closed during the TLS handshake".into(),
+                        )));
+                    }
+                    // A FIN without close_notify: many peers end so; carried as a FIN (to a
+                    // TLS destination without close_notify either: see step 2).
                     Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
                         self.eof = true;
                         self.truncated = true;

@@ -348,3 +348,106 @@ fn a_silent_tls_backend_is_bounded_by_the_connect_timeout() {
     assert_eq!(g.closed("backend_tls_error"), 1.0, "{}", g.log());
     drop(held);
 }
+
+#[test]
+fn a_backend_that_closes_during_the_handshake_is_a_tls_error_at_once() {
+    // Reads the ClientHello and closes (not TLS, or it refused us): the client must not see
+    // a clean end, and the session must not wait for the connect timeout to say why.
+    let dir = tempfile::tempdir().unwrap();
+    let closer = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let backend = closer.local_addr().unwrap();
+    std::thread::spawn(move || {
+        if let Ok((mut s, _)) = closer.accept() {
+            let _ = s.read(&mut [0u8; 4096]);
+        }
+    });
+    let (admin, listen) = addrs();
+    let g = Gatehouse::start(
+        &config(
+            admin,
+            listen,
+            backend,
+            "connect_timeout = \"5s\"",
+            "insecure_skip_verify = true",
+            dir.path(),
+        ),
+        admin,
+    );
+    let start = std::time::Instant::now();
+    let mut c = connect_from(listen, None).unwrap();
+    c.write_all(b"request\n").unwrap();
+    let seen = read_outcome(&mut c, Duration::from_secs(8));
+    let waited = start.elapsed();
+    println!("backend closed during the handshake: client saw {seen:?} after {waited:?}");
+    assert_eq!(seen, Seen::Reset, "a clean end would say the request was served");
+    assert!(waited < Duration::from_secs(2), "{waited:?}");
+    assert_eq!(g.closed("backend_tls_error"), 1.0, "{}", g.log());
+    assert!(g.log().contains("closed during the TLS handshake"), "{}", g.log());
+}
+
+#[test]
+fn a_tls_backend_that_ends_without_close_notify_is_not_vouched_for() {
+    // Offload and re-encryption: the backend's stream ends with a FIN and no close_notify (a
+    // crash, a cut). The client must not get a close_notify that says the answer is whole.
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path(), "Truncation CA");
+    let (c, k) = ca.leaf("cut.test");
+    let certs: Vec<_> = rustls_pemfile::certs(&mut &std::fs::read(&c).unwrap()[..])
+        .map(|c| c.unwrap())
+        .collect();
+    let key = rustls_pemfile::private_key(&mut &std::fs::read(&k).unwrap()[..])
+        .unwrap()
+        .unwrap();
+    let server = std::sync::Arc::new(
+        rustls::ServerConfig::builder_with_provider(gatehouse::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap(),
+    );
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let backend = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        if let Ok((sock, _)) = listener.accept() {
+            let conn = rustls::ServerConnection::new(server).unwrap();
+            let mut s = rustls::StreamOwned::new(conn, sock);
+            let mut b = [0u8; 5];
+            if s.read_exact(&mut b).is_ok() {
+                let _ = s.write_all(b"partial answer");
+                let _ = s.flush();
+            }
+            let _ = s.sock.shutdown(std::net::Shutdown::Write);
+            let _ = s.sock.read_to_end(&mut Vec::new());
+        }
+    });
+    let (admin, listen) = addrs();
+    let pool_tls = format!(
+        "ca_file = \"{}\", server_name = \"cut.test\"",
+        ca.ca_file.display()
+    );
+    let g = Gatehouse::start(
+        &config(
+            admin,
+            listen,
+            backend,
+            &certificate(&ca, "front.test"),
+            &pool_tls,
+            dir.path(),
+        ),
+        admin,
+    );
+    let sock = TcpStream::connect(listen).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut s = rustls::StreamOwned::new(crate::tls_offload::tls_client(&ca.ca_file, "front.test"), sock);
+    s.write_all(b"hello").unwrap();
+    s.flush().unwrap();
+    let mut got = Vec::new();
+    let end = s.read_to_end(&mut got);
+    println!("backend ended without close_notify: client got {got:?}, then {end:?}");
+    assert_eq!(got, b"partial answer");
+    let err = end.expect_err("a close_notify vouched for a stream cut short");
+    assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof, "{err}");
+    drop(s);
+    g.assert_nothing_held();
+}

@@ -232,7 +232,8 @@ fn pinned_certificate_is_required_and_enough() {
 
 /// A TLS echo backend (rustls, one thread per connection) with a certificate for `name`;
 /// answers a close_notify with its own.
-fn tls_echo(ca: &TestCa, name: &str) -> SocketAddr {
+/// A rustls server configuration with a leaf for `name` signed by `ca`.
+fn tls_server_config(ca: &TestCa, name: &str) -> std::sync::Arc<rustls::ServerConfig> {
     let (c, k) = ca.leaf(name);
     let certs: Vec<_> = rustls_pemfile::certs(&mut &std::fs::read(&c).unwrap()[..])
         .map(|c| c.unwrap())
@@ -240,15 +241,18 @@ fn tls_echo(ca: &TestCa, name: &str) -> SocketAddr {
     let key = rustls_pemfile::private_key(&mut &std::fs::read(&k).unwrap()[..])
         .unwrap()
         .unwrap();
-    let provider = gatehouse::tls::provider();
-    let config = std::sync::Arc::new(
-        rustls::ServerConfig::builder_with_provider(provider)
+    std::sync::Arc::new(
+        rustls::ServerConfig::builder_with_provider(gatehouse::tls::provider())
             .with_safe_default_protocol_versions()
             .unwrap()
             .with_no_client_auth()
             .with_single_cert(certs, key)
             .unwrap(),
-    );
+    )
+}
+
+fn tls_echo(ca: &TestCa, name: &str) -> SocketAddr {
+    let config = tls_server_config(ca, name);
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     std::thread::spawn(move || {
@@ -316,6 +320,34 @@ fn twenty_megabytes_each_way_through_offload_and_reencryption() {
     g.assert_nothing_held();
 }
 
+/// A node with a plain listener in front of `backend` reached over TLS without verification.
+fn plain_to_unverified_tls(
+    backend: SocketAddr,
+    connect_timeout: &str,
+    state: &Path,
+) -> (Gatehouse, SocketAddr) {
+    let (admin, listen) = addrs();
+    let listener = format!("connect_timeout = \"{connect_timeout}\"");
+    let text = config(
+        admin,
+        listen,
+        backend,
+        &listener,
+        "insecure_skip_verify = true",
+        state,
+    );
+    (Gatehouse::start(&text, admin), listen)
+}
+
+/// Sends `request` through `listen`; what the client then saw, and after how long.
+fn one_request(listen: SocketAddr, request: &[u8], wait: Duration) -> (Seen, Duration) {
+    let start = std::time::Instant::now();
+    let mut c = connect_from(listen, None).unwrap();
+    c.write_all(request).unwrap();
+    let seen = read_outcome(&mut c, wait);
+    (seen, start.elapsed())
+}
+
 #[test]
 fn a_silent_tls_backend_is_bounded_by_the_connect_timeout() {
     let dir = tempfile::tempdir().unwrap();
@@ -323,23 +355,8 @@ fn a_silent_tls_backend_is_bounded_by_the_connect_timeout() {
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let backend = silent.local_addr().unwrap();
     let held = std::thread::spawn(move || silent.accept().map(|(s, _)| s));
-    let (admin, listen) = addrs();
-    let g = Gatehouse::start(
-        &config(
-            admin,
-            listen,
-            backend,
-            "connect_timeout = \"300ms\"",
-            "insecure_skip_verify = true",
-            dir.path(),
-        ),
-        admin,
-    );
-    let start = std::time::Instant::now();
-    let mut c = connect_from(listen, None).unwrap();
-    c.write_all(b"anyone there?\n").unwrap();
-    let seen = read_outcome(&mut c, Duration::from_secs(5));
-    let waited = start.elapsed();
+    let (g, listen) = plain_to_unverified_tls(backend, "300ms", dir.path());
+    let (seen, waited) = one_request(listen, b"anyone there?\n", Duration::from_secs(5));
     assert!(matches!(seen, Seen::Eof | Seen::Reset), "{seen:?}");
     assert!(
         waited >= Duration::from_millis(250) && waited < Duration::from_secs(3),
@@ -361,23 +378,8 @@ fn a_backend_that_closes_during_the_handshake_is_a_tls_error_at_once() {
             let _ = s.read(&mut [0u8; 4096]);
         }
     });
-    let (admin, listen) = addrs();
-    let g = Gatehouse::start(
-        &config(
-            admin,
-            listen,
-            backend,
-            "connect_timeout = \"5s\"",
-            "insecure_skip_verify = true",
-            dir.path(),
-        ),
-        admin,
-    );
-    let start = std::time::Instant::now();
-    let mut c = connect_from(listen, None).unwrap();
-    c.write_all(b"request\n").unwrap();
-    let seen = read_outcome(&mut c, Duration::from_secs(8));
-    let waited = start.elapsed();
+    let (g, listen) = plain_to_unverified_tls(backend, "5s", dir.path());
+    let (seen, waited) = one_request(listen, b"request\n", Duration::from_secs(8));
     println!("backend closed during the handshake: client saw {seen:?} after {waited:?}");
     assert_eq!(seen, Seen::Reset, "a clean end would say the request was served");
     assert!(waited < Duration::from_secs(2), "{waited:?}");
@@ -391,21 +393,7 @@ fn a_tls_backend_that_ends_without_close_notify_is_not_vouched_for() {
     // crash, a cut). The client must not get a close_notify that says the answer is whole.
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new(dir.path(), "Truncation CA");
-    let (c, k) = ca.leaf("cut.test");
-    let certs: Vec<_> = rustls_pemfile::certs(&mut &std::fs::read(&c).unwrap()[..])
-        .map(|c| c.unwrap())
-        .collect();
-    let key = rustls_pemfile::private_key(&mut &std::fs::read(&k).unwrap()[..])
-        .unwrap()
-        .unwrap();
-    let server = std::sync::Arc::new(
-        rustls::ServerConfig::builder_with_provider(gatehouse::tls::provider())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(certs, key)
-            .unwrap(),
-    );
+    let server = tls_server_config(&ca, "cut.test");
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let backend = listener.local_addr().unwrap();
     std::thread::spawn(move || {

@@ -10,7 +10,7 @@
 //! broker chose) is in `session_gateway_answers.rs`. Decoding is in `crate::gateway`
 //! (sans-IO); sockets, slots and timers stay with `session.rs`.
 
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -31,6 +31,10 @@ mod answers;
 
 /// Most bytes the front holds from a client before a request is complete (a head and a body).
 const MAX_INPUT: usize = MAX_HEAD + MAX_BODY;
+/// How long a lingering close waits for the client's FIN after the last answer.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+/// Most bytes a lingering close reads and drops before it closes anyway.
+const LINGER_BYTES: usize = 1 << 20;
 
 /// State of the gateway front.
 pub struct Front {
@@ -48,6 +52,8 @@ pub struct Front {
     waiting: Option<Waiting>,
     /// Close once the output is written.
     close_after: Option<(CloseReason, String)>,
+    /// Closing: the answer is written and our side shut; client bytes dropped so far.
+    lingering: Option<usize>,
     /// Deadline of the current step (reading a request, or a broker answer).
     deadline: Instant,
 }
@@ -121,6 +127,7 @@ impl Session {
             eof: false,
             waiting: None,
             close_after: None,
+            lingering: None,
             deadline: ctx.now + self.settings.handshake_timeout,
         };
         (Phase::Front(front), Step::Continue, true)
@@ -143,6 +150,10 @@ impl Session {
             return step;
         }
         if let Some((reason, detail)) = f.close_after.take() {
+            if f.lingering.is_some() {
+                // The answer went out; the client neither closed nor stopped sending.
+                return Step::Close(reason, detail);
+            }
             // An answer (a 408 too) the client did not take within another deadline.
             return Step::Close(reason, format!("{detail}; the answer was not taken"));
         }
@@ -183,8 +194,8 @@ impl Session {
             if !flushed {
                 return (Phase::Front(f), Step::Continue, false);
             }
-            if let Some((reason, detail)) = f.close_after.take() {
-                return (Phase::Closed, Step::Close(reason, detail), false);
+            if f.close_after.is_some() {
+                return self.linger_front(f, ctx);
             }
             if f.waiting.is_some() {
                 return (Phase::Front(f), Step::Continue, false);
@@ -219,6 +230,55 @@ impl Session {
                 Ok(true) => continue,
                 Ok(false) => return (Phase::Front(f), Step::Continue, false),
                 Err(e) => return (Phase::Closed, Step::Close(CloseReason::ClientError, e), false),
+            }
+        }
+    }
+
+    /// The last answer is written and the session ends. A client still sending (the body of
+    /// a refused request) would make close(2) answer with a RST, and a RST can take the
+    /// answer with it (Windows drops what it received; a slow link drops what was still in
+    /// flight). So, as HTTP servers do, the close lingers: our side is shut (the client reads
+    /// the answer and then EOF), and what the client still sends is read and dropped until
+    /// its FIN, [`LINGER`] or [`LINGER_BYTES`].
+    fn linger_front(&mut self, mut f: Front, ctx: &mut Ctx<'_>) -> (Phase, Step, bool) {
+        let close = |f: &mut Front| {
+            let (reason, detail) = f.close_after.take().expect("lingering implies close_after");
+            (Phase::Closed, Step::Close(reason, detail), false)
+        };
+        if f.eof {
+            // Read to its end already: close(2) sends a FIN.
+            return close(&mut f);
+        }
+        let dropped = match f.lingering {
+            Some(n) => n,
+            None => {
+                let _ = self.client.shutdown(std::net::Shutdown::Write);
+                f.deadline = ctx.now + LINGER;
+                0
+            }
+        };
+        let mut dropped_now = dropped;
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            if !self.client_ready.readable {
+                f.lingering = Some(dropped_now);
+                return (Phase::Front(f), Step::Continue, false);
+            }
+            match (&self.client).read(&mut chunk) {
+                // The client's FIN, or its reset: nothing more to spare it from.
+                Ok(0) => return close(&mut f),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.client_ready.readable = false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return close(&mut f),
+                Ok(n) => {
+                    dropped_now += n;
+                    if dropped_now > LINGER_BYTES {
+                        return close(&mut f);
+                    }
+                    if n < chunk.len() && !self.client_ready.read_closed {
+                        self.client_ready.readable = false;
+                    }
+                }
             }
         }
     }

@@ -223,6 +223,7 @@ impl Session {
             eof: false,
             waiting: None,
             close_after: Some((CloseReason::ConnectFailed, detail)),
+            lingering: None,
             deadline: ctx.now + self.settings.handshake_timeout,
         };
         let (phase, step, _) = self.drive_front(f, ctx);

@@ -5,6 +5,7 @@ use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use crate::client::{self, Stream};
+use crate::common::wait_for;
 use crate::farm::GatewayFarm;
 
 /// Sends `len` checksummed bytes through `s` (echoed by the stand-in) and checks them.
@@ -93,8 +94,13 @@ fn wrong_password_gets_no_tunnel_and_the_host_sees_nothing() {
     std::thread::sleep(Duration::from_millis(300));
     let after: usize = farm.hosts.iter().map(|h| h.accepted()).sum();
     assert_eq!(before, after, "a host saw a connection");
+    // The close line comes when the session ends: the client holds the connection, so after
+    // the lingering close's deadline.
     assert!(
-        gw.proc.log_text().contains("wrong_password"),
+        wait_for(Duration::from_secs(3), || gw
+            .proc
+            .log_text()
+            .contains("wrong_password")),
         "{}",
         gw.proc.log_text()
     );
@@ -346,4 +352,44 @@ fn other_http_requests_go_to_the_configured_web_server_unchanged() {
     }
     let m = gw.metrics();
     assert!(m.contains("endpoint=\"forward_http\""), "{m}");
+}
+
+#[test]
+fn a_refused_body_still_being_sent_does_not_turn_the_answer_into_a_reset() {
+    // A client sends a body the gateway refuses (413) and keeps sending. close(2) with its
+    // bytes unread would answer with a RST, which can take the 413 with it: the close
+    // lingers instead, so the client reads the answer and then a clean end.
+    let farm = GatewayFarm::start(1);
+    let gw = farm.start_gateway("gw-a", "site-a", "");
+    for round in 0..10 {
+        let mut s = std::net::TcpStream::connect(gw.listen).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"POST /api/v1/login HTTP/1.1\r\nHost: gw\r\nContent-Length: 100000000\r\n\r\n")
+            .unwrap();
+        let mut sender = s.try_clone().unwrap();
+        let blaster = std::thread::spawn(move || {
+            let chunk = vec![b'x'; 64 * 1024];
+            let until = Instant::now() + Duration::from_millis(300);
+            while Instant::now() < until && sender.write_all(&chunk).is_ok() {}
+        });
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        let end = loop {
+            match s.read(&mut buf) {
+                Ok(0) => break Ok(()),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) => break Err(e),
+            }
+        };
+        blaster.join().unwrap();
+        let head = String::from_utf8_lossy(&got[..got.len().min(40)]).into_owned();
+        println!("round {round}: client read {head:?}..., then {end:?}");
+        assert!(head.starts_with("HTTP/1.1 413"), "{head:?}");
+        assert!(end.is_ok(), "a reset after the answer: {end:?}");
+    }
+    assert!(
+        !gw.proc.log_text().contains("the answer was not taken"),
+        "{}",
+        gw.proc.log_text()
+    );
 }

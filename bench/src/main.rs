@@ -190,7 +190,8 @@ enum Command {
         /// Bisection steps between the last passing and the first failing count.
         #[arg(long, default_value_t = 2)]
         refine: u32,
-        /// Re-runs of a step that failed on the SLO alone before it counts as failing.
+        /// Re-runs of a step that failed on the SLO alone before it counts as failing; a re-run
+        /// is judged on its count's lowest p99 through the target minus its lowest direct p99.
         #[arg(long, default_value_t = 1)]
         confirm: u32,
         /// Load before each measured window (>= --stagger).

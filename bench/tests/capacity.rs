@@ -219,19 +219,10 @@ fn ramp_stops_at_the_slo_of_a_relay_with_a_known_delay() {
     // 4 sessions add ~40 ms (< 50), 8 add ~80 ms; the bisection tries 6 (~60 ms); each
     // failure is re-run once to confirm it.
     assert_eq!(v["stop_reason"], "slo", "{v}");
+    // A re-run is judged on both runs of its count, so a stall during one direct run (seen
+    // on CI: a 19.9 ms direct p99, subtracted whole) cannot make 6 sessions pass.
+    assert_eq!(v["held_sessions"], 4, "{v}");
     let steps = v["steps"].as_array().unwrap();
-    // Steps this short have ~50 direct samples, so the direct p99 is their maximum: one
-    // stall of the machine during the direct run (seen on CI: 19.9 ms) is subtracted whole,
-    // and the confirming re-run of 6 sessions passes. Held is then 6, which is only right for
-    // that disturbed baseline; anything else is a wrong stop.
-    let held = v["held_sessions"].as_u64().unwrap();
-    let disturbed = steps
-        .iter()
-        .any(|s| s["sessions"] == held && s["direct_latency_us"]["p99"].as_f64().unwrap_or(0.0) > 5_000.0);
-    if held != 4 {
-        println!("capacity: held {held} with a disturbed direct baseline: {disturbed}");
-    }
-    assert!(held == 4 || (held == 6 && disturbed), "{v}");
     let tried: Vec<u64> = steps.iter().map(|s| s["sessions"].as_u64().unwrap()).collect();
     assert_eq!(tried, [1, 2, 4, 8, 8, 6, 6]);
     let step_keys = set(STEP_KEYS);
@@ -261,7 +252,7 @@ fn ramp_stops_at_the_slo_of_a_relay_with_a_known_delay() {
     assert!(ops4 >= 20, "4 sessions at 10 events/s for 0.8 s: {ops4}");
 
     let at = &v["at_slo"];
-    assert_eq!(at["sessions"], held);
+    assert_eq!(at["sessions"], 4);
     assert!(at["cpu_us_per_session_s"].is_number());
     assert!(at["rss_bytes_per_session"].is_number());
     let x = &v["extrapolation"];

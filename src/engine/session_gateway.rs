@@ -249,7 +249,7 @@ impl Session {
             // Read to its end already: close(2) sends a FIN.
             return close(&mut f);
         }
-        let dropped = match f.lingering {
+        let mut dropped = match f.lingering {
             Some(n) => n,
             None => {
                 let _ = self.client.shutdown(std::net::Shutdown::Write);
@@ -257,11 +257,10 @@ impl Session {
                 0
             }
         };
-        let mut dropped_now = dropped;
         let mut chunk = [0u8; 16 * 1024];
         loop {
             if !self.client_ready.readable {
-                f.lingering = Some(dropped_now);
+                f.lingering = Some(dropped);
                 return (Phase::Front(f), Step::Continue, false);
             }
             match (&self.client).read(&mut chunk) {
@@ -271,8 +270,8 @@ impl Session {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => return close(&mut f),
                 Ok(n) => {
-                    dropped_now += n;
-                    if dropped_now > LINGER_BYTES {
+                    dropped += n;
+                    if dropped > LINGER_BYTES {
                         return close(&mut f);
                     }
                     if n < chunk.len() && !self.client_ready.read_closed {

@@ -66,13 +66,16 @@ impl DeadPeer {
     }
 }
 
-/// What makes a listener's sockets: two listener configs with the same key share them
-/// across a reload.
-pub type ListenerKey = (SocketAddr, u32, bool, DeadPeer);
+/// What makes a listener's sockets: two listener configs (of the same name) with the same
+/// key share them across a reload. Only the address: the backlog and the dead-peer settings
+/// change on the sockets in place ([`BindSpec::update`]), and IP_FREEBIND matters only to a
+/// bind that is done already. A new socket would cost the connections queued in the old
+/// one's backlog: Linux resets them when it closes.
+pub type ListenerKey = SocketAddr;
 
 /// The key of `config`'s sockets.
 pub fn listener_key(config: &crate::config::ListenerConfig) -> ListenerKey {
-    (config.bind, config.backlog, config.freebind, DeadPeer::of(config))
+    config.bind
 }
 
 /// Sockets a reload bound for each worker before it published the new configuration:
@@ -104,6 +107,28 @@ impl BindSpec {
             freebind: config.freebind,
             dead_peer: DeadPeer::of(config),
         }
+    }
+
+    /// Moves `socket`, bound and listening as `self` asks, to `new`'s backlog and dead-peer
+    /// settings (same address). Returns whether anything changed. Connections whose handshake
+    /// completes from then on get the new settings; those queued or accepted before keep
+    /// theirs (Linux copies the listener's when the handshake completes).
+    pub fn update(&self, new: &BindSpec, socket: &impl std::os::fd::AsFd) -> io::Result<bool> {
+        let mut changed = false;
+        if new.dead_peer != self.dead_peer {
+            new.dead_peer.apply(socket2::SockRef::from(socket))?;
+            if new.dead_peer.user_timeout.is_zero() {
+                // `apply` leaves a fresh socket's default alone; this one had a timeout.
+                socket2::SockRef::from(socket).set_tcp_user_timeout(None)?;
+            }
+            changed = true;
+        }
+        if new.backlog != self.backlog {
+            // listen(2) again on a listening socket only resizes its queue.
+            socket2::SockRef::from(socket).listen(new.backlog.min(i32::MAX as u32) as i32)?;
+            changed = true;
+        }
+        Ok(changed)
     }
 }
 
@@ -229,6 +254,40 @@ mod tests {
         assert_eq!(a.keepalive_interval().unwrap(), Duration::from_secs(10));
         assert_eq!(a.keepalive_retries().unwrap(), 6);
         assert_eq!(a.tcp_user_timeout().unwrap(), Some(Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn new_settings_reach_a_listening_socket_in_place_and_its_queue_survives() {
+        let old = spec("127.0.0.1:0".parse().unwrap());
+        let listener = bind(&old).unwrap();
+        // A client the node has not accepted yet: a new socket would have cost it a reset.
+        let queued = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let new = BindSpec {
+            backlog: old.backlog * 2,
+            dead_peer: DeadPeer {
+                idle: Duration::from_secs(30),
+                interval: Duration::from_secs(5),
+                probes: 3,
+                user_timeout: Duration::ZERO,
+            },
+            ..old
+        };
+        assert!(old.update(&new, &listener).unwrap());
+        assert!(!new.update(&new, &listener).unwrap(), "nothing to change");
+        // The queued client is still there, with the settings of its time (Linux copies the
+        // listener's when the handshake completes).
+        let (_, peer) = listener.accept().unwrap();
+        assert_eq!(peer, queued.local_addr().unwrap());
+        // A client from now on gets the new ones; the socket still accepts.
+        let later = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, peer) = listener.accept().unwrap();
+        assert_eq!(peer, later.local_addr().unwrap());
+        let a = socket2::SockRef::from(&accepted);
+        assert!(a.keepalive().unwrap());
+        assert_eq!(a.keepalive_time().unwrap(), Duration::from_secs(30));
+        assert_eq!(a.keepalive_interval().unwrap(), Duration::from_secs(5));
+        assert_eq!(a.keepalive_retries().unwrap(), 3);
+        assert_eq!(a.tcp_user_timeout().unwrap(), None, "back to the kernel's limit");
     }
 
     #[test]

@@ -18,7 +18,7 @@ use slab::Slab;
 
 use super::buffers::{BufferPool, PipePool};
 use super::flow::Pools;
-use super::listener::{bind, listener_key, BindSpec, DeadPeer, ListenerKey};
+use super::listener::{bind, listener_key, BindSpec, DeadPeer};
 use super::session::{self, is_out_of_files, Ctx, Session, SessionSettings, Step};
 use super::source_ports::{PortPlan, SourcePorts};
 use super::timer::{TimerEntry, TimerWheel};
@@ -41,7 +41,8 @@ const PAUSE_WARN_EVERY: Duration = Duration::from_secs(1);
 /// A listener as one worker holds it.
 struct WorkerListener {
     name: String,
-    spec: ListenerKey,
+    /// The settings the socket has now.
+    spec: BindSpec,
     socket: TcpListener,
     plan_index: usize,
 }
@@ -199,7 +200,7 @@ impl Worker {
         let Some(plan_index) = self.snapshot.listeners.iter().position(|l| l.config.name == name) else {
             return;
         };
-        let spec = listener_key(&self.snapshot.listeners[plan_index].config);
+        let spec = BindSpec::of(&self.snapshot.listeners[plan_index].config);
         let mut socket = TcpListener::from_std(socket);
         let idx = self.next_listener;
         self.next_listener += 1;
@@ -601,16 +602,31 @@ impl Worker {
             return;
         }
         let snapshot = self.snapshot.clone();
-        // 1. Listeners that stay as they are follow their plan's new index.
+        // 1. Listeners on the same address keep their sockets (and the clients queued in
+        //    them), follow their plan's new index and take its backlog and dead-peer
+        //    settings in place.
         let mut kept = std::collections::HashSet::new();
         for l in self.listeners.values_mut() {
             let same = snapshot
                 .listeners
                 .iter()
-                .position(|p| p.config.name == l.name && listener_key(&p.config) == l.spec);
+                .position(|p| p.config.name == l.name && listener_key(&p.config) == l.spec.address);
             if let Some(pi) = same {
                 l.plan_index = pi;
                 kept.insert(l.name.clone());
+                let new = BindSpec::of(&snapshot.listeners[pi].config);
+                match l.spec.update(&new, &l.socket) {
+                    Ok(true) => {
+                        tracing::info!(worker = self.id, listener = %l.name, "listener settings changed in place");
+                        l.spec = new;
+                    }
+                    Ok(false) => {}
+                    Err(e) => tracing::error!(
+                        worker = self.id,
+                        listener = %l.name,
+                        "reload cannot change the listener's settings: {e}; its old ones stay"
+                    ),
+                }
             }
         }
         // 2. Take the sockets the reload bound for new and changed listeners (or bind them

@@ -192,3 +192,82 @@ fn reload_removing_a_listener_keeps_its_tunnels() {
     );
     assert!(echo_once(listen), "the remaining listener serves");
 }
+
+/// (inode, keepalive ticks left) of the IPv4 sockets of /proc/net/tcp whose local port is
+/// `local` and, when given, whose remote port is `remote`; `ticks` is `tm->when` (1/100 s)
+/// when the keepalive timer (`tr` 2) runs, else `None`. Listening sockets have remote port 0.
+fn tcp_sockets(local: u16, remote: Option<u16>) -> Vec<(u64, Option<u64>)> {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let port = |addr: &str| {
+        addr.rsplit(':')
+            .next()
+            .and_then(|p| u16::from_str_radix(p, 16).ok())
+    };
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            if f.len() < 10 || port(f[1]) != Some(local) || remote.is_some_and(|r| port(f[2]) != Some(r)) {
+                return None;
+            }
+            let (tr, when) = f[5].split_once(':')?;
+            let ticks = (tr == "02").then(|| u64::from_str_radix(when, 16).ok()).flatten();
+            Some((f[9].parse().ok()?, ticks))
+        })
+        .collect()
+}
+
+#[test]
+fn a_reload_changes_keepalive_on_the_listening_sockets_in_place() {
+    // A new socket per changed setting used to replace the listener, and Linux resets the
+    // clients still queued in the old one's backlog when it closes.
+    let echo = EchoServer::start(None);
+    let (admin, listen) = addrs();
+    let base = simple_config(admin, listen, "", "", &[("echo", echo.addr)]);
+    let g = Gatehouse::start(&base, admin);
+    let listening = || {
+        let mut v: Vec<u64> = tcp_sockets(listen.port(), Some(0)).iter().map(|s| s.0).collect();
+        v.sort();
+        v
+    };
+    let before = listening();
+    assert_eq!(before.len(), 2, "one socket per worker");
+    let keepalive_of = |client: &std::net::TcpStream| {
+        let port = client.local_addr().unwrap().port();
+        tcp_sockets(listen.port(), Some(port)).first().and_then(|s| s.1)
+    };
+    let mut old = connect_from(listen, None).unwrap();
+    assert!(echo_round_trip(&mut old, b"before"));
+    let old_ticks = keepalive_of(&old).expect("keepalive runs on the accepted socket");
+
+    g.rewrite_config(&simple_config(
+        admin,
+        listen,
+        "",
+        "tcp_keepalive = \"20s\"\ntcp_user_timeout = \"0s\"\nbacklog = 2048",
+        &[("echo", echo.addr)],
+    ));
+    g.signal(Signal::SIGHUP);
+    let changed = |g: &Gatehouse| g.log().matches("listener settings changed in place").count() == 2;
+    assert!(
+        wait_until(Duration::from_secs(3), || changed(&g)),
+        "log:\n{}",
+        g.log()
+    );
+    assert_eq!(
+        listening(),
+        before,
+        "the same listening sockets; log:\n{}",
+        g.log()
+    );
+    assert!(!g.log().contains("listener bound by reload"), "log:\n{}", g.log());
+
+    let mut new = connect_from(listen, None).unwrap();
+    assert!(echo_round_trip(&mut new, b"after"));
+    let new_ticks = keepalive_of(&new).expect("keepalive runs on the accepted socket");
+    println!("reload: keepalive timer {old_ticks} ticks before the reload, {new_ticks} after");
+    assert!(old_ticks > 3_000, "60 s by default: {old_ticks}");
+    assert!(new_ticks <= 2_000, "20 s after the reload: {new_ticks}");
+    assert!(echo_round_trip(&mut old, b"still"), "the older tunnel carries on");
+}

@@ -294,6 +294,7 @@ pub fn early_buffer(early: &[u8], pools: &mut Pools<'_>) -> super::buffers::Buf 
     buf
 }
 
+/// A peer's reset (or our write after it): not a fault of this host.
 fn is_reset(e: &io::Error) -> bool {
     matches!(
         e.kind(),
@@ -301,7 +302,8 @@ fn is_reset(e: &io::Error) -> bool {
     )
 }
 
-fn read_error(e: io::Error) -> FlowError {
+/// The flow error for a failed read from the source.
+pub(super) fn read_error(e: io::Error) -> FlowError {
     if is_reset(&e) {
         FlowError::SourceReset
     } else {
@@ -309,7 +311,8 @@ fn read_error(e: io::Error) -> FlowError {
     }
 }
 
-fn write_error(e: io::Error) -> FlowError {
+/// The flow error for a failed write to the destination.
+pub(super) fn write_error(e: io::Error) -> FlowError {
     if is_reset(&e) {
         FlowError::DestinationReset
     } else {

@@ -19,7 +19,7 @@ use std::net::Shutdown;
 use super::tls_conn::TlsConn;
 
 use super::buffers::Buf;
-use super::flow::{End, FlowError, Pools};
+use super::flow::{read_error, write_error, End, FlowError, Pools};
 
 /// How a TLS tunnel failed.
 #[derive(Debug)]
@@ -417,29 +417,6 @@ impl Write for WriteTo<'_> {
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
-    }
-}
-
-fn is_reset(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionAborted
-    )
-}
-
-fn read_error(e: io::Error) -> FlowError {
-    if is_reset(&e) {
-        FlowError::SourceReset
-    } else {
-        FlowError::Source(e)
-    }
-}
-
-fn write_error(e: io::Error) -> FlowError {
-    if is_reset(&e) {
-        FlowError::DestinationReset
-    } else {
-        FlowError::Destination(e)
     }
 }
 

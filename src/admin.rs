@@ -44,6 +44,11 @@ impl AdminServer {
         let address = listener.local_addr()?;
         let flag = stop.clone();
         let clients = Arc::new(AtomicUsize::new(0));
+        // A descriptor in reserve, taken before the workers accept: when clients have taken
+        // every other one, the API still answers, so an operator can see why. (While the
+        // thread waits in accept(2), the kernel holds one more for it: the number accept
+        // will return.)
+        let mut reserve = open_reserve();
         let thread = std::thread::Builder::new().name("admin".into()).spawn(move || {
             // At the descriptor limit accept(2) fails at once, pending client or not: one
             // warning per streak of failures, not ten a second.
@@ -54,6 +59,11 @@ impl AdminServer {
                 }
                 let stream = match conn {
                     Ok(s) => s,
+                    Err(e) if out_of_descriptors(&e) && reserve.is_some() => {
+                        tracing::warn!("admin: out of descriptors; accepting with the one in reserve");
+                        reserve = None;
+                        continue;
+                    }
                     Err(e) => {
                         // Out of descriptors (or a transient error): back off, do not spin.
                         if !failing {
@@ -61,11 +71,17 @@ impl AdminServer {
                             failing = true;
                         }
                         std::thread::sleep(Duration::from_millis(100));
+                        if reserve.is_none() {
+                            reserve = open_reserve();
+                        }
                         continue;
                     }
                 };
                 if std::mem::take(&mut failing) {
                     tracing::info!("admin accepting again");
+                }
+                if reserve.is_none() {
+                    reserve = open_reserve();
                 }
                 if clients.load(Ordering::Acquire) >= MAX_CLIENTS {
                     let _ = respond(&stream, 503, "text/plain", "too many admin clients\n");
@@ -99,6 +115,16 @@ impl AdminServer {
         let _ = TcpStream::connect_timeout(&self.address, Duration::from_millis(200));
         let _ = self.thread.join();
     }
+}
+
+/// The admin thread's spare descriptor (`None` while spent, or when none is left).
+fn open_reserve() -> Option<std::fs::File> {
+    std::fs::File::open("/dev/null").ok()
+}
+
+/// EMFILE (this process) or ENFILE (the whole system).
+fn out_of_descriptors(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(code) if code == nix::libc::EMFILE || code == nix::libc::ENFILE)
 }
 
 fn serve(mut stream: TcpStream, shared: &Shared, commands: &Sender<Command>) -> io::Result<()> {

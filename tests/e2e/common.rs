@@ -139,20 +139,6 @@ impl Gatehouse {
 
     /// Like `start`, with a hook to adjust the command (limits, environment).
     pub fn start_with(config: &str, admin: SocketAddr, adjust: impl FnOnce(&mut Command)) -> Gatehouse {
-        let mut g = Self::spawn_with(config, admin, adjust);
-        let ok = wait_until(Duration::from_secs(10), || {
-            http(admin, "GET", "/api/v1/status", "").is_some()
-        });
-        if !ok {
-            let status = g.proc.child.try_wait();
-            panic!("gatehouse did not come up ({status:?}); log:\n{}", g.log());
-        }
-        g
-    }
-
-    /// Starts the node without waiting for its admin API (a test whose clients take every
-    /// descriptor first).
-    pub fn spawn_with(config: &str, admin: SocketAddr, adjust: impl FnOnce(&mut Command)) -> Gatehouse {
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("gatehouse.toml");
         std::fs::write(&config_path, config).unwrap();
@@ -166,12 +152,20 @@ impl Gatehouse {
             .env("NO_COLOR", "1");
         adjust(&mut cmd);
         let child = cmd.spawn().expect("start gatehouse");
-        Gatehouse {
+        let mut g = Gatehouse {
             proc: Proc { child },
             dir,
             config_path,
             admin,
+        };
+        let ok = wait_until(Duration::from_secs(10), || {
+            http(admin, "GET", "/api/v1/status", "").is_some()
+        });
+        if !ok {
+            let status = g.proc.child.try_wait();
+            panic!("gatehouse did not come up ({status:?}); log:\n{}", g.log());
         }
+        g
     }
 
     pub fn log(&self) -> String {

@@ -130,7 +130,14 @@ struct Master {
     advert_at: Instant,
     /// Remaining gratuitous ARP rounds and when the next one is due.
     garp: Option<(u32, Instant)>,
+    /// When we last answered a lesser master's advert (at most once per [`RECLAIM_EVERY`]).
+    reclaimed_at: Option<Instant>,
 }
+
+/// The least time between two answers to a lesser master's adverts: one that does not step
+/// down (a node configured apart from us) gets our gratuitous ARPs once a second, not at
+/// its advert rate.
+const RECLAIM_EVERY: Duration = Duration::from_secs(1);
 
 impl Instance {
     /// Build the state machine for a validated config; `local_address` is the primary address
@@ -183,7 +190,12 @@ impl Instance {
             version: self.version,
             vrid: self.vrid,
             priority,
-            interval_cs: (self.advert_interval.as_millis() / 10).min(0x0fff) as u16,
+            // v3 carries 12 bits of centiseconds (the config allows at most 40.95 s); v2
+            // whole seconds up to 255, which as centiseconds need all 16 bits.
+            interval_cs: match self.version {
+                Version::V3 => (self.advert_interval.as_millis() / 10).min(0x0fff) as u16,
+                Version::V2 => (self.advert_interval.as_millis() / 10).min(25_500) as u16,
+            },
             addresses: self.vips.clone(),
         }
     }
@@ -233,7 +245,11 @@ impl Instance {
                         m.garp = (left > 1).then(|| (left - 1, now + self.garp_interval));
                     }
                 }
-                if now >= m.advert_at {
+                // Silent for three intervals (stopped, starved): a backup has likely taken
+                // over and announced the addresses at its MAC. Take them back at once.
+                let stalled = now >= m.advert_at + self.advert_interval * 2;
+                let reclaimed = stalled && self.reclaim(&mut m, now, &mut out);
+                if !reclaimed && now >= m.advert_at {
                     // RFC 5798 §6.4.3: Adver_Timer fires. Re-arm from now, not from the old
                     // deadline, so a stalled process does not burst adverts.
                     out.push(Action::SendAdvert {
@@ -397,10 +413,34 @@ impl Instance {
                     // RFC 5798 §6.4.3: a better master exists; step down.
                     out.push(Action::RemoveVips);
                     self.become_backup(now, learned, out);
+                } else {
+                    // A lesser master: one that took over while we were stopped or cut off.
+                    // RFC 5798 §6.4.3 discards its advert, counting on the virtual MAC.
+                    let _ = self.reclaim(&mut m, now, out);
+                    self.phase = Phase::Master(m);
                 }
             }
             Phase::Initialize | Phase::Fault => {}
         }
+    }
+
+    /// Another node may have been master meanwhile and told the segment (gratuitous ARP)
+    /// that the addresses are at its MAC. We answer from our own MAC, not the virtual one, so
+    /// we say so again, as keepalived does: an advert now (a lesser master steps down) and
+    /// our gratuitous ARP rounds. At most once per [`RECLAIM_EVERY`].
+    /// Returns false (and does nothing) when the last one was too recent.
+    fn reclaim(&self, m: &mut Master, now: Instant, out: &mut Vec<Action>) -> bool {
+        if m.reclaimed_at.is_some_and(|at| now < at + RECLAIM_EVERY) {
+            return false;
+        }
+        out.push(Action::SendAdvert {
+            priority: self.priority,
+        });
+        m.advert_at = now + self.advert_interval;
+        out.push(Action::SendGratuitousArp);
+        m.garp = (self.garp_repeat > 1).then(|| (self.garp_repeat - 1, now + self.garp_interval));
+        m.reclaimed_at = Some(now);
+        true
     }
 
     fn become_master(&mut self, now: Instant, out: &mut Vec<Action>) {
@@ -414,6 +454,7 @@ impl Instance {
             Phase::Master(Master {
                 advert_at: now + self.advert_interval,
                 garp,
+                reclaimed_at: None,
             }),
             out,
         );
@@ -787,14 +828,72 @@ mod tests {
             sim.run(Duration::from_secs(3));
             // SIGCONT: the stopped node still believes it is master.
             sim.nodes[m].frozen = false;
+            let garps = sim.nodes[m].garps;
             assert_eq!(sim.masters().len(), 2);
             let took = sim.run_until(Duration::from_secs(1), |s| s.masters().len() == 1);
             // Within one advert interval of the right node.
             assert!(took <= Duration::from_millis(101), "two masters for {took:?}");
             let winner = if pa > pb { 0 } else { 1 };
+            assert_eq!(
+                winner, m,
+                "the node that was master first has the higher priority"
+            );
+            // The other told the segment the addresses were at its MAC: the winner says
+            // so again at once, not when clients' ARP entries run out.
+            assert!(sim.nodes[m].garps > garps, "no gratuitous ARP after the return");
             sim.run(Duration::from_secs(2));
             assert_eq!(sim.masters(), vec![winner], "prio a={pa} b={pb}");
             assert!(sim.nodes[winner].vips_held && !sim.nodes[1 - winner].vips_held);
+        }
+    }
+
+    #[test]
+    fn a_lesser_master_that_stays_gets_an_answer_once_a_second() {
+        let mut inst = Instance::new(&config("a", 200), addr(1));
+        let t0 = Instant::now();
+        let mut now = t0;
+        inst.handle(now, Event::Startup);
+        let lesser = Event::AdvertReceived {
+            from: addr(2),
+            advert: inst.advert(100),
+        };
+        let (mut adverts, mut garps) = (0, 0);
+        while now < t0 + Duration::from_millis(3_050) {
+            now += Duration::from_millis(100);
+            let mut acts = inst.poll(now);
+            acts.extend(inst.handle(now, lesser.clone()));
+            for a in acts {
+                match a {
+                    Action::SendAdvert { .. } => adverts += 1,
+                    Action::SendGratuitousArp => garps += 1,
+                    _ => {}
+                }
+            }
+        }
+        assert_eq!(inst.state(), State::Master);
+        // Master after the Master_Down_Interval (one round), then the lesser master's
+        // adverts answered with a round at most once a second: 3 over the 2.7 s left.
+        assert_eq!(garps, 4, "gratuitous ARP rounds");
+        // Our adverts at our own rate (about 28 as master), and one more per answer.
+        assert!((27..=31).contains(&adverts), "{adverts} adverts");
+    }
+
+    #[test]
+    fn v2_adverts_of_41_to_255_seconds_encode() {
+        for secs in [1u64, 40, 41, 255] {
+            let mut c = config("a", 200);
+            c.version = Version::V2;
+            c.advert_interval = Duration::from_secs(secs);
+            let inst = Instance::new(&c, addr(1));
+            let advert = inst.advert(200);
+            assert_eq!(u64::from(advert.interval_cs), secs * 100);
+            let ends = crate::packet::Endpoints {
+                src: addr(1),
+                dst: "224.0.0.18".parse().unwrap(),
+            };
+            advert
+                .encode(ends, crate::packet::ChecksumMode::default())
+                .unwrap_or_else(|e| panic!("{secs} s: {e:?}"));
         }
     }
 

@@ -118,15 +118,13 @@ impl Link {
             peer_name: String::new(),
             peer_addr,
         };
+        // One read at a time, each bounded by what is left of the deadline (rustls's
+        // complete_io reads until the handshake ends, so a peer that trickles a byte now and
+        // then would hold the connection, and a thread, for as long as it likes).
+        link.flush()?;
         while link.tls.is_handshaking() {
             link.set_read_timeout(deadline)?;
-            match link.tls.complete_io(&mut link.sock) {
-                Ok(_) => {}
-                Err(e) if is_timeout(&e) => return Err(LinkError::Timeout),
-                // Connected and closed without a word (a port probe).
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Err(LinkError::Closed),
-                Err(e) => return Err(LinkError::Tls(e.to_string())),
-            }
+            link.read_tls_once()?;
         }
         let mut hello_bytes = Vec::new();
         ours.encode(&mut hello_bytes);

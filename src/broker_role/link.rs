@@ -51,7 +51,7 @@ mod tests {
     use std::path::Path;
     use std::time::Duration;
 
-    use gatehouse_control::frame::{self, Frame, FrameKind, DEFAULT_MAX_FRAME_BYTES};
+    use gatehouse_control::frame::{self, Frame, FrameKind, DEFAULT_MAX_FRAME_BYTES, HELLO_TIMEOUT};
 
     use super::*;
     use crate::broker_role::farm_pki::{farm_init, farm_issue, MemberRole, MemberTls};
@@ -121,6 +121,43 @@ mod tests {
             }
         }
         assert!(matches!(end, Err(LinkError::Closed)), "{:?}", end.err());
+    }
+
+    #[test]
+    fn a_peer_that_trickles_its_handshake_is_dropped_at_the_hello_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        farm_init(dir.path()).unwrap();
+        let broker = member(dir.path(), "broker-1", MemberRole::Broker);
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server_tls = broker.server_config().unwrap();
+        let server = std::thread::spawn(move || {
+            let (sock, _) = listener.accept().unwrap();
+            let conn = Connection::Server(rustls::ServerConnection::new(server_tls).unwrap());
+            let hello = our_hello(Role::Broker, "broker-1").unwrap();
+            let start = std::time::Instant::now();
+            let result = establish(sock, conn, &hello, Role::Gateway, KeepaliveConfig::default());
+            (result, start.elapsed())
+        });
+        // A TLS record header that promises a long ClientHello, then a byte every second:
+        // each read comes within any per-read timeout, the handshake never ends.
+        let mut sock = TcpStream::connect(addr).unwrap();
+        use std::io::Write;
+        let mut trickle = vec![0x16, 0x03, 0x01, 0x02, 0x00];
+        trickle.extend(std::iter::repeat_n(0x01, 12));
+        let writer = std::thread::spawn(move || {
+            for b in trickle {
+                if sock.write_all(&[b]).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(1000));
+            }
+        });
+        let (result, took) = server.join().unwrap();
+        println!("link: a trickling peer was dropped after {took:?}");
+        assert!(matches!(result, Err(LinkError::Timeout)), "{:?}", result.err());
+        assert!(took < HELLO_TIMEOUT + Duration::from_secs(2), "held for {took:?}");
+        writer.join().unwrap();
     }
 
     #[test]

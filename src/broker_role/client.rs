@@ -119,6 +119,9 @@ pub enum ClientFailure {
         /// The broker's node name.
         broker: String,
     },
+    /// The request names a broker no link of this gateway has known (a made-up or
+    /// mistyped token).
+    UnknownBroker,
     /// The broker died with the request in flight (connection reset, keepalive timeout).
     BrokerLost {
         /// The broker's node name.
@@ -147,6 +150,7 @@ impl fmt::Display for ClientFailure {
         match self {
             Self::NoBroker => f.write_str("no broker reachable"),
             Self::BrokerUnavailable { broker } => write!(f, "broker {broker} is not connected"),
+            Self::UnknownBroker => f.write_str("no broker of this farm has that name"),
             Self::BrokerLost { broker, reason } => write!(f, "broker {broker} lost: {reason}"),
             Self::Timeout { broker } => write!(f, "broker {broker} did not answer in time"),
             Self::BadResponse { broker, detail } => write!(f, "bad response from {broker}: {detail}"),
@@ -255,6 +259,7 @@ impl ControlClient {
             links,
             up: vec![None; setup.brokers.len()],
             connected: connected.clone(),
+            seen: std::collections::HashSet::new(),
             draining: vec![false; setup.brokers.len()],
             in_flight: HashMap::new(),
             waiting: VecDeque::new(),
@@ -365,6 +370,9 @@ struct Control {
     up: Vec<Option<String>>,
     /// A copy of `up` for [`ControlClient::connected_brokers`].
     connected: Arc<Mutex<Vec<Option<String>>>>,
+    /// Every name a broker's link has been up under: a token naming another broker was
+    /// not made by this farm.
+    seen: std::collections::HashSet<String>,
     draining: Vec<bool>,
     in_flight: HashMap<u64, InFlight>,
     /// Requests submitted while no broker was up.
@@ -409,11 +417,17 @@ impl Control {
 
     fn submit_to(&mut self, name: &str, tag: u64, request: Request, sink: AnswerSink, now: Instant) {
         let Some(broker) = self.up.iter().position(|n| n.as_deref() == Some(name)) else {
+            let failure = if self.seen.contains(name) {
+                ClientFailure::BrokerUnavailable {
+                    broker: name.to_string(),
+                }
+            } else {
+                // The name came from the client (a token): not repeated anywhere.
+                ClientFailure::UnknownBroker
+            };
             sink.deliver(Answer {
                 tag,
-                result: Err(ClientFailure::BrokerUnavailable {
-                    broker: name.to_string(),
-                }),
+                result: Err(failure),
             });
             return;
         };
@@ -465,6 +479,7 @@ impl Control {
         match event {
             LinkEvent::Up { index, name } => {
                 tracing::info!(broker = %name, "control link up");
+                self.seen.insert(name.clone());
                 self.up[index] = Some(name);
                 *self.connected.lock() = self.up.clone();
                 self.draining[index] = false;

@@ -647,9 +647,13 @@ impl Session {
         let (answer, reason) = match rdp {
             true => {
                 ctx.shared.metrics.count_gateway_rdp(err.code);
+                let reason = match err.status {
+                    500.. => CloseReason::BrokerUnavailable,
+                    _ => CloseReason::Refused,
+                };
                 (
                     x224::negotiation_failure(x224::failure_code::CANNOT_ROUTE),
-                    CloseReason::BrokerUnavailable,
+                    reason,
                 )
             }
             _ if err.status >= 500 => (err.response(), CloseReason::BrokerUnavailable),

@@ -246,6 +246,8 @@ fn failure_error(failure: &ClientFailure) -> ApiError {
             "no_broker",
             format!("broker {broker} (which holds this session or ticket) is not connected; log in or launch again"),
         ),
+        // Like any other token the gateway cannot use; what it named is not repeated.
+        ClientFailure::UnknownBroker => ApiError::new(401, "session_invalid", "the session token is not valid"),
         ClientFailure::BrokerLost { broker, reason } => {
             ApiError::new(503, "no_broker", format!("broker {broker} was lost: {reason}"))
         }

@@ -253,7 +253,13 @@ fn parse_cookie(variable: &[u8]) -> Result<(Option<Cookie>, &[u8]), X224Error> {
         } else if name.len() > MAX_COOKIE_USER_BYTES {
             return Err(X224Error::BadCookie("user name too long"));
         } else {
-            Some(Cookie::User(ansi_text(name)))
+            let user = ansi_text(name);
+            // The bytes had no C0 control; UTF-8 can still spell a C1 one (U+0085), which
+            // the broker refuses in a hint: refuse it here, under this reason.
+            if user.chars().any(char::is_control) {
+                return Err(X224Error::BadCookie("control character"));
+            }
+            Some(Cookie::User(user))
         }
     } else if let Some(token) = line.strip_prefix(b"Cookie: msts=") {
         let (addr, port) = decode_msts(token).ok_or(X224Error::BadCookie("malformed msts routing token"))?;
@@ -547,6 +553,11 @@ mod tests {
             invalid(&request(b"Cookie: mstshash=a\tb\r\n")),
             X224Error::BadCookie("control character")
         );
+        // UTF-8 for U+0085 (NEL): no control byte, a control character all the same.
+        assert_eq!(
+            invalid(&request("Cookie: mstshash=de\u{85}mo\r\n".as_bytes())),
+            X224Error::BadCookie("control character")
+        );
         let long = format!("Cookie: mstshash={}\r\n", "u".repeat(MAX_COOKIE_USER_BYTES + 1));
         assert_eq!(
             invalid(&request(long.as_bytes())),
@@ -662,6 +673,20 @@ mod tests {
                 parse_connection_request(&request(&v))
             {
                 // control::message's check of a user name: 1..=255 bytes, no control character.
+                prop_assert!(!u.is_empty() && u.len() <= MAX_COOKIE_USER_BYTES, "{:?}", u);
+                prop_assert!(!u.chars().any(char::is_control), "{:?}", u);
+            }
+        }
+
+        #[test]
+        fn utf8_user_hints_are_what_the_broker_accepts(name in any::<String>()) {
+            prop_assume!(!name.is_empty() && !name.contains('\r') && !name.contains('\n'));
+            let mut v = b"Cookie: mstshash=".to_vec();
+            v.extend_from_slice(name.as_bytes());
+            v.extend_from_slice(b"\r\n");
+            if let X224Parse::Complete(ConnectionRequest { cookie: Some(Cookie::User(u)), .. }) =
+                parse_connection_request(&request(&v))
+            {
                 prop_assert!(!u.is_empty() && u.len() <= MAX_COOKIE_USER_BYTES, "{:?}", u);
                 prop_assert!(!u.chars().any(char::is_control), "{:?}", u);
             }

@@ -91,6 +91,17 @@ fn wrong_password_gets_no_tunnel_and_the_host_sees_nothing() {
         (401, "missing_token"),
         "{r:?}"
     );
+    // A token that names no broker of the farm (a password pasted by mistake): a client
+    // error, and what it named is repeated neither in the answer nor in the log.
+    let mut s = Stream::connect(gw.listen, false).unwrap();
+    let r = client::launch(&mut s, "MyS3cretPassw0rd!~x", "desktop", "gateway");
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (401, "session_invalid"),
+        "{r:?}"
+    );
+    let answer = format!("{}{}", r.head, String::from_utf8_lossy(&r.body));
+    assert!(!answer.contains("MyS3cret"), "{answer}");
     std::thread::sleep(Duration::from_millis(300));
     let after: usize = farm.hosts.iter().map(|h| h.accepted()).sum();
     assert_eq!(before, after, "a host saw a connection");
@@ -104,6 +115,15 @@ fn wrong_password_gets_no_tunnel_and_the_host_sees_nothing() {
         "{}",
         gw.proc.log_text()
     );
+    assert!(
+        wait_for(Duration::from_secs(3), || gw
+            .proc
+            .log_text()
+            .contains("session_invalid")),
+        "{}",
+        gw.proc.log_text()
+    );
+    assert!(!gw.proc.log_text().contains("MyS3cret"), "{}", gw.proc.log_text());
 }
 
 /// The value of one metric series in `metrics` (0 when absent).

@@ -205,7 +205,7 @@ pub fn run(options: DemoOptions) -> Result<(), String> {
         endpoints.extend(h.endpoints());
     }
     wait_accepting(&endpoints)?;
-    print_summary(&endpoints, &pin);
+    print_summary(&endpoints, &pin, options.ephemeral);
     if let Some(h) = &ha {
         print!("{}", h.summary(&pin));
         let _ = std::io::stdout().flush();
@@ -275,7 +275,7 @@ fn wait_accepting(endpoints: &[Endpoint]) -> Result<(), String> {
     Ok(())
 }
 
-fn print_summary(endpoints: &[Endpoint], pin: &str) {
+fn print_summary(endpoints: &[Endpoint], pin: &str, ephemeral: bool) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "gatehouse demo: a farm on loopback\n");
     for e in endpoints {
@@ -285,11 +285,20 @@ fn print_summary(endpoints: &[Endpoint], pin: &str) {
     let (user, password) = crate::broker_role::demo::DEMO_USER;
     let _ = writeln!(out, "\nTry (user {user:?}, password {password:?}):");
     if let (Some(halb), Some(fw)) = (find("halb"), find("forwarder")) {
+        // A port free now for `connect --listen` (two demos with --ephemeral must not print
+        // the same one).
+        let local = match ephemeral {
+            true => std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map_or(13390, |a| a.port()),
+            false => 13390,
+        };
         let _ = writeln!(
             out,
-            "  GATEHOUSE_PASSWORD={password} gatehouse connect --gateway {halb} --secondary {fw} --user {user} \\\n      \
-             --mode gateway-ssl --pin-sha256 {pin} --listen 127.0.0.1:13390\n  \
-             xfreerdp /v:127.0.0.1:13390 /u:{user}    # through the HALB, a gateway tunnel, to a stand-in"
+            "  GATEHOUSE_PASSWORD={password} {} connect --gateway {halb} --secondary {fw} --user {user} \\\n      \
+             --mode gateway-ssl --pin-sha256 {pin} --listen 127.0.0.1:{local}\n  \
+             xfreerdp /v:127.0.0.1:{local} /u:{user}    # through the HALB, a gateway tunnel, to a stand-in",
+            gatehouse_command()
         );
         let _ = writeln!(
             out,
@@ -315,6 +324,11 @@ fn print_summary(endpoints: &[Endpoint], pin: &str) {
         "\nThe stand-in hosts answer the X.224 handshake only. Ctrl-C stops the demo."
     );
     let _ = out.flush();
+}
+
+/// How to run this binary again: its path (a fresh build is not on PATH), or its name.
+fn gatehouse_command() -> String {
+    std::env::current_exe().map_or_else(|_| "gatehouse".to_string(), |exe| exe.display().to_string())
 }
 
 /// How to run the load-test harness from here: the binary next to this one, or cargo.

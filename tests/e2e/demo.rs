@@ -68,3 +68,67 @@ fn demo_writes_endpoints_and_answers_rdp() {
     println!("demo: SIGINT -> {status:?}");
     assert!(status.expect("demo did not stop on SIGINT").success());
 }
+
+#[test]
+fn the_printed_connect_command_works_as_printed() {
+    // What a new user copies from the demo's summary, run by a shell exactly as printed.
+    let child = Command::new(bin())
+        .args(["demo", "--ephemeral"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut p = Proc { child };
+    let stdout = p.child.stdout.take().unwrap();
+    let summary = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut text = String::new();
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            text.push_str(&line);
+            text.push('\n');
+            if line.contains("Ctrl-C stops the demo") {
+                break;
+            }
+        }
+        text
+    })
+    .join()
+    .unwrap();
+    let joined = summary.replace("\\\n", " ");
+    let command = joined
+        .lines()
+        .map(str::trim)
+        .find(|c| c.starts_with("GATEHOUSE_PASSWORD="))
+        .unwrap_or_else(|| panic!("no connect line in:\n{summary}"))
+        .to_string();
+    let local: SocketAddr = command
+        .split_once("--listen ")
+        .and_then(|(_, rest)| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no --listen in {command}"));
+    println!("demo: running {command}");
+    // In a process group of its own, so the shell and what it started stop together.
+    let connect = std::os::unix::process::CommandExt::process_group(
+        Command::new("sh")
+            .args(["-c", &command])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+        0,
+    )
+    .spawn()
+    .unwrap();
+    let mut c = Proc { child: connect };
+    let up = wait_until(Duration::from_secs(10), || TcpStream::connect(local).is_ok());
+    assert!(up, "connect did not listen on {local}: {:?}", c.child.try_wait());
+    let mut s = TcpStream::connect(local).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(X224_CR).unwrap();
+    let mut head = [0u8; 4];
+    s.read_exact(&mut head)
+        .expect("a Connection Confirm through the tunnel");
+    assert_eq!(&head[..2], &[0x03, 0x00], "TPKT version 3");
+    drop(s);
+    let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(c.pid()), Signal::SIGTERM);
+    assert!(c.wait_exit(Duration::from_secs(10)).is_some());
+    p.signal(Signal::SIGINT);
+    assert!(p.wait_exit(Duration::from_secs(10)).is_some());
+}

@@ -403,7 +403,13 @@ impl Session {
             Ok(call) => call,
             Err(err) => {
                 ctx.shared.metrics.count_gateway_answer("invalid", err.status);
-                let detail = format!("{} {}: {} {}", head.method, head.path, err.status, err.code);
+                let detail = format!(
+                    "{} {}: {} {}",
+                    head.method,
+                    for_log(&head.path),
+                    err.status,
+                    err.code
+                );
                 return self.answer_close(f, err.response(), CloseReason::BadRequest, &detail);
             }
         };
@@ -415,7 +421,10 @@ impl Session {
         if !f.first || self.pool.backends.is_empty() {
             ctx.shared.metrics.count_gateway_answer("other", 404);
             let err = ApiError::new(404, "not_found", "no such endpoint on this gateway");
-            let detail = format!("{method} {path}: not an API request and no forward_http web server");
+            let detail = format!(
+                "{method} {}: not an API request and no forward_http web server",
+                for_log(path)
+            );
             let reason = CloseReason::BadRequest;
             return self.answer_close(f, err.response(), reason, &detail);
         }
@@ -663,6 +672,17 @@ impl Session {
     }
 }
 
+/// A client's request path for a log line: control and format characters (a line
+/// separator, a right-to-left override) escaped, and at most 200 characters.
+fn for_log(path: &str) -> String {
+    const MAX: usize = 200;
+    let mut out: String = path.chars().take(MAX).flat_map(char::escape_debug).collect();
+    if path.chars().nth(MAX).is_some() {
+        out.push_str("...");
+    }
+    out
+}
+
 /// What handling the buffered input led to.
 enum Handled {
     /// Nothing more to do until more bytes or an answer arrive.
@@ -673,4 +693,20 @@ enum Handled {
     Connect,
     /// Close now.
     Close(CloseReason, String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::for_log;
+
+    #[test]
+    fn request_paths_are_logged_escaped_and_bounded() {
+        assert_eq!(for_log("/api/v1/login"), "/api/v1/login");
+        let hostile = "/a\u{202e}b\u{2028}c\td";
+        let logged = for_log(hostile);
+        assert!(!logged.contains('\u{202e}') && !logged.contains('\u{2028}') && !logged.contains('\t'));
+        assert_eq!(logged, "/a\\u{202e}b\\u{2028}c\\td");
+        let long = "/".repeat(1000);
+        assert_eq!(for_log(&long), format!("{}...", "/".repeat(200)));
+    }
 }

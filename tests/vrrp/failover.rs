@@ -151,3 +151,91 @@ fn sigstop_and_sigcont_end_with_one_master() {
     assert_eq!(a.state(), "master");
     assert_eq!(b.state(), "backup");
 }
+
+/// The MAC of `ns`'s lab interface.
+fn mac_of(ns: &str) -> String {
+    let out = std::process::Command::new("ip")
+        .args(["-n", ns, "-br", "link", "show", crate::common::IFACE])
+        .output()
+        .expect("ip link");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .nth(2)
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The MAC the client's ARP entry for the VIP points at ("" when it has none).
+fn client_sees(ns: &str) -> String {
+    let out = std::process::Command::new("ip")
+        .args(["-n", ns, "neigh", "show", crate::common::VIP])
+        .output()
+        .expect("ip neigh");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let mut words = text.split_whitespace();
+    words
+        .position(|w| w == "lladdr")
+        .and_then(|_| words.next())
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn a_master_back_from_sigstop_takes_the_clients_arp_entry_back() {
+    if !ready("a_master_back_from_sigstop_takes_the_clients_arp_entry_back", &[]) {
+        return;
+    }
+    // The backup that took over announced the VIP at its own MAC; once the old master is back
+    // and the backup steps down, a client that still sends there reaches nobody until its
+    // ARP entry fails (about 10 s on Linux). The returning master must announce it again.
+    let lab = Lab::create(
+        'r',
+        &[
+            ("a", &["10.213.0.1/24"]),
+            ("b", &["10.213.0.2/24"]),
+            ("c", &[&format!("{}/24", crate::common::CLIENT)]),
+        ],
+    );
+    let (wa, wb) = (VipWatch::start(&lab.ns("a")), VipWatch::start(&lab.ns("b")));
+    let a = Gatehouse::start(&lab, "a", &HalbSpec::new(150));
+    let b = Gatehouse::start(&lab, "b", &HalbSpec::new(100));
+    crate::common::wait_until(Duration::from_secs(3), || wa.holds() && b.state() == "backup")
+        .expect("a master, b backup");
+    let (mac_a, mac_b, client) = (mac_of(&lab.ns("a")), mac_of(&lab.ns("b")), lab.ns("c"));
+    // The client resolves the VIP (a connect to a closed port is enough).
+    let vip: std::net::SocketAddr = format!("{}:9", crate::common::VIP).parse().unwrap();
+    crate::common::in_ns(&client, move || {
+        let _ = std::net::TcpStream::connect_timeout(&vip, Duration::from_secs(1));
+    });
+    assert_eq!(client_sees(&client), mac_a, "the client's entry before");
+    // a's own rounds (garp_repeat = 2) done: one still due would fire at SIGCONT and hide
+    // whether the return itself announces anything.
+    a.metric_reaches("gatehouse_vrrp_garps_sent_total", 2.0, Duration::from_secs(3));
+    let garps = a.metric("gatehouse_vrrp_garps_sent_total");
+    assert_eq!(garps, 2.0);
+
+    a.signal(libc::SIGSTOP);
+    wb.wait(true, Duration::from_secs(2)).expect("b took over");
+    crate::common::wait_until(Duration::from_secs(2), || client_sees(&client) == mac_b)
+        .expect("b's gratuitous ARP moved the client's entry");
+    // Past the neighbour table's locktime (1 s), in which Linux ignores a second change.
+    std::thread::sleep(Duration::from_millis(1_500));
+    a.signal(libc::SIGCONT);
+    let back = crate::common::wait_until(Duration::from_secs(5), || client_sees(&client) == mac_a);
+    println!(
+        "SIGCONT: the client's ARP entry for the VIP back at a's MAC after {}",
+        back.map_or("never (5 s)".to_string(), ms)
+    );
+    let back = back.unwrap_or_else(|| {
+        panic!(
+            "the client still sends the VIP's packets to {} (b's MAC)",
+            client_sees(&client)
+        )
+    });
+    assert!(back <= 2 * ADVERT + SLACK, "{back:?}");
+    assert!(wa.holds() && !wb.holds());
+    println!(
+        "a's gratuitous ARP rounds: {garps} before SIGSTOP, {} after SIGCONT",
+        a.metric("gatehouse_vrrp_garps_sent_total")
+    );
+}

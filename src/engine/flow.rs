@@ -48,6 +48,17 @@ pub enum FlowError {
     Destination(io::Error),
 }
 
+impl std::fmt::Display for FlowError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FlowError::SourceReset => f.write_str("the sender reset the connection"),
+            FlowError::DestinationReset => f.write_str("the receiver reset the connection"),
+            FlowError::Source(e) => write!(f, "read: {e}"),
+            FlowError::Destination(e) => write!(f, "write: {e}"),
+        }
+    }
+}
+
 /// Pools a flow borrows from.
 pub struct Pools<'a> {
     /// Copy buffers.

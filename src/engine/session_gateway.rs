@@ -303,7 +303,7 @@ impl Session {
                 Ok(true)
             }
             Ok(Got::Nothing { moved }) => Ok(moved),
-            Err(e) => Err(format!("{e:?}")),
+            Err(e) => Err(e.to_string()),
         }
     }
 

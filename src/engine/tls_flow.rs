@@ -31,6 +31,15 @@ pub enum TlsFlowError {
     SourceTls(rustls::Error),
 }
 
+impl std::fmt::Display for TlsFlowError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TlsFlowError::Io(e) => e.fmt(f),
+            TlsFlowError::SourceTls(e) => write!(f, "TLS: {e}"),
+        }
+    }
+}
+
 /// One socket of a TLS tunnel: plain, or carrying TLS through a rustls connection.
 pub struct Side<'a> {
     /// The socket and its readiness.

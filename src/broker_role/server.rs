@@ -591,7 +591,19 @@ fn handle(
     let broker = shared.broker.clone();
     let peer = peer.clone();
     let done = done.clone();
+    // Past this the gateway has answered its client (504): a check started later is work
+    // for nobody, and in a logon storm it would push every later login past its own.
+    let give_up = login
+        .wait_ms
+        .map(|ms| std::time::Instant::now() + Duration::from_millis(u64::from(ms)));
     let job: HashJob = Box::new(move || {
+        if give_up.is_some_and(|at| Instant::now() >= at) {
+            tracing::info!(node = %peer.node, user = %login.user, "login not checked: the gateway stopped waiting while it was queued");
+            let detail = "the gateway stopped waiting before the password check began";
+            let reply = broker.lock().abandon_login(pending, detail, &peer, Now::read());
+            done.send((id, reply));
+            return;
+        }
         let outcome = credentials.check(&login.user, login.password.expose());
         let reply = broker.lock().finish_login(pending, outcome, &peer, Now::read());
         done.send((id, reply));

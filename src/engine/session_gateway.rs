@@ -492,6 +492,7 @@ impl Session {
                     password,
                     second_factor,
                     client_addr,
+                    wait_ms: Some(gateway.request_timeout.as_millis().min(u128::from(u32::MAX)) as u32),
                 }),
                 None,
                 Pending::Login,

@@ -301,6 +301,7 @@ pub fn login(user: &str, password: &str) -> Request {
         password: Secret::new(password),
         second_factor: None,
         client_addr: "192.0.2.10:50000".parse().unwrap(),
+        wait_ms: None,
     })
 }
 

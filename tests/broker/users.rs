@@ -102,6 +102,43 @@ fn throttling_is_in_the_audit_log() {
 }
 
 #[test]
+fn a_login_the_gateway_stopped_waiting_for_is_not_checked() {
+    // In a logon storm the hash pool's queue can outlast a gateway's request timeout; a check
+    // started after it is work for nobody and delays every later login.
+    let farm = Farm::new();
+    let broker = farm.start_broker("broker-1");
+    let client = farm.client(&[broker.gw]);
+    let with_wait = |password: &str, wait_ms: Option<u32>| {
+        let mut request = login("alice", password);
+        if let gatehouse_control::message::Request::Login(l) = &mut request {
+            l.wait_ms = wait_ms;
+        }
+        client.call(request).unwrap().reply
+    };
+    // Gone before the check could start (0 ms): refused unchecked, with the reason.
+    let stale = with_wait("w1", Some(0));
+    assert_eq!(outcome(&stale), "internal");
+    let gatehouse_control::message::Reply::Refused(r) = &stale else {
+        unreachable!()
+    };
+    assert!(
+        r.detail.as_deref().unwrap_or("").contains("stopped waiting"),
+        "{r:?}"
+    );
+    // Not a guess: alice is not nearer her lock-out (3 failures), and a login that is
+    // waited for is checked.
+    for password in ["w2", "w3"] {
+        assert_eq!(outcome(&with_wait(password, Some(5_000))), "wrong_password");
+    }
+    assert_eq!(outcome(&with_wait("right", Some(5_000))), "login_ok");
+    let audit = std::fs::read_to_string(farm.path("broker-1-audit.log")).unwrap();
+    assert!(
+        audit.contains("the gateway stopped waiting before the password check began"),
+        "{audit}"
+    );
+}
+
+#[test]
 fn check_reports_broken_broker_files_at_their_keys() {
     let farm = Farm::new();
     farm.issue("broker-1", "broker");

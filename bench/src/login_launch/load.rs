@@ -478,6 +478,8 @@ impl GatewayState {
             password: Secret::new(farm::password(user % self.distinct)),
             second_factor: None,
             client_addr: client_addr(user),
+            // What a gateway sends: its request timeout (the protocol's default).
+            wait_ms: Some(gatehouse_control::frame::DEFAULT_REQUEST_TIMEOUT.as_millis() as u32),
         });
         let waiting = Waiting::Login {
             user,

@@ -229,6 +229,25 @@ impl Broker {
         })
     }
 
+    /// Second half of a login whose password was not checked because the gateway had stopped
+    /// waiting (its `wait_ms` ran out in the queue): audited, nothing counted against the
+    /// user.
+    pub fn abandon_login(&mut self, pending: PendingLogin, detail: &str, peer: &PeerInfo, now: Now) -> Reply {
+        self.audit.record(&AuditRecord {
+            at_ms: now.wall.0,
+            broker: self.node.clone(),
+            gateway: peer.node.clone(),
+            action: AuditAction::Login,
+            user: Some(pending.user),
+            client_addr: Some(pending.client_addr),
+            resource: None,
+            host: None,
+            result: AuditResult::Refused(RefusalReason::Internal),
+            detail: Some(detail.to_string()),
+        });
+        refuse(RefusalReason::Internal, detail)
+    }
+
     /// Second half of a login: counts a failed guess, or issues the session token and lists
     /// the user's resources in the gateway's site.
     pub fn finish_login(

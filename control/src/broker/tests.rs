@@ -93,6 +93,7 @@ impl Rig {
             password: Secret::new(password),
             second_factor: None,
             client_addr: from,
+            wait_ms: None,
         });
         self.broker.handle(request, gw, self.now)
     }
@@ -319,6 +320,7 @@ fn unavailable_directory_is_not_a_failed_guess() {
         password: Secret::new("x"),
         second_factor: None,
         client_addr: client(5),
+        wait_ms: None,
     };
     for _ in 0..5 {
         let pending = rig.broker.begin_login(&login, &gw, rig.now).unwrap();
@@ -645,6 +647,7 @@ fn host_reports_are_checked() {
         password: Secret::new("pw-alice"),
         second_factor: None,
         client_addr: client(1),
+        wait_ms: None,
     });
     assert_eq!(
         reason(&rig.broker.handle(login, &agent, rig.now)),

@@ -57,6 +57,11 @@ pub struct Login {
     /// The client's address as the gateway saw it (from PROXY v2 behind a forwarding
     /// gateway), for throttling and the audit log.
     pub client_addr: SocketAddr,
+    /// How long the gateway waits for the answer, in milliseconds. A broker whose password
+    /// checks are queued so deep that this one would start later skips it: the gateway has
+    /// answered its client already, and the check would only delay the next ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_ms: Option<u32>,
 }
 
 /// `list_resources`: the resources of a logged-in user.

@@ -16,6 +16,7 @@ fn login() -> Request {
         password: Secret::new("s3cret"),
         second_factor: Some(Secret::new("123456")),
         client_addr: addr(),
+        wait_ms: None,
     })
 }
 
@@ -237,6 +238,7 @@ fn invalid_fields_are_named() {
                 password: Secret::new("p"),
                 second_factor: None,
                 client_addr: addr(),
+                wait_ms: None,
             }),
             "user",
             "empty",
@@ -247,6 +249,7 @@ fn invalid_fields_are_named() {
                 password: Secret::new("p"),
                 second_factor: None,
                 client_addr: addr(),
+                wait_ms: None,
             }),
             "user",
             "too long",
@@ -257,6 +260,7 @@ fn invalid_fields_are_named() {
                 password: Secret::new("p"),
                 second_factor: None,
                 client_addr: addr(),
+                wait_ms: None,
             }),
             "user",
             "control character",

@@ -65,6 +65,26 @@ mod tests {
         }
     }
 
+    /// What the broker side's thread returns: the link (or error) and how long it took.
+    type Established = std::thread::JoinHandle<(Result<Link, LinkError>, Duration)>;
+
+    /// The broker side: `establish` for the first connection to the returned address, on a
+    /// thread of its own.
+    fn broker_side(broker: &MemberTls, port_role: Role) -> (std::net::SocketAddr, Established) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server_tls = broker.server_config().unwrap();
+        let server = std::thread::spawn(move || {
+            let (sock, _) = listener.accept().unwrap();
+            let conn = Connection::Server(rustls::ServerConnection::new(server_tls).unwrap());
+            let hello = our_hello(Role::Broker, "broker-1").unwrap();
+            let start = std::time::Instant::now();
+            let result = establish(sock, conn, &hello, port_role, KeepaliveConfig::default());
+            (result, start.elapsed())
+        });
+        (addr, server)
+    }
+
     /// Runs a broker-side and a client-side `establish` against each other on loopback.
     fn pair(
         broker: &MemberTls,
@@ -73,22 +93,14 @@ mod tests {
         client_role: Role,
         port_role: Role,
     ) -> (Result<Link, LinkError>, Result<Link, LinkError>) {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let server_tls = broker.server_config().unwrap();
-        let server = std::thread::spawn(move || {
-            let (sock, _) = listener.accept().unwrap();
-            let conn = Connection::Server(rustls::ServerConnection::new(server_tls).unwrap());
-            let hello = our_hello(Role::Broker, "broker-1").unwrap();
-            establish(sock, conn, &hello, port_role, KeepaliveConfig::default())
-        });
+        let (addr, server) = broker_side(broker, port_role);
         let sock = TcpStream::connect(addr).unwrap();
         let name = rustls::pki_types::ServerName::try_from("x").unwrap();
         let conn =
             Connection::Client(rustls::ClientConnection::new(client.client_config().unwrap(), name).unwrap());
         let hello = our_hello(client_role, client_name).unwrap();
         let client = establish(sock, conn, &hello, Role::Broker, KeepaliveConfig::default());
-        (server.join().unwrap(), client)
+        (server.join().unwrap().0, client)
     }
 
     #[test]
@@ -128,17 +140,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         farm_init(dir.path()).unwrap();
         let broker = member(dir.path(), "broker-1", MemberRole::Broker);
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let server_tls = broker.server_config().unwrap();
-        let server = std::thread::spawn(move || {
-            let (sock, _) = listener.accept().unwrap();
-            let conn = Connection::Server(rustls::ServerConnection::new(server_tls).unwrap());
-            let hello = our_hello(Role::Broker, "broker-1").unwrap();
-            let start = std::time::Instant::now();
-            let result = establish(sock, conn, &hello, Role::Gateway, KeepaliveConfig::default());
-            (result, start.elapsed())
-        });
+        let (addr, server) = broker_side(&broker, Role::Gateway);
         // A TLS record header that promises a long ClientHello, then a byte every second:
         // each read comes within any per-read timeout, the handshake never ends.
         let mut sock = TcpStream::connect(addr).unwrap();

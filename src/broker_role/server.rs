@@ -595,7 +595,7 @@ fn handle(
     // for nobody, and in a logon storm it would push every later login past its own.
     let give_up = login
         .wait_ms
-        .map(|ms| std::time::Instant::now() + Duration::from_millis(u64::from(ms)));
+        .map(|ms| Instant::now() + Duration::from_millis(u64::from(ms)));
     let job: HashJob = Box::new(move || {
         if give_up.is_some_and(|at| Instant::now() >= at) {
             tracing::info!(node = %peer.node, user = %login.user, "login not checked: the gateway stopped waiting while it was queued");

@@ -624,7 +624,7 @@ impl Worker {
                     Err(e) => tracing::error!(
                         worker = self.id,
                         listener = %l.name,
-                        "reload cannot change the listener's settings: {e}; its old ones stay"
+                        "reload cannot change the listener's settings: {e}; the next reload tries again"
                     ),
                 }
             }

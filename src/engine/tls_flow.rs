@@ -143,7 +143,15 @@ impl TlsDirection {
                     if !dst_end.ready.writable {
                         return Ok(progress);
                     }
-                    match conn.write_tls(&mut WriteTo(dst_end.sock)) {
+                    // close_notify with nothing after it but our FIN: held back (MSG_MORE)
+                    // so that the FIN rides in the same segment, one wake-up for the peer.
+                    let fin_follows = self.eof && self.close_notify_sent && !self.shut;
+                    let written = if fin_follows {
+                        conn.write_tls(&mut WriteBeforeFin(dst_end.sock))
+                    } else {
+                        conn.write_tls(&mut WriteTo(dst_end.sock))
+                    };
+                    match written {
                         Ok(0) => return Err(TlsFlowError::Io(FlowError::DestinationReset)),
                         Ok(_) => progress = true,
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -423,6 +431,20 @@ impl Write for WriteTo<'_> {
     }
     fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
         (&*self.0).write_vectored(bufs)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Writes the last bytes before the FIN that follows at once (shutdown(2) or close(2)):
+/// with MSG_MORE, so that the kernel keeps them until the FIN and sends both in one
+/// segment (`tcp_send_fin` sets FIN on a segment not yet sent).
+pub struct WriteBeforeFin<'a>(pub &'a mio::net::TcpStream);
+
+impl Write for WriteBeforeFin<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        socket2::SockRef::from(self.0).send_with_flags(buf, libc::MSG_MORE | libc::MSG_NOSIGNAL)
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())

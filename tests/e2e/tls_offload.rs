@@ -621,6 +621,78 @@ fn twenty_megabytes_each_way_through_offload_with_tls_half_close() {
     g.assert_nothing_held();
 }
 
+/// Segments the kernel has received on `sock` (TCP_INFO `tcpi_segs_in`).
+fn segments_in(sock: &TcpStream) -> u32 {
+    use std::os::fd::AsRawFd;
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: `info` is a tcp_info of `len` bytes and the descriptor is open.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(rc, 0, "TCP_INFO: {}", std::io::Error::last_os_error());
+    info.tcpi_segs_in
+}
+
+#[test]
+fn a_backend_fin_reaches_the_client_as_close_notify_and_fin_in_one_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path(), "FIN Test CA");
+    let backend = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let backend_addr = backend.local_addr().unwrap();
+    let (admin, listen) = addrs();
+    let g = Gatehouse::start(
+        &offload_config(admin, listen, backend_addr, &two_certs(&ca), dir.path()),
+        admin,
+    );
+    let (end_tx, end_rx) = std::sync::mpsc::channel::<()>();
+    let host = std::thread::spawn(move || {
+        let (mut s, _) = backend.accept().unwrap();
+        let mut hi = [0u8; 2];
+        s.read_exact(&mut hi).unwrap();
+        s.write_all(&hi).unwrap();
+        end_rx.recv().unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+    });
+    let mut conn = tls_client(&ca.ca_file, "a.test");
+    let mut sock = TcpStream::connect(listen).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut tls = rustls::Stream::new(&mut conn, &mut sock);
+    tls.write_all(b"hi").unwrap();
+    let mut echo = [0u8; 2];
+    tls.read_exact(&mut echo).unwrap();
+    assert_eq!(&echo, b"hi");
+    // Whatever was due (delayed ACKs) has arrived before the count starts.
+    std::thread::sleep(Duration::from_millis(300));
+    let before = segments_in(&sock);
+    end_tx.send(()).unwrap();
+    let mut rest = Vec::new();
+    let mut tls = rustls::Stream::new(&mut conn, &mut sock);
+    let n = tls.read_to_end(&mut rest).expect("a clean end (close_notify)");
+    assert_eq!(n, 0, "nothing after the echo");
+    std::thread::sleep(Duration::from_millis(100));
+    let segments = segments_in(&sock) - before;
+    println!("the end of the stream came in {segments} segment(s)");
+    assert_eq!(
+        segments, 1,
+        "close_notify and the FIN should share a segment (one wake-up for the client)"
+    );
+    drop(conn);
+    drop(sock);
+    host.join().unwrap();
+    let done = "gatehouse_connections_closed_total{reason=\"done\"}";
+    assert_eq!(g.wait_metric(done, 1.0, Duration::from_secs(5)), 1.0);
+    g.assert_nothing_held();
+}
+
 #[test]
 fn check_reports_an_expired_certificate_at_its_key() {
     let dir = tempfile::tempdir().unwrap();

@@ -340,7 +340,11 @@ impl Session {
 
     /// Decides what the buffered bytes are and acts on a complete request.
     fn handle_input(&mut self, f: &mut Front, ctx: &mut Ctx<'_>) -> Handled {
-        if f.input.is_empty() {
+        // RFC 9112 §2.2: empty lines before a request line are skipped (some clients send
+        // one after a POST body); a lone CR waits for its LF.
+        let empty = http::leading_empty_lines(&f.input);
+        f.input.drain(..empty);
+        if f.input.is_empty() || (f.input == b"\r" && !f.eof) {
             return Handled::Wait;
         }
         if f.first {

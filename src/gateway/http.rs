@@ -91,6 +91,20 @@ pub fn parse_head(buf: &[u8]) -> HeadParse {
     }
 }
 
+/// Bytes of empty lines (CRLF or a bare LF) at the start of `buf`, which a server skips
+/// before a request line (RFC 9112 §2.2). A CR that may still be followed by its LF is not
+/// counted, and neither is anything after it.
+pub fn leading_empty_lines(buf: &[u8]) -> usize {
+    let mut at = 0;
+    loop {
+        match &buf[at..] {
+            [b'\n', ..] => at += 1,
+            [b'\r', b'\n', ..] => at += 2,
+            _ => return at,
+        }
+    }
+}
+
 /// A complete response with a JSON body, `Content-Length`, and `Connection: close` when
 /// `close` (the event loop then closes after writing it) or `Connection: keep-alive`.
 pub fn json_response(status: u16, body: &serde_json::Value, close: bool) -> Vec<u8> {
@@ -379,6 +393,17 @@ mod tests {
         assert_eq!(h.host.as_deref(), Some("gw.example:8443"));
         assert!(h.keep_alive);
         assert_eq!((h.bearer, h.upgrade), (None, None));
+    }
+
+    #[test]
+    fn empty_lines_before_a_request_line() {
+        assert_eq!(leading_empty_lines(b"GET / HTTP/1.1\r\n"), 0);
+        assert_eq!(leading_empty_lines(b"\r\nGET /"), 2);
+        assert_eq!(leading_empty_lines(b"\n\r\n\nGET /"), 4);
+        // A CR whose LF has not arrived yet, or a CR with something else after it.
+        assert_eq!(leading_empty_lines(b"\r\n\r"), 2);
+        assert_eq!(leading_empty_lines(b"\rGET /"), 0);
+        assert_eq!(leading_empty_lines(b""), 0);
     }
 
     #[test]

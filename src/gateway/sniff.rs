@@ -14,7 +14,9 @@ pub enum FirstBytes {
     /// A TPKT header (RFC 1006 §6: version 3, reserved 0): an RDP client's X.224 Connection
     /// Request (MS-RDPBCGR 2.2.1.1).
     Rdp,
-    /// An HTTP/1.x request line: an upper-case method token (GET, POST, ..., RDG_OUT_DATA).
+    /// An HTTP/1.x request line: a method token of letters, `_` and `-` (GET, POST, ...,
+    /// RDG_OUT_DATA; also `get`, which is not GET (RFC 9110 §9.1: methods are
+    /// case-sensitive) and gets an HTTP answer rather than a silent close).
     Http,
     /// None of the above; the connection is refused with a log line.
     Unknown,
@@ -26,7 +28,7 @@ pub const MAX_SNIFF_BYTES: usize = 8;
 /// Classifies the start of a stream. `None` means "need more bytes"; it is never returned for
 /// a buffer of [`MAX_SNIFF_BYTES`] or more.
 ///
-/// An HTTP method token is one or more of `A-Z`, `_`, `-` followed by a space; a token that
+/// An HTTP method token is one or more of `A-Z`, `a-z`, `_`, `-` followed by a space; a token that
 /// fills all eight bytes (`RDG_OUT_DATA`, `M-SEARCH`) is taken as HTTP too and left to the
 /// HTTP parser to accept or refuse.
 pub fn classify(buf: &[u8]) -> Option<FirstBytes> {
@@ -50,17 +52,17 @@ pub fn classify(buf: &[u8]) -> Option<FirstBytes> {
                 FirstBytes::Unknown
             })
         }
-        b'A'..=b'Z' => Some(classify_method(buf)?),
+        b'A'..=b'Z' | b'a'..=b'z' => Some(classify_method(buf)?),
         _ => Some(FirstBytes::Unknown),
     }
 }
 
-/// The method-token rule of [`classify`]; the first byte is already known to be `A-Z`.
+/// The method-token rule of [`classify`]; the first byte is already known to be a letter.
 fn classify_method(buf: &[u8]) -> Option<FirstBytes> {
     for (i, &b) in buf.iter().enumerate().take(MAX_SNIFF_BYTES) {
         match b {
             b' ' if i > 0 => return Some(FirstBytes::Http),
-            b'A'..=b'Z' | b'_' | b'-' => {}
+            b'A'..=b'Z' | b'a'..=b'z' | b'_' | b'-' => {}
             _ => return Some(FirstBytes::Unknown),
         }
     }
@@ -129,8 +131,14 @@ mod tests {
     }
 
     #[test]
+    fn lower_case_methods_are_http_for_the_parser_to_answer() {
+        assert_eq!(classify(b"get / HTTP/1.1"), Some(FirstBytes::Http));
+        assert_eq!(classify(b"Post /"), Some(FirstBytes::Http));
+    }
+
+    #[test]
     fn not_http() {
-        assert_eq!(classify(b"get / HTTP/1.1"), Some(FirstBytes::Unknown));
+        assert_eq!(classify(b"\r\nGET / "), Some(FirstBytes::Unknown));
         assert_eq!(classify(b"SSH-2.0-OpenSSH"), Some(FirstBytes::Unknown));
         assert_eq!(classify(b" GET"), Some(FirstBytes::Unknown));
         assert_eq!(classify(b"G\r\n"), Some(FirstBytes::Unknown));

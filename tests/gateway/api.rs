@@ -288,6 +288,27 @@ fn bad_first_bytes_and_non_api_requests_get_a_specific_answer() {
     // A web request with no forward target: 404.
     let r = client::request(gw.listen, "GET", "/index.html", None, None).unwrap();
     assert_eq!((r.status, r.error_code().as_str()), (404, "not_found"));
+    // Empty lines before a request line are skipped (RFC 9112 §2.2), before the first
+    // request (plain and inside TLS) and between kept-alive ones, even a CRLF split in two.
+    for tls in [false, true] {
+        let mut s = Stream::connect(gw.listen, tls).unwrap();
+        s.write_all(b"\r\n\r").unwrap();
+        s.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        s.write_all(b"\n").unwrap();
+        let r = client::login(&mut s, "bob", "other");
+        assert_eq!(r.status, 200, "tls {tls}: {r:?}");
+        let token = r.json()["session_token"].as_str().unwrap().to_string();
+        s.write_all(b"\r\n").unwrap();
+        let r = client::launch(&mut s, &token, "desktop-a", "gateway");
+        assert_eq!(r.status, 200, "tls {tls}, the kept-alive request: {r:?}");
+    }
+    // A lower-case method is another method (RFC 9110 §9.1), answered as one, not dropped.
+    let mut s = Stream::connect(gw.listen, false).unwrap();
+    s.write_all(b"get /api/v1/login HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let r = client::read_response(&mut s).unwrap();
+    assert_eq!((r.status, r.error_code().as_str()), (405, "method_not_allowed"));
     // An oversized head: 431.
     let mut s = Stream::connect(gw.listen, false).unwrap();
     let big = format!("X-Pad: {}\r\n", "a".repeat(9000));

@@ -241,3 +241,67 @@ fn a_master_back_from_sigstop_takes_the_clients_arp_entry_back() {
         a.metric("gatehouse_vrrp_garps_sent_total")
     );
 }
+
+#[test]
+fn after_a_cut_that_keeps_the_carrier_the_clients_arp_entry_returns_to_the_master() {
+    if !ready(
+        "after_a_cut_that_keeps_the_carrier_the_clients_arp_entry_returns_to_the_master",
+        &[],
+    ) {
+        return;
+    }
+    // a is cut off the segment but keeps its carrier (a switch port moved, a bridge that
+    // drops it), so it stays master on its own while b takes over and moves the clients'
+    // ARP entries to its MAC. When the segment heals, b steps down as soon as it hears a;
+    // if a's advert reaches b before b's reaches a, a never hears a lesser master, yet it
+    // must announce the VIP again or the clients keep sending to b.
+    let lab = Lab::create(
+        'k',
+        &[
+            ("a", &["10.213.0.1/24"]),
+            ("b", &["10.213.0.2/24"]),
+            ("c", &[&format!("{}/24", crate::common::CLIENT)]),
+        ],
+    );
+    let (wa, wb) = (VipWatch::start(&lab.ns("a")), VipWatch::start(&lab.ns("b")));
+    let a = Gatehouse::start(&lab, "a", &HalbSpec::new(150));
+    let b = Gatehouse::start(&lab, "b", &HalbSpec::new(100));
+    crate::common::wait_until(Duration::from_secs(3), || wa.holds() && b.state() == "backup")
+        .expect("a master, b backup");
+    let (mac_a, mac_b, client) = (mac_of(&lab.ns("a")), mac_of(&lab.ns("b")), lab.ns("c"));
+    let vip: std::net::SocketAddr = format!("{}:9", crate::common::VIP).parse().unwrap();
+    crate::common::in_ns(&client, move || {
+        let _ = std::net::TcpStream::connect_timeout(&vip, Duration::from_secs(1));
+    });
+    assert_eq!(client_sees(&client), mac_a, "the client's entry before");
+    a.metric_reaches("gatehouse_vrrp_garps_sent_total", 2.0, Duration::from_secs(3));
+
+    // a's bridge port (p0) leaves the bridge: a's side of the veth keeps its carrier.
+    crate::common::ip(&["-n", &lab.bridge, "link", "set", "p0", "nomaster"]);
+    wb.wait(true, Duration::from_secs(2)).expect("b took over");
+    crate::common::wait_until(Duration::from_secs(2), || client_sees(&client) == mac_b)
+        .expect("b's gratuitous ARP moved the client's entry");
+    assert_eq!(a.state(), "master", "a, cut off with its carrier, stays master");
+    // Past the neighbour table's locktime (1 s), in which Linux ignores a second change.
+    std::thread::sleep(Duration::from_millis(1_500));
+    // Heal right after one of b's adverts, so that a's is likely to reach b first.
+    let adverts = "gatehouse_vrrp_adverts_sent_total";
+    let sent = b.metric(adverts);
+    crate::common::wait_until(Duration::from_secs(1), || b.metric(adverts) > sent).expect("b advertises");
+    let healed = Instant::now();
+    crate::common::ip(&["-n", &lab.bridge, "link", "set", "p0", "master", "br0"]);
+    let back = crate::common::wait_until(Duration::from_secs(5), || client_sees(&client) == mac_a);
+    println!(
+        "healed: the client's ARP entry for the VIP back at a's MAC after {}",
+        back.map_or("never (5 s)".to_string(), ms)
+    );
+    assert!(
+        back.is_some(),
+        "the client still sends the VIP's packets to {} (b's MAC)",
+        client_sees(&client)
+    );
+    let one = crate::common::wait_until(2 * ADVERT + SLACK, || wa.holds() && !wb.holds());
+    assert!(one.is_some(), "a and b both or neither hold the VIP");
+    println!("from the heal to one VIP holder: {}", ms(healed.elapsed()));
+    assert_eq!((a.state().as_str(), b.state().as_str()), ("master", "backup"));
+}

@@ -410,7 +410,15 @@ impl Instance {
                 } else if advert.priority > self.priority
                     || (advert.priority == self.priority && ip_greater(from, self.local_address))
                 {
-                    // RFC 5798 §6.4.3: a better master exists; step down.
+                    // RFC 5798 §6.4.3: a better master exists; step down. One last advert
+                    // first: if we took over while cut off from it, the segment was told the
+                    // addresses are at our MAC, and the better master (which answers from
+                    // its own MAC, not a virtual one) must say otherwise. It may never hear
+                    // from us if its advert reached us first; this advert is a lesser
+                    // master's to it, which it answers with its gratuitous ARPs.
+                    out.push(Action::SendAdvert {
+                        priority: self.priority,
+                    });
                     out.push(Action::RemoveVips);
                     self.become_backup(now, learned, out);
                 } else {
@@ -454,7 +462,8 @@ impl Instance {
             Phase::Master(Master {
                 advert_at: now + self.advert_interval,
                 garp,
-                reclaimed_at: None,
+                // Just announced: the last advert of the master we preempt needs no answer.
+                reclaimed_at: Some(now),
             }),
             out,
         );
@@ -547,6 +556,9 @@ mod tests {
         inst: Instance,
         addr: IpAddr,
         frozen: bool,
+        /// Cut off the segment: its timers run, its adverts reach no one and no one's
+        /// reach it (a cut link that keeps its carrier).
+        cut: bool,
         vips_held: bool,
         garps: u32,
         sent: Vec<(Duration, u8)>,
@@ -561,6 +573,7 @@ mod tests {
                     inst: Instance::new(&c, addr(last)),
                     addr: addr(last),
                     frozen: false,
+                    cut: false,
                     vips_held: false,
                     garps: 0,
                     sent: Vec::new(),
@@ -589,7 +602,8 @@ mod tests {
                         let at = self.now - self.t0;
                         self.nodes[i].sent.push((at, priority));
                         for j in 0..self.nodes.len() {
-                            if j != i && !self.nodes[j].frozen {
+                            let cut = self.nodes[i].cut || self.nodes[j].cut;
+                            if j != i && !self.nodes[j].frozen && !cut {
                                 let ev = Event::AdvertReceived {
                                     from,
                                     advert: advert.clone(),
@@ -848,6 +862,35 @@ mod tests {
     }
 
     #[test]
+    fn after_a_cut_link_the_better_master_announces_whichever_advert_comes_first() {
+        // b takes over while cut off, and tells its clients the addresses are at its MAC.
+        // When the link is back, b may hear a's advert before a hears b's: b steps down at
+        // once and a, the master all along, must still learn that it has to announce.
+        let mut sim = Sim::new(vec![(config("a", 200), 1), (config("b", 100), 2)]);
+        sim.event(0, Event::Startup);
+        sim.run(Duration::from_secs(1));
+        sim.event(1, Event::Startup);
+        sim.run(Duration::from_secs(1));
+        assert_eq!(sim.masters(), vec![0]);
+        sim.nodes[1].cut = true;
+        sim.run_until(Duration::from_secs(1), |s| s.state(1) == State::Master);
+        sim.run(Duration::from_secs(1));
+        // Heal just after b's advert: a's comes first.
+        let sent = sim.nodes[1].sent.len();
+        sim.run_until(Duration::from_secs(1), |s| s.nodes[1].sent.len() > sent);
+        sim.nodes[1].cut = false;
+        let garps = sim.nodes[0].garps;
+        let took = sim.run_until(Duration::from_secs(1), |s| s.masters().len() == 1);
+        assert_eq!(sim.masters(), vec![0]);
+        assert!(took <= Duration::from_millis(101), "two masters for {took:?}");
+        assert!(
+            sim.nodes[0].garps > garps,
+            "a never announced the addresses again after the link came back"
+        );
+        assert!(sim.nodes[0].vips_held && !sim.nodes[1].vips_held);
+    }
+
+    #[test]
     fn a_lesser_master_that_stays_gets_an_answer_once_a_second() {
         let mut inst = Instance::new(&config("a", 200), addr(1));
         let t0 = Instant::now();
@@ -871,9 +914,10 @@ mod tests {
             }
         }
         assert_eq!(inst.state(), State::Master);
-        // Master after the Master_Down_Interval (one round), then the lesser master's
-        // adverts answered with a round at most once a second: 3 over the 2.7 s left.
-        assert_eq!(garps, 4, "gratuitous ARP rounds");
+        // Master after the Master_Down_Interval (one round, at 0.4 s), then the lesser
+        // master's adverts answered with a round at most once a second, the first a second
+        // after that round: at 1.4 and 2.4 s.
+        assert_eq!(garps, 3, "gratuitous ARP rounds");
         // Our adverts at our own rate (about 28 as master), and one more per answer.
         assert!((27..=31).contains(&adverts), "{adverts} adverts");
     }

@@ -234,10 +234,14 @@ pub struct Session {
     /// Tick of the earliest timer entry scheduled for this session.
     pub armed_tick: Option<u64>,
     /// Bytes client -> backend, backend -> client, as far as counted (the PROXY header this
-    /// node sends is in the first; see [`Session::carried`]).
+    /// node sends is in the first, a gateway's `101` head in the second; see
+    /// [`Session::carried`]).
     pub bytes: (u64, u64),
     /// Length of the PROXY header sent ahead of the client's bytes (0: none).
     proxy_header: u64,
+    /// Length of the `101` head a plain gateway tunnel sends the client ahead of the
+    /// host's bytes (0: none; a TLS tunnel's goes into rustls, outside the counts).
+    greeting: u64,
     /// Name and address of the backend, once chosen (for the close log line).
     pub backend_label: Option<(Arc<str>, SocketAddr)>,
     /// The client's TLS connection between the end of its handshake and the tunnel: held
@@ -306,6 +310,7 @@ impl Session {
             armed_tick: None,
             bytes: (0, 0),
             proxy_header: 0,
+            greeting: 0,
             backend_label: None,
             handshaken: None,
             fixed: None,
@@ -607,9 +612,12 @@ impl Session {
     }
 
     /// The client's bytes carried to the backend and the backend's to the client: the
-    /// PROXY header this node wrote is not the client's.
+    /// PROXY header and the `101` head this node wrote are neither's.
     pub fn carried(&self) -> (u64, u64) {
-        (self.bytes.0.saturating_sub(self.proxy_header), self.bytes.1)
+        (
+            self.bytes.0.saturating_sub(self.proxy_header),
+            self.bytes.1.saturating_sub(self.greeting),
+        )
     }
 
     /// Counts `header` bytes of PROXY header ahead of the client's bytes upstream: taken as
@@ -617,6 +625,13 @@ impl Session {
     pub(super) fn set_proxy_header(&mut self, header: u64) {
         self.proxy_header = header;
         self.bytes.0 = header;
+    }
+
+    /// Counts `greeting` bytes (a gateway's `101` head) ahead of the backend's bytes
+    /// downstream as already counted, as [`Session::set_proxy_header`] does upstream.
+    pub(super) fn set_greeting(&mut self, greeting: u64) {
+        self.greeting = greeting;
+        self.bytes.1 = greeting;
     }
 
     /// Adds the bytes carried since the last call to the node's counters.

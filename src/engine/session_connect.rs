@@ -180,6 +180,7 @@ impl Session {
         let down = if greeting.is_empty() {
             Flow::default()
         } else {
+            self.set_greeting(greeting.len() as u64);
             Flow::with_early(&greeting, &mut ctx.pools)
         };
         let tunnel = Tunnel {

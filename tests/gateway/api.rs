@@ -63,6 +63,23 @@ fn gateway_and_gateway_ssl_tunnels_carry_bytes_under_concurrency() {
         m.contains("gatehouse_gateway_answers_total{endpoint=\"login\",status=\"200\"} 8"),
         "{m}"
     );
+    // Bytes carried are the client's and the host's: not the API exchanges, and not the
+    // `101` head the gateway writes itself (plain or TLS tunnel alike).
+    let carried: usize = (0..8).map(|i| 256 * 1024 + i * 1000).sum();
+    let (up, down) = (
+        "gatehouse_bytes_total{direction=\"up\"}",
+        "gatehouse_bytes_total{direction=\"down\"}",
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut m = gw.metrics();
+    while series(&m, up) < carried as f64 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        m = gw.metrics();
+    }
+    assert_eq!(
+        (series(&m, up), series(&m, down)),
+        (carried as f64, carried as f64)
+    );
 }
 
 #[test]

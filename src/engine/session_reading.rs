@@ -152,10 +152,16 @@ impl Session {
         let Some(gateway) = ctx.shared.gateway() else {
             return Ok(());
         };
+        // The close line names the client from the PROXY header; the forwarder that sent
+        // the path is the one to look at.
+        let forwarder = self.peer;
         let refuse = |e: crate::gateway::path::PathError| {
             Step::Close(
                 CloseReason::PathRefused,
-                format!("gateway path refused ({}): {e}", e.reason()),
+                format!(
+                    "gateway path refused ({}) from forwarder {forwarder}: {e}",
+                    e.reason()
+                ),
             )
         };
         let path = match tlv {

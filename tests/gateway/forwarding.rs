@@ -98,7 +98,11 @@ fn a_forwarding_loop_is_refused() {
             .wait_log("gateway path refused", 1, Duration::from_secs(5)),
         "{log}"
     );
-    assert!(fw.proc.log_text().contains("fw-loop"), "{log}");
+    let log = fw.proc.log_text();
+    assert!(log.contains("fw-loop"), "{log}");
+    // The line names the forwarder that sent the looping path (here fw-loop itself, from
+    // loopback), not only the client its PROXY header carried.
+    assert!(log.contains("from forwarder 127.0.0.1:"), "{log}");
 }
 
 #[test]

@@ -414,7 +414,14 @@ impl Session {
                     err.status,
                     err.code
                 );
-                return self.answer_close(f, err.response(), CloseReason::BadRequest, &detail);
+                // A missing or unreadable token or ticket is refused like one the broker
+                // or the ticket check turns down (same answer, same label); the rest is a
+                // malformed request.
+                let reason = match err.status {
+                    401 | 403 => CloseReason::Refused,
+                    _ => CloseReason::BadRequest,
+                };
+                return self.answer_close(f, err.response(), reason, &detail);
             }
         };
         self.handle_call(f, call, head.keep_alive, ctx)

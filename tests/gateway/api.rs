@@ -141,6 +141,24 @@ fn wrong_password_gets_no_tunnel_and_the_host_sees_nothing() {
         gw.proc.log_text()
     );
     assert!(!gw.proc.log_text().contains("MyS3cret"), "{}", gw.proc.log_text());
+    // Every token or ticket refusal carries the same label, whether the gateway saw it
+    // unreadable or checked and turned it down.
+    let log = gw.proc.log_text();
+    for code in [
+        "ticket_malformed",
+        "missing_token",
+        "session_invalid",
+        "wrong_password",
+    ] {
+        let line = log
+            .lines()
+            .find(|l| l.contains("closed:") && l.contains(code))
+            .unwrap_or_else(|| panic!("no close line for {code}:\n{log}"));
+        assert!(
+            line.contains("reason=refused") || line.contains("reason=\"refused\""),
+            "{line}"
+        );
+    }
 }
 
 /// The value of one metric series in `metrics` (0 when absent).

@@ -89,6 +89,10 @@ enum Command {
         /// Message size in bytes (>= 16).
         #[arg(long, default_value_t = 32)]
         message: usize,
+        /// Also send the same load straight to this address (the stand-in behind the
+        /// target), interleaved in the same window: the baseline for the added latency.
+        #[arg(long)]
+        direct: Option<SocketAddr>,
         /// A sweep: run once per rate of this list (comma-separated) instead of --rate.
         #[arg(long, value_delimiter = ',')]
         rates: Vec<f64>,
@@ -744,6 +748,7 @@ fn run(command: Command) -> Result<Option<Output>, Box<dyn std::error::Error>> {
             rate,
             connections,
             message,
+            direct,
             rates,
             plot,
         } => {
@@ -755,6 +760,7 @@ fn run(command: Command) -> Result<Option<Output>, Box<dyn std::error::Error>> {
                     rate,
                     connections,
                     message,
+                    direct,
                 };
                 let r = rr_latency::run(&common.common(), &p)?;
                 if sweep {

@@ -13,7 +13,7 @@ use serde::Serialize;
 use crate::procstat::{self, ProcSample};
 
 /// Schema identifier written in every report.
-pub const SCHEMA: &str = "gatehouse-bench/1";
+pub const SCHEMA: &str = "gatehouse-bench/2";
 
 /// A whole report: `{"schema", "scenario", "target", "parameters", "results", "processes",
 /// "derived"}`.
@@ -56,6 +56,9 @@ pub struct Results {
     pub gbit_per_s: f64,
     /// Latency of the operations in microseconds.
     pub latency_us: Option<Percentiles>,
+    /// rr-latency with `--direct`: latency of the same load sent straight to the stand-in,
+    /// interleaved with it in the same window (the baseline of the added latency).
+    pub direct_latency_us: Option<Percentiles>,
     /// rdp-profile: latency of bursts in microseconds.
     pub burst_latency_us: Option<Percentiles>,
     /// throughput: whether every byte count matched what was sent.
@@ -243,7 +246,11 @@ impl Report {
         if let Some(a) = r.alive_after_hold {
             let _ = writeln!(s, "alive      {a} after hold");
         }
-        let lat = [("latency", &r.latency_us), ("burst", &r.burst_latency_us)];
+        let lat = [
+            ("latency", &r.latency_us),
+            ("direct", &r.direct_latency_us),
+            ("burst", &r.burst_latency_us),
+        ];
         if lat.iter().any(|(_, p)| p.is_some()) {
             let _ = writeln!(
                 s,

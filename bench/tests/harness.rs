@@ -90,6 +90,7 @@ fn rr(target: SocketAddr, rate: f64) -> Report {
             rate,
             connections: 2,
             message: 32,
+            direct: None,
         },
     )
     .unwrap()
@@ -110,6 +111,40 @@ fn known_delay_shows_in_latency_percentiles() {
     assert!(r.p50 >= 2000.0, "a 2 ms relay must show p50 >= 2 ms: {r:?}");
     assert!(d.p50 < 2000.0, "direct must be faster than the 2 ms relay: {d:?}");
     assert_eq!(delayed.results.errors, 0);
+}
+
+#[test]
+fn an_interleaved_direct_baseline_is_measured_in_the_same_window() {
+    let echo = standin(Kind::Echo);
+    let relay = delay_relay(echo.local_addr(), Duration::from_millis(2));
+    let p = rr_latency::Params {
+        rate: 200.0,
+        connections: 2,
+        message: 32,
+        direct: Some(echo.local_addr()),
+    };
+    let report = rr_latency::run(&common(relay), &p).unwrap();
+    let (r, d) = (
+        report.results.latency_us.unwrap(),
+        report.results.direct_latency_us.unwrap(),
+    );
+    // 200/s to each over 0.8 s: about 160 samples each.
+    assert!((140..=170).contains(&r.count), "through the relay {r:?}");
+    assert!((140..=170).contains(&d.count), "direct {d:?}");
+    assert!(r.p50 >= 2000.0, "the 2 ms relay shows: {r:?}");
+    assert!(
+        d.p50 < 2000.0,
+        "the baseline does not go through the relay: {d:?}"
+    );
+    assert_eq!(report.parameters["direct"], echo.local_addr().to_string());
+    // A dead baseline is an error, not an empty figure.
+    let dead = dead_address();
+    let p = rr_latency::Params {
+        direct: Some(dead),
+        ..p
+    };
+    let err = rr_latency::run(&common(echo.local_addr()), &p).unwrap_err();
+    assert!(err.to_string().contains(&dead.to_string()), "{err}");
 }
 
 #[test]
@@ -205,6 +240,7 @@ fn json_schema_is_stable_for_every_scenario() {
         "bytes_down",
         "gbit_per_s",
         "latency_us",
+        "direct_latency_us",
         "burst_latency_us",
         "bytes_match",
         "alive_after_hold",
@@ -220,7 +256,7 @@ fn json_schema_is_stable_for_every_scenario() {
     let percentiles = set(&["count", "mean", "p50", "p90", "p99", "p99_9", "max"]);
     let common_params = set(&["duration_s", "warmup_s", "sources", "pids"]);
     let scenario_params: &[(&str, &[&str])] = &[
-        ("rr-latency", &["rate", "connections", "message"]),
+        ("rr-latency", &["rate", "connections", "message", "direct"]),
         ("throughput", &["streams", "direction", "bytes_per_stream", "tls"]),
         ("connect-rate", &["connections", "concurrency", "payload"]),
         ("idle", &["connections", "hold_s", "concurrency", "tls"]),
@@ -244,7 +280,7 @@ fn json_schema_is_stable_for_every_scenario() {
     ];
     for (report, (name, params)) in reports.iter().zip(scenario_params) {
         let v = serde_json::to_value(report).unwrap();
-        assert_eq!(v["schema"], "gatehouse-bench/1");
+        assert_eq!(v["schema"], "gatehouse-bench/2");
         assert_eq!(v["scenario"], *name);
         assert_eq!(keys(&v), top, "{name}");
         assert_eq!(keys(&v["results"]), results, "{name}");
@@ -280,6 +316,7 @@ fn dead_target_is_a_clear_error_in_every_scenario() {
                 rate: 100.0,
                 connections: 1,
                 message: 32,
+                direct: None,
             },
         )
         .unwrap_err(),

@@ -6,8 +6,15 @@
 //! that timestamps each echo. Latency counts from the intended send time, so a stalled
 //! proxy shows up in the percentiles instead of slowing the load (no coordinated omission).
 //! Message: seq u64 BE | intended time (ns since start) u64 BE | filler.
+//!
+//! With a `direct` address (the stand-in behind the proxy), the same load also goes straight
+//! there, in the same window, each message half an interval after the proxied one: the
+//! baseline lives through the same moments of a shared machine as the measurement, so the
+//! difference of their percentiles is what the proxy adds, not what the machine did between
+//! two runs.
 
 use std::io::{ErrorKind, Read, Write};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,6 +39,8 @@ pub struct Params {
     pub connections: usize,
     /// Message size in bytes (>= 16).
     pub message: usize,
+    /// The same load, interleaved, straight to this address (the baseline).
+    pub direct: Option<SocketAddr>,
 }
 
 struct ConnTally {
@@ -48,44 +57,76 @@ pub fn run(common: &Common, p: &Params) -> Result<Report, BenchError> {
         )));
     }
     probe(common.target)?;
-    let sources = SourcePool::new(common.target, common.sources);
-    let first = Arc::new(FirstError::default());
-    let mut conns = Vec::new();
-    for _ in 0..p.connections {
-        let c = sources
-            .connect(common.target, Duration::from_secs(5))
-            .map_err(|e| BenchError::TargetDead {
-                target: common.target,
-                reason: e.to_string(),
-            })?;
-        conns.push(c);
+    if let Some(direct) = p.direct {
+        probe(direct)?;
     }
+    let connect_all = |target: SocketAddr| -> Result<Vec<std::net::TcpStream>, BenchError> {
+        let sources = SourcePool::new(target, common.sources);
+        (0..p.connections)
+            .map(|_| {
+                sources
+                    .connect(target, Duration::from_secs(5))
+                    .map_err(|e| BenchError::TargetDead {
+                        target,
+                        reason: e.to_string(),
+                    })
+            })
+            .collect()
+    };
+    let conns = connect_all(common.target)?;
+    let direct_conns = match p.direct {
+        Some(d) => connect_all(d)?,
+        None => Vec::new(),
+    };
     let interval = Duration::from_secs_f64(p.connections as f64 / p.rate);
     let base = Instant::now() + Duration::from_millis(20);
     let window_start = base + common.warmup;
     let end = window_start + common.duration;
-    let workers: Vec<_> = conns
-        .into_iter()
-        .enumerate()
-        .map(|(i, conn)| {
-            // Spread connections evenly over one interval.
-            let offset = interval.mul_f64(i as f64 / p.connections as f64);
-            let first = first.clone();
-            let message = p.message;
-            std::thread::spawn(move || {
-                run_connection(conn, base, offset, interval, window_start, end, message, &first)
+    // Connections spread evenly over one interval; the direct ones half a slot later.
+    let slot = interval.mul_f64(1.0 / p.connections as f64);
+    let spawn = |conns: Vec<std::net::TcpStream>, shift: Duration, first: Arc<FirstError>| {
+        conns
+            .into_iter()
+            .enumerate()
+            .map(|(i, conn)| {
+                let offset = slot.mul_f64(i as f64) + shift;
+                let first = first.clone();
+                let message = p.message;
+                std::thread::spawn(move || {
+                    run_connection(conn, base, offset, interval, window_start, end, message, &first)
+                })
             })
-        })
-        .collect();
+            .collect::<Vec<_>>()
+    };
+    let first = Arc::new(FirstError::default());
+    let direct_first = Arc::new(FirstError::default());
+    let workers = spawn(conns, Duration::ZERO, first.clone());
+    let direct_workers = spawn(direct_conns, slot / 2, direct_first.clone());
     std::thread::sleep(window_start.saturating_duration_since(Instant::now()));
     let window = common.open_window()?;
     super::wait_with_progress("rr-latency", window_start, end);
     let elapsed_s = window.elapsed_s();
     let processes = common.close_window(&window)?;
-    let tallies: Vec<ConnTally> = workers
-        .into_iter()
-        .map(|w| w.join().expect("latency workers do not panic"))
-        .collect();
+    let join = |workers: Vec<std::thread::JoinHandle<ConnTally>>| -> Vec<ConnTally> {
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("latency workers do not panic"))
+            .collect()
+    };
+    let tallies = join(workers);
+    let direct_tallies = join(direct_workers);
+    let direct_latency_us = match p.direct {
+        Some(d) => {
+            let received: u64 = direct_tallies.iter().map(|t| t.received_in_window).sum();
+            require_progress(d, received, &direct_first)?;
+            let mut hist = new_histogram();
+            for t in &direct_tallies {
+                hist.add(&t.hist).expect("histograms share bounds");
+            }
+            Percentiles::from_histogram(&hist)
+        }
+        None => None,
+    };
     let mut hist = new_histogram();
     for t in &tallies {
         hist.add(&t.hist).expect("histograms share bounds");
@@ -101,12 +142,14 @@ pub fn run(common: &Common, p: &Params) -> Result<Report, BenchError> {
         bytes_up: sent * p.message as u64,
         bytes_down: received * p.message as u64,
         latency_us: Percentiles::from_histogram(&hist),
+        direct_latency_us,
         ..Results::default()
     };
     let extra = json!({
         "rate": p.rate,
         "connections": p.connections,
         "message": p.message,
+        "direct": p.direct.map(|d| d.to_string()),
     });
     Ok(finish("rr-latency", common, extra, results, processes, false))
 }

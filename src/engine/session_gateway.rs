@@ -210,6 +210,11 @@ impl Session {
                 }
                 Handled::Close(reason, detail) => return (Phase::Closed, Step::Close(reason, detail), false),
             }
+            if f.waiting.is_some() {
+                // A request went to the broker: its answer is due even if the client has
+                // already half-closed after sending it (RFC 9112 §9.3.2).
+                return (Phase::Front(f), Step::Continue, false);
+            }
             if f.eof {
                 let detail = if f.input.is_empty() {
                     "client closed".to_string()

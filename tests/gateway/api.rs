@@ -390,6 +390,29 @@ fn bad_first_bytes_and_non_api_requests_get_a_specific_answer() {
 }
 
 #[test]
+fn pipelined_requests_then_a_half_close_are_all_answered() {
+    let farm = GatewayFarm::start(1);
+    let gw = farm.start_gateway("gw-a", "site-a", "");
+    gw.wait_healthy();
+    // Two logins in one write, then the client's FIN (as `printf ... | nc -q` sends them):
+    // both run at the broker, so both answers are due, in order, before the close.
+    let body = r#"{"user":"bob","password":"other"}"#;
+    let login = format!(
+        "POST /api/v1/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut s = std::net::TcpStream::connect(gw.listen).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(format!("{login}{login}").as_bytes()).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out);
+    assert_eq!(text.matches("HTTP/1.1 200 OK").count(), 2, "{text}");
+    assert_eq!(text.matches("session_token").count(), 2, "{text}");
+}
+
+#[test]
 fn an_expired_ticket_opens_nothing() {
     let farm = GatewayFarm::start(1);
     let gw = farm.start_gateway("gw-a", "site-a", "");

@@ -54,6 +54,8 @@ pub struct Front {
     close_after: Option<(CloseReason, String)>,
     /// Closing: the answer is written and our side shut; client bytes dropped so far.
     lingering: Option<usize>,
+    /// close_notify queued after the last answer (TLS fronts, RFC 8446 §6.1).
+    close_notified: bool,
     /// Deadline of the current step (reading a request, or a broker answer).
     deadline: Instant,
 }
@@ -128,6 +130,7 @@ impl Session {
             waiting: None,
             close_after: None,
             lingering: None,
+            close_notified: false,
             deadline: ctx.now + self.settings.handshake_timeout,
         };
         (Phase::Front(front), Step::Continue, true)
@@ -195,6 +198,13 @@ impl Session {
                 return (Phase::Front(f), Step::Continue, false);
             }
             if f.close_after.is_some() {
+                // A TLS client learns that the answer is whole from close_notify before our
+                // FIN (RFC 8446 §6.1); without it a strict client reports a truncation.
+                if let Some(conn) = f.tls.as_deref_mut().filter(|_| !f.close_notified) {
+                    conn.send_close_notify();
+                    f.close_notified = true;
+                    continue;
+                }
                 return self.linger_front(f, ctx);
             }
             if f.waiting.is_some() {

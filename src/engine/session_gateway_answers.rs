@@ -224,6 +224,7 @@ impl Session {
             waiting: None,
             close_after: Some((CloseReason::ConnectFailed, detail)),
             lingering: None,
+            close_notified: false,
             deadline: ctx.now + self.settings.handshake_timeout,
         };
         let (phase, step, _) = self.drive_front(f, ctx);

@@ -583,11 +583,20 @@ fn json_body<T: for<'de> Deserialize<'de>>(head: &RequestHead, body: &[u8]) -> R
     }
     serde_json::from_slice(body).map_err(|e| {
         let text = e.to_string();
-        let names_only = ["unknown field", "missing field", "duplicate field"]
+        // "missing field `x`" and "duplicate field `x`" name one of our fields; "unknown
+        // field `...`, expected ..." names the client's key, which may be a misplaced
+        // password: only what was expected is said.
+        let ours = ["missing field", "duplicate field"]
             .iter()
             .any(|p| text.starts_with(p));
-        if names_only {
+        if ours {
             bad_request(format!("invalid JSON body: {text}"))
+        } else if text.starts_with("unknown field") {
+            let expected = text
+                .find(", expected")
+                .map(|at| text[at + 2..].split(" at line").next().unwrap_or_default())
+                .unwrap_or_default();
+            bad_request(format!("invalid JSON body: unknown field; {expected}"))
         } else {
             bad_request(format!(
                 "invalid JSON body at line {} column {}",
@@ -663,6 +672,20 @@ mod tests {
     }
 
     const BEARER: &str = "Authorization: Bearer broker-1~tok.EN~x\r\n";
+
+    #[test]
+    fn an_unknown_json_key_is_not_repeated() {
+        let body = r#"{"user":"d","password":"x","MyS3cret\u202e<b>":1}"#;
+        let e = call(&post("/api/v1/login", "", body)).unwrap_err();
+        assert_eq!((e.status, e.code), (400, "bad_request"));
+        assert!(!e.message.contains("MyS3cret"), "{}", e.message);
+        assert!(e.message.contains("unknown field"), "{}", e.message);
+        assert!(e.message.contains("expected"), "{}", e.message);
+        assert!(e.message.contains("`password`"), "{}", e.message);
+        // A missing field names ours.
+        let e = call(&post("/api/v1/login", "", r#"{"user":"d"}"#)).unwrap_err();
+        assert!(e.message.contains("missing field `password`"), "{}", e.message);
+    }
 
     fn token() -> ApiToken {
         ApiToken::new("broker-1", "tok.EN~x").expect("valid test token")
@@ -759,14 +782,16 @@ mod tests {
                 assert!(!e.message.contains(secret), "{body}: {}", e.message);
             }
         }
-        // Field names alone are fine to show.
+        // Our field names are fine to show; the client's unknown key is not (it is any
+        // text the client chose: see an_unknown_json_key_is_not_repeated).
         let e = call(&post(
             "/api/v1/login",
             "",
             r#"{"user":"a","password":"p","passwd":"x"}"#,
         ))
         .unwrap_err();
-        assert!(e.message.contains("passwd"), "{}", e.message);
+        assert!(!e.message.contains("passwd"), "{}", e.message);
+        assert!(e.message.contains("`second_factor`"), "{}", e.message);
     }
 
     #[test]

@@ -147,7 +147,7 @@ impl Session {
             // The control client answers every request within its timeout; this is the
             // backstop if it did not.
             let err = ApiError::new(504, "broker_timeout", "the broker did not answer in time");
-            self.fail_waiting(&mut f, w, err, ctx);
+            self.fail_waiting(&mut f, w, err, None, ctx);
             let (phase, step, _) = self.drive_front(f, ctx);
             self.phase = phase;
             return step;
@@ -669,17 +669,40 @@ impl Session {
         Handled::Again
     }
 
-    /// Answers a failed broker request with `err` (and closes, as every error does).
-    fn fail_waiting(&mut self, f: &mut Front, w: Waiting, err: ApiError, ctx: &mut Ctx<'_>) {
+    /// Answers a failed broker request with `err` (and closes, as every error does); `why`
+    /// is for the log when it says more than the client is told.
+    fn fail_waiting(
+        &mut self,
+        f: &mut Front,
+        w: Waiting,
+        err: ApiError,
+        why: Option<String>,
+        ctx: &mut Ctx<'_>,
+    ) {
         let rdp = matches!(w.what, Pending::Rdp { .. });
-        self.fail(f, w.endpoint, rdp, err, ctx);
+        let why = why.unwrap_or_else(|| err.message.clone());
+        self.fail_because(f, w.endpoint, rdp, err, &why, ctx);
     }
 
     /// Answers `err` to the client of `endpoint` (an RDP client gets a negotiation failure)
     /// and closes.
     fn fail(&mut self, f: &mut Front, endpoint: &'static str, rdp: bool, err: ApiError, ctx: &mut Ctx<'_>) {
+        let why = err.message.clone();
+        self.fail_because(f, endpoint, rdp, err, &why, ctx);
+    }
+
+    /// [`Session::fail`], with `why` in the log line instead of the client's message.
+    fn fail_because(
+        &mut self,
+        f: &mut Front,
+        endpoint: &'static str,
+        rdp: bool,
+        err: ApiError,
+        why: &str,
+        ctx: &mut Ctx<'_>,
+    ) {
         ctx.shared.metrics.count_gateway_answer(endpoint, err.status);
-        let detail = format!("{endpoint}: {} {}: {}", err.status, err.code, err.message);
+        let detail = format!("{endpoint}: {} {}: {why}", err.status, err.code);
         let (answer, reason) = match rdp {
             true => {
                 ctx.shared.metrics.count_gateway_rdp(err.code);

@@ -36,8 +36,9 @@ impl Session {
         let handled = match answer.result {
             Ok(reply) => self.on_reply(&mut f, w, reply, ctx),
             Err(failure) => {
+                // The client is told what it can act on; the log names the broker and why.
                 let err = failure_error(&failure);
-                self.fail_waiting(&mut f, w, err, ctx);
+                self.fail_waiting(&mut f, w, err, Some(failure.to_string()), ctx);
                 Handled::Again
             }
         };
@@ -62,7 +63,7 @@ impl Session {
         } = answer;
         if let Reply::Refused(refused) = &reply {
             let err = api::refusal_error(refused);
-            self.fail_waiting(f, w, err, ctx);
+            self.fail_waiting(f, w, err, None, ctx);
             return Handled::Again;
         }
         let keep = w.keep_alive;
@@ -238,26 +239,34 @@ impl Session {
     }
 }
 
-/// The HTTP error for a request the control client could not get answered.
+/// The HTTP error for a request the control client could not get answered. It tells the
+/// client what it can act on, not the farm's node names or why a link ended (those go to
+/// the log line, from the failure itself).
 fn failure_error(failure: &ClientFailure) -> ApiError {
     match failure {
-        ClientFailure::NoBroker => ApiError::new(503, "no_broker", "no broker is reachable"),
-        ClientFailure::BrokerUnavailable { broker } => ApiError::new(
+        ClientFailure::NoBroker => ApiError::new(503, "no_broker", "no broker is reachable; try again later"),
+        ClientFailure::BrokerUnavailable { .. } => ApiError::new(
             503,
             "no_broker",
-            format!("broker {broker} (which holds this session or ticket) is not connected; log in or launch again"),
+            "the broker that holds this session or ticket is not connected; log in or launch again",
         ),
         // Like any other token the gateway cannot use; what it named is not repeated.
-        ClientFailure::UnknownBroker => ApiError::new(401, "session_invalid", "the session token is not valid"),
-        ClientFailure::BrokerLost { broker, reason } => {
-            ApiError::new(503, "no_broker", format!("broker {broker} was lost: {reason}"))
+        ClientFailure::UnknownBroker => {
+            ApiError::new(401, "session_invalid", "the session token is not valid")
         }
-        ClientFailure::Timeout { broker } => {
-            ApiError::new(504, "broker_timeout", format!("broker {broker} did not answer in time"))
+        ClientFailure::BrokerLost { .. } => ApiError::new(
+            503,
+            "no_broker",
+            "the broker was lost while handling the request; try again",
+        ),
+        ClientFailure::Timeout { .. } => {
+            ApiError::new(504, "broker_timeout", "the broker did not answer in time")
         }
-        ClientFailure::BadResponse { broker, detail } => {
-            ApiError::new(502, "bad_broker_answer", format!("broker {broker}: {detail}"))
-        }
+        ClientFailure::BadResponse { .. } => ApiError::new(
+            502,
+            "bad_broker_answer",
+            "the broker answered something unexpected",
+        ),
         ClientFailure::Stopped => ApiError::new(503, "no_broker", "the gateway is shutting down"),
     }
 }

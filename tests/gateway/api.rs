@@ -418,6 +418,31 @@ fn pipelined_requests_then_a_half_close_are_all_answered() {
 }
 
 #[test]
+fn a_hung_broker_is_reported_without_the_farm_s_names() {
+    let farm = GatewayFarm::start(1);
+    let gw = farm.start_gateway("gw-a", "site-a", "");
+    gw.wait_healthy();
+    // The broker hangs (SIGSTOP): the login waits for the link's keepalive or the request
+    // timeout (3 s here), then the client gets a 5xx that says what to do, not the broker's
+    // node name or why its link ended; the gateway's log says both.
+    farm.broker.signal(nix::sys::signal::Signal::SIGSTOP);
+    let t = Instant::now();
+    let mut s = Stream::connect(gw.listen, false).unwrap();
+    let r = client::login(&mut s, "bob", "other");
+    let took = t.elapsed();
+    farm.broker.signal(nix::sys::signal::Signal::SIGCONT);
+    println!("login with the broker stopped: {} after {took:?}", r.status);
+    assert!(matches!(r.status, 503 | 504), "{r:?}");
+    let answer = format!("{}{}", r.head, String::from_utf8_lossy(&r.body));
+    assert!(!answer.contains("broker-1"), "{answer}");
+    assert!(
+        wait_for(Duration::from_secs(3), || gw.proc.log_text().contains("broker-1")),
+        "{}",
+        gw.proc.log_text()
+    );
+}
+
+#[test]
 fn an_expired_ticket_opens_nothing() {
     let farm = GatewayFarm::start(1);
     let gw = farm.start_gateway("gw-a", "site-a", "");

@@ -56,6 +56,10 @@ pub struct Front {
     lingering: Option<usize>,
     /// close_notify queued after the last answer (TLS fronts, RFC 8446 §6.1).
     close_notified: bool,
+    /// The request being answered is a HEAD: answers go without their body.
+    head_request: bool,
+    /// `100 Continue` was sent for the request whose body is being read.
+    continued: bool,
     /// Deadline of the current step (reading a request, or a broker answer).
     deadline: Instant,
 }
@@ -131,6 +135,8 @@ impl Session {
             close_after: None,
             lingering: None,
             close_notified: false,
+            head_request: false,
+            continued: false,
             deadline: ctx.now + self.settings.handshake_timeout,
         };
         (Phase::Front(front), Step::Continue, true)
@@ -393,6 +399,7 @@ impl Session {
                 }
             }
         }
+        f.head_request = false;
         let head = match http::parse_head(&f.input) {
             HeadParse::Incomplete => return Handled::Wait,
             HeadParse::Invalid(e) => {
@@ -403,6 +410,7 @@ impl Session {
             }
             HeadParse::Complete(head) => head,
         };
+        f.head_request = head.method == "HEAD";
         if !api::is_api_path(&head.path) {
             return self.handle_other_http(f, &head.method, &head.path, ctx);
         }
@@ -412,8 +420,15 @@ impl Session {
                 let detail = "client closed before the whole request body";
                 return self.answer_close(f, Vec::new(), CloseReason::BadRequest, detail);
             }
+            if head.expect_continue && !f.continued {
+                // RFC 9110 §10.1.1: the client waits for this before it sends the body.
+                f.output.extend_from_slice(http::CONTINUE);
+                f.continued = true;
+                return Handled::Again;
+            }
             return Handled::Wait;
         }
+        f.continued = false;
         f.first = false;
         let body: Vec<u8> = f.input[head.head_len..total].to_vec();
         f.input.drain(..total);
@@ -484,7 +499,11 @@ impl Session {
             let brokers = gateway.connected_brokers();
             let status = if brokers.is_empty() { 503 } else { 200 };
             ctx.shared.metrics.count_gateway_answer("health", status);
-            f.output.extend_from_slice(&api::health(&brokers));
+            let answer = api::health(&brokers);
+            f.output.extend_from_slice(&match f.head_request {
+                true => http::head_only(answer),
+                false => answer,
+            });
             // A /health answer ends the connection (`Connection: close`), as health checkers
             // expect, whatever the request asked.
             f.close_after = Some((CloseReason::Done, format!("GET /health: {status}")));
@@ -663,6 +682,10 @@ impl Session {
 
     /// Queues `answer` and closes once it is written.
     fn answer_close(&mut self, f: &mut Front, answer: Vec<u8>, reason: CloseReason, detail: &str) -> Handled {
+        let answer = match f.head_request {
+            true => http::head_only(answer),
+            false => answer,
+        };
         f.output.extend_from_slice(&answer);
         f.close_after = Some((reason, detail.to_string()));
         f.input.clear();

@@ -226,6 +226,8 @@ impl Session {
             close_after: Some((CloseReason::ConnectFailed, detail)),
             lingering: None,
             close_notified: false,
+            head_request: false,
+            continued: false,
             deadline: ctx.now + self.settings.handshake_timeout,
         };
         let (phase, step, _) = self.drive_front(f, ctx);

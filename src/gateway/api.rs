@@ -16,7 +16,7 @@ use gatehouse_control::message::{
 use gatehouse_control::ticket::MAX_TICKET_CHARS;
 use serde::{Deserialize, Serialize};
 
-use super::http::{json_response, RequestHead};
+use super::http::{json_response, json_response_with, RequestHead};
 
 /// The `Upgrade` token of a tunnel request and its 101 answer.
 pub const TUNNEL_UPGRADE: &str = "gatehouse-tunnel";
@@ -97,6 +97,8 @@ pub struct ApiError {
     pub code: &'static str,
     /// Text for humans.
     pub message: String,
+    /// The methods the path takes, for the `Allow` header of a 405 (RFC 9110 §15.5.6).
+    pub allow: Option<&'static str>,
 }
 
 /// `POST /api/v1/login` body. Unknown fields are refused.
@@ -266,16 +268,30 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            allow: None,
         }
     }
 
-    /// The whole answer: `{"error":CODE,"message":TEXT}` with `Connection: close`.
+    /// The whole answer: `{"error":CODE,"message":TEXT}` with `Connection: close`, and the
+    /// header a status requires: `Allow` with a 405, `WWW-Authenticate` with a 401 (RFC
+    /// 9110 §15.5.2; the Bearer scheme of RFC 6750 §3, `invalid_token` for a token that was
+    /// sent and refused).
     pub fn response(&self) -> Vec<u8> {
         let body = ErrorBody {
             error: self.code.to_owned(),
             message: self.message.clone(),
         };
-        json_response(self.status, &to_value(&body), true)
+        let extra = match (self.status, self.allow) {
+            (405, Some(methods)) => format!("Allow: {methods}\r\n"),
+            (401, _) if self.code == "missing_token" => {
+                "WWW-Authenticate: Bearer realm=\"gatehouse\"\r\n".to_string()
+            }
+            (401, _) => {
+                "WWW-Authenticate: Bearer realm=\"gatehouse\", error=\"invalid_token\"\r\n".to_string()
+            }
+            _ => String::new(),
+        };
+        json_response_with(self.status, &to_value(&body), true, &extra)
     }
 }
 
@@ -303,7 +319,10 @@ pub fn route(head: &RequestHead, body: &[u8]) -> Result<ApiCall, ApiError> {
     }
     match path {
         HEALTH_PATH => {
-            require_method(head, "GET")?;
+            // HEAD too: some load balancers check with it (the answer has no body).
+            if head.method != "HEAD" {
+                require_method(head, "GET")?;
+            }
             Ok(ApiCall::Health)
         }
         "/api/v1/login" => {
@@ -545,16 +564,16 @@ fn bad_request(message: impl Into<String>) -> ApiError {
     ApiError::new(400, "bad_request", message)
 }
 
-fn require_method(head: &RequestHead, method: &str) -> Result<(), ApiError> {
+fn require_method(head: &RequestHead, method: &'static str) -> Result<(), ApiError> {
     if head.method == method {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            405,
-            "method_not_allowed",
-            format!("{} takes {method}", head.path),
-        ))
+        return Ok(());
     }
+    let mut err = ApiError::new(405, "method_not_allowed", format!("{} takes {method}", head.path));
+    err.allow = Some(match head.path.as_str() {
+        HEALTH_PATH => "GET, HEAD",
+        _ => method,
+    });
+    Err(err)
 }
 
 /// The bearer session token, wrapped as `BROKER~TOKEN`.
@@ -576,7 +595,11 @@ fn json_body<T: for<'de> Deserialize<'de>>(head: &RequestHead, body: &[u8]) -> R
             .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"))
     });
     if !json {
-        return Err(bad_request("the body must be Content-Type: application/json"));
+        return Err(ApiError::new(
+            415,
+            "unsupported_media_type",
+            "the body must be Content-Type: application/json",
+        ));
     }
     if body.len() != head.content_length {
         return Err(bad_request("the body length does not match Content-Length"));
@@ -764,8 +787,35 @@ mod tests {
         // Wrong content type, wrong method.
         let raw = post("/api/v1/login", "", r#"{"user":"a","password":"p"}"#)
             .replace("application/json", "text/plain");
-        assert_eq!(err(&raw), (400, "bad_request"));
+        assert_eq!(err(&raw), (415, "unsupported_media_type"));
         assert_eq!(err(&get("/api/v1/login", "")), (405, "method_not_allowed"));
+    }
+
+    #[test]
+    fn answers_carry_the_headers_their_status_requires() {
+        let text = |e: ApiError| String::from_utf8(e.response()).unwrap();
+        // 405: Allow (RFC 9110 §15.5.6).
+        let e = call(&get("/api/v1/login", "")).unwrap_err();
+        assert!(text(e).contains("\r\nAllow: POST\r\n"));
+        let e = call(&post("/health", "", "{}")).unwrap_err();
+        assert!(text(e).contains("\r\nAllow: GET, HEAD\r\n"));
+        // 401: WWW-Authenticate, invalid_token when a token was sent (RFC 6750 §3).
+        let e = call(&get("/api/v1/resources", "")).unwrap_err();
+        let t = text(e);
+        assert!(
+            t.contains("\r\nWWW-Authenticate: Bearer realm=\"gatehouse\"\r\n"),
+            "{t}"
+        );
+        let e = call(&get("/api/v1/resources", "Authorization: Bearer nonsense\r\n")).unwrap_err();
+        assert!(text(e).contains("error=\"invalid_token\""));
+        // Every answer has a Date (RFC 9110 §6.6.1).
+        let e = call(&get("/api/v1/login", "")).unwrap_err();
+        assert!(text(e).contains(" GMT\r\n"));
+        // HEAD is a GET without a body for /health.
+        assert_eq!(
+            call(&get("/health", "").replacen("GET", "HEAD", 1)).unwrap(),
+            ApiCall::Health
+        );
     }
 
     #[test]

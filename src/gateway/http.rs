@@ -43,6 +43,8 @@ pub struct RequestHead {
     pub host: Option<String>,
     /// `Gatehouse-Session`, trimmed: the session token that goes with a tunnel's ticket.
     pub session: Option<String>,
+    /// `Expect: 100-continue`: the client waits for `100 Continue` before the body.
+    pub expect_continue: bool,
 }
 
 /// Why a request head is refused; each maps to a status and a stable code of CLIENT-API.md.
@@ -58,6 +60,10 @@ pub enum HttpError {
     /// An API request with `Transfer-Encoding` (chunked bodies are not accepted): 400
     /// `bad_request`.
     Chunked,
+    /// The request line alone fills [`MAX_HEAD`]: 414 `uri_too_long` (RFC 9112 §3).
+    UriTooLong,
+    /// A protocol version other than HTTP/1.x: 505 `version_not_supported`.
+    Version,
 }
 
 /// The outcome of [`parse_head`] on the bytes read so far.
@@ -80,13 +86,23 @@ pub fn parse_head(buf: &[u8]) -> HeadParse {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     match req.parse(window) {
-        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => HeadParse::Invalid(HttpError::HeadTooLarge),
+        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => {
+            let line_ended = window.contains(&b'\n');
+            HeadParse::Invalid(match line_ended {
+                true => HttpError::HeadTooLarge,
+                false => HttpError::UriTooLong,
+            })
+        }
         Ok(httparse::Status::Partial) => HeadParse::Incomplete,
         Ok(httparse::Status::Complete(head_len)) => match build_head(&req, head_len) {
             Ok(head) => HeadParse::Complete(head),
             Err(e) => HeadParse::Invalid(e),
         },
         Err(httparse::Error::TooManyHeaders) => HeadParse::Invalid(HttpError::HeadTooLarge),
+        // An HTTP version we do not speak is 505; anything else there is no HTTP at all.
+        Err(httparse::Error::Version) if window.windows(6).any(|w| w == b" HTTP/") => {
+            HeadParse::Invalid(HttpError::Version)
+        }
         Err(e) => HeadParse::Invalid(HttpError::Malformed(e.to_string())),
     }
 }
@@ -105,21 +121,58 @@ pub fn leading_empty_lines(buf: &[u8]) -> usize {
     }
 }
 
-/// A complete response with a JSON body, `Content-Length`, and `Connection: close` when
-/// `close` (the event loop then closes after writing it) or `Connection: keep-alive`.
+/// A complete response with a JSON body, `Content-Length`, `Date`, and `Connection: close`
+/// when `close` (the event loop then closes after writing it) or `Connection: keep-alive`.
 pub fn json_response(status: u16, body: &serde_json::Value, close: bool) -> Vec<u8> {
+    json_response_with(status, body, close, "")
+}
+
+/// [`json_response`] with `extra` header lines (each ending in CRLF), such as `Allow`.
+pub fn json_response_with(status: u16, body: &serde_json::Value, close: bool, extra: &str) -> Vec<u8> {
     let body = body.to_string();
     let connection = if close { "close" } else { "keep-alive" };
     let mut out = format!(
-        "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
-         Cache-Control: no-store\r\nConnection: {connection}\r\n\r\n",
+        "HTTP/1.1 {status} {}\r\nDate: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+         Cache-Control: no-store\r\n{extra}Connection: {connection}\r\n\r\n",
         reason_phrase(status),
+        http_date(time::OffsetDateTime::now_utc()),
         body.len()
     )
     .into_bytes();
     out.extend_from_slice(body.as_bytes());
     out
 }
+
+/// The answer to a HEAD request: `response`'s head alone. Its Content-Length stays the
+/// one a GET would get (RFC 9110 §9.3.2, §8.6).
+pub fn head_only(mut response: Vec<u8>) -> Vec<u8> {
+    if let Some(end) = response.windows(4).position(|w| w == b"\r\n\r\n") {
+        response.truncate(end + 4);
+    }
+    response
+}
+
+/// An IMF-fixdate (RFC 9110 §5.6.7): `Sun, 06 Nov 1994 08:49:37 GMT`.
+pub fn http_date(t: time::OffsetDateTime) -> String {
+    const DAYS: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    format!(
+        "{}, {:02} {} {} {:02}:{:02}:{:02} GMT",
+        DAYS[usize::from(t.weekday().number_days_from_monday())],
+        t.day(),
+        MONTHS[usize::from(u8::from(t.month())) - 1],
+        t.year(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
+}
+
+/// `100 Continue`, for a client that sent `Expect: 100-continue` and waits for it before
+/// the body (RFC 9110 §10.1.1).
+pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 /// The tunnel's `101 Switching Protocols` head (CLIENT-API.md, `GET /api/v1/tunnel`); raw
 /// bytes follow it both ways.
@@ -142,6 +195,7 @@ pub fn reason_phrase(status: u16) -> &'static str {
         408 => "Request Timeout",
         411 => "Length Required",
         413 => "Content Too Large",
+        414 => "URI Too Long",
         415 => "Unsupported Media Type",
         429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
@@ -149,6 +203,7 @@ pub fn reason_phrase(status: u16) -> &'static str {
         502 => "Bad Gateway",
         503 => "Service Unavailable",
         504 => "Gateway Timeout",
+        505 => "HTTP Version Not Supported",
         _ => "Unknown",
     }
 }
@@ -160,6 +215,8 @@ impl HttpError {
             Self::HeadTooLarge => 431,
             Self::BodyTooLarge(_) => 413,
             Self::Malformed(_) | Self::Chunked => 400,
+            Self::UriTooLong => 414,
+            Self::Version => 505,
         }
     }
 
@@ -169,6 +226,8 @@ impl HttpError {
             Self::HeadTooLarge => "head_too_large",
             Self::BodyTooLarge(_) => "body_too_large",
             Self::Malformed(_) | Self::Chunked => "bad_request",
+            Self::UriTooLong => "uri_too_long",
+            Self::Version => "version_not_supported",
         }
     }
 
@@ -193,6 +252,8 @@ impl fmt::Display for HttpError {
             Self::Chunked => {
                 f.write_str("Transfer-Encoding is not accepted; send the body with Content-Length")
             }
+            Self::UriTooLong => write!(f, "request line over {MAX_HEAD} bytes"),
+            Self::Version => f.write_str("only HTTP/1.0 and HTTP/1.1 are spoken here"),
         }
     }
 }
@@ -225,6 +286,7 @@ impl fmt::Debug for RequestHead {
             .field("upgrade", &self.upgrade)
             .field("keep_alive", &self.keep_alive)
             .field("host", &self.host)
+            .field("expect_continue", &self.expect_continue)
             .finish()
     }
 }
@@ -242,6 +304,7 @@ struct Collected<'a> {
     session: Option<&'a str>,
     upgrade: Option<&'a str>,
     host: Option<&'a str>,
+    expect_continue: bool,
     conn_close: bool,
     conn_keep_alive: bool,
     conn_upgrade: bool,
@@ -288,6 +351,9 @@ fn build_head(req: &httparse::Request<'_, '_>, head_len: usize) -> Result<Reques
         } else if name.eq_ignore_ascii_case("host") {
             // RFC 9112 §3.2: more than one Host is a 400.
             once(&mut c.host, value()?, "Host")?;
+        } else if name.eq_ignore_ascii_case("expect") {
+            // RFC 9110 §10.1.1: 100-continue is the only expectation defined.
+            c.expect_continue |= value()?.eq_ignore_ascii_case("100-continue");
         } else if name.eq_ignore_ascii_case("connection") {
             for token in value()?.split(',').map(str::trim) {
                 if token.eq_ignore_ascii_case("close") {
@@ -303,7 +369,12 @@ fn build_head(req: &httparse::Request<'_, '_>, head_len: usize) -> Result<Reques
     if minor == 1 && c.host.is_none() {
         return Err(malformed("HTTP/1.1 request without Host"));
     }
-    let path = target.split('?').next().unwrap_or(target).to_owned();
+    if c.host.is_some_and(|h| !valid_host(h)) {
+        // RFC 9112 §3.2: an invalid Host is a 400.
+        return Err(malformed("invalid Host"));
+    }
+    let path = origin_path(target);
+    let path = path.split('?').next().unwrap_or(path).to_owned();
     let content_length = c.content_length.unwrap_or(0);
     if is_api_path(&path) {
         if c.transfer_encoding {
@@ -321,11 +392,43 @@ fn build_head(req: &httparse::Request<'_, '_>, head_len: usize) -> Result<Reques
         content_length,
         content_type: c.content_type.map(str::to_owned),
         bearer: c.authorization.and_then(bearer_token).map(str::to_owned),
-        upgrade: c.upgrade.filter(|_| c.conn_upgrade).map(str::to_ascii_lowercase),
+        // RFC 9110 §7.8: Upgrade in an HTTP/1.0 request is ignored.
+        upgrade: c
+            .upgrade
+            .filter(|_| c.conn_upgrade && minor == 1)
+            .map(str::to_ascii_lowercase),
         keep_alive,
         host: c.host.map(str::to_owned),
         session: c.session.map(str::to_owned),
+        expect_continue: c.expect_continue,
     })
+}
+
+/// The path of a request target: the target itself in origin form, the part after the
+/// authority in absolute form (`http://gw.example/api/v1/login`, which a server must accept,
+/// RFC 9112 §3.2.2).
+fn origin_path(target: &str) -> &str {
+    let lower = |n: usize| target.get(..n).map(str::to_ascii_lowercase);
+    let scheme = if lower(7).as_deref() == Some("http://") {
+        7
+    } else if lower(8).as_deref() == Some("https://") {
+        8
+    } else {
+        return target;
+    };
+    let rest = &target[scheme..];
+    match rest.find(['/', '?']) {
+        Some(at) if rest.as_bytes()[at] == b'/' => &rest[at..],
+        _ => "/",
+    }
+}
+
+/// A Host value as RFC 9112 §3.2 allows: uri-host [ ":" port ], where uri-host is a
+/// reg-name (unreserved, sub-delims, percent-encoded) or an IP literal in brackets; empty
+/// when the target has no authority.
+fn valid_host(host: &str) -> bool {
+    host.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%:[]".contains(&b))
 }
 
 /// Stores a header that may appear once.
@@ -488,10 +591,13 @@ mod tests {
 
     #[test]
     fn request_line_errors() {
+        // Another protocol version: 505.
+        for bad in [&b"GET / HTTP/2.0\r\n\r\n"[..], b"PRI * HTTP/2.0\r\n\r\n"] {
+            let e = invalid(bad);
+            assert_eq!((e.status(), e.code()), (505, "version_not_supported"), "{bad:?}");
+        }
         for bad in [
-            &b"GET / HTTP/2.0\r\n\r\n"[..],
-            b"PRI * HTTP/2.0\r\n",
-            b"GET  / HTTP/1.1\r\n",
+            &b"GET  / HTTP/1.1\r\n"[..],
             b"GET / FTP/1.1\r\n",
             b"G\x01T / HTTP/1.1\r\n",
             b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n",
@@ -502,6 +608,81 @@ mod tests {
                 String::from_utf8_lossy(bad)
             );
         }
+    }
+
+    #[test]
+    fn absolute_form_targets_are_routed_by_their_path() {
+        let h =
+            complete(b"POST http://gw.example:8443/api/v1/login?x HTTP/1.1\r\nHost: gw.example:8443\r\n\r\n");
+        assert_eq!(h.path, "/api/v1/login");
+        let h = complete(b"GET HTTPS://gw.example HTTP/1.1\r\nHost: gw.example\r\n\r\n");
+        assert_eq!(h.path, "/");
+        // Origin form is left alone.
+        assert_eq!(
+            complete(b"GET /http://x HTTP/1.1\r\nHost: x\r\n\r\n").path,
+            "/http://x"
+        );
+    }
+
+    #[test]
+    fn host_values_are_checked() {
+        for ok in [
+            "gw.example",
+            "gw.example:8443",
+            "[::1]:443",
+            "10.0.0.1",
+            "a-b_c~d",
+            "",
+        ] {
+            let raw = format!("GET / HTTP/1.1\r\nHost: {ok}\r\n\r\n");
+            assert_eq!(complete(raw.as_bytes()).host.as_deref(), Some(ok));
+        }
+        for bad in ["a b", "user@gw", "gw/x", "gw\"x", "gw<"] {
+            let raw = format!("GET / HTTP/1.1\r\nHost: {bad}\r\n\r\n");
+            assert!(
+                matches!(invalid(raw.as_bytes()), HttpError::Malformed(_)),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn upgrade_only_in_http_1_1_and_expect_continue() {
+        let up = "Connection: Upgrade\r\nUpgrade: gatehouse-tunnel\r\n";
+        let h11 = format!("GET /api/v1/tunnel HTTP/1.1\r\nHost: x\r\n{up}\r\n");
+        assert_eq!(
+            complete(h11.as_bytes()).upgrade.as_deref(),
+            Some("gatehouse-tunnel")
+        );
+        // RFC 9110 §7.8: ignored in HTTP/1.0.
+        let h10 = format!("GET /api/v1/tunnel HTTP/1.0\r\n{up}\r\n");
+        assert_eq!(complete(h10.as_bytes()).upgrade, None);
+        let h = complete(
+            b"POST /api/v1/login HTTP/1.1\r\nHost: x\r\nExpect: 100-Continue\r\nContent-Length: 2\r\n\r\n",
+        );
+        assert!(h.expect_continue);
+        assert!(!complete(LOGIN).expect_continue);
+    }
+
+    #[test]
+    fn dates_and_head_answers() {
+        let t = time::macros::datetime!(1994-11-06 08:49:37 UTC);
+        assert_eq!(http_date(t), "Sun, 06 Nov 1994 08:49:37 GMT");
+        let full = json_response(200, &serde_json::json!({"a": 1}), true);
+        let head = head_only(full.clone());
+        assert!(head.ends_with(b"\r\n\r\n") && full.starts_with(&head));
+        assert_eq!(full.len() - head.len(), 7, "the body {{\"a\":1}} is gone");
+    }
+
+    #[test]
+    fn a_request_line_that_fills_the_head_is_414() {
+        let mut raw = b"GET /".to_vec();
+        raw.resize(MAX_HEAD + 10, b'a');
+        assert_eq!(invalid(&raw), HttpError::UriTooLong);
+        // Headers that fill it after a short line stay 431.
+        let mut raw = b"GET / HTTP/1.1\r\nX-Pad: ".to_vec();
+        raw.resize(MAX_HEAD + 10, b'a');
+        assert_eq!(invalid(&raw), HttpError::HeadTooLarge);
     }
 
     #[test]

@@ -418,6 +418,44 @@ fn pipelined_requests_then_a_half_close_are_all_answered() {
 }
 
 #[test]
+fn head_and_expect_continue_are_answered_as_http_says() {
+    let farm = GatewayFarm::start(1);
+    let gw = farm.start_gateway("gw-a", "site-a", "");
+    gw.wait_healthy();
+    // HEAD /health (some load balancers check with it): the GET's head, no body.
+    let mut s = std::net::TcpStream::connect(gw.listen).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"HEAD /health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(text.ends_with("\r\n\r\n"), "a body after a HEAD answer: {text}");
+    assert!(text.contains("\r\nDate: "), "{text}");
+    // Expect: 100-continue: the client sends the body only after 100 Continue.
+    let body = r#"{"user":"bob","password":"other"}"#;
+    let mut s = std::net::TcpStream::connect(gw.listen).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let head = format!(
+        "POST /api/v1/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Expect: 100-continue\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    let mut interim = [0u8; 25];
+    s.read_exact(&mut interim).expect("100 Continue before the body");
+    assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+    s.write_all(body.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out);
+    assert!(
+        text.starts_with("HTTP/1.1 200 OK\r\n") && text.contains("session_token"),
+        "{text}"
+    );
+}
+
+#[test]
 fn a_hung_broker_is_reported_without_the_farm_s_names() {
     let farm = GatewayFarm::start(1);
     let gw = farm.start_gateway("gw-a", "site-a", "");

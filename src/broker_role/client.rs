@@ -263,6 +263,7 @@ impl ControlClient {
             draining: vec![false; setup.brokers.len()],
             in_flight: HashMap::new(),
             waiting: VecDeque::new(),
+            none_up_since: Some(Instant::now()),
             next_id: 1,
             request_timeout: setup.request_timeout,
         };
@@ -377,6 +378,9 @@ struct Control {
     in_flight: HashMap<u64, InFlight>,
     /// Requests submitted while no broker was up.
     waiting: VecDeque<Waiting>,
+    /// Since when no broker's link has been up (since the start until the first one is);
+    /// `None` while one is.
+    none_up_since: Option<Instant>,
     next_id: u64,
     request_timeout: Duration,
 }
@@ -436,6 +440,19 @@ impl Control {
 
     fn submit(&mut self, tag: u64, request: Request, sink: AnswerSink, now: Instant) {
         let Some(broker) = self.active() else {
+            // A request waits for a link that comes up (a broker restarting, the links of
+            // a starting gateway), but not when none has been up for a whole request
+            // timeout: it would wait that long in vain, as the one before it did.
+            if self
+                .none_up_since
+                .is_some_and(|t| now >= t + self.request_timeout)
+            {
+                sink.deliver(Answer {
+                    tag,
+                    result: Err(ClientFailure::NoBroker),
+                });
+                return;
+            }
             self.waiting.push_back(Waiting {
                 tag,
                 sink,
@@ -481,6 +498,7 @@ impl Control {
                 tracing::info!(broker = %name, "control link up");
                 self.seen.insert(name.clone());
                 self.up[index] = Some(name);
+                self.none_up_since = None;
                 *self.connected.lock() = self.up.clone();
                 self.draining[index] = false;
                 let now = Instant::now();
@@ -493,6 +511,9 @@ impl Control {
                     .take()
                     .unwrap_or_else(|| format!("broker #{index}"));
                 *self.connected.lock() = self.up.clone();
+                if self.up.iter().all(Option::is_none) {
+                    self.none_up_since.get_or_insert_with(Instant::now);
+                }
                 tracing::warn!(broker = %name, "control link down: {reason}");
                 let lost: Vec<u64> = self
                     .in_flight
@@ -749,6 +770,19 @@ mod tests {
         assert_eq!(answer.tag, 42);
         assert_eq!(answer.result.unwrap_err(), ClientFailure::NoBroker);
         assert!(start.elapsed() >= Duration::from_millis(300));
+        // No link for a whole request timeout now: the next request is not kept waiting.
+        let start = Instant::now();
+        let request = Request::ListResources(gatehouse_control::message::ListResources {
+            session_token: gatehouse_control::message::Secret::new("t"),
+        });
+        client.submit(43, request, &sink);
+        let answer = rx.recv_timeout(Duration::from_secs(5)).expect("an answer");
+        let took = start.elapsed();
+        assert_eq!(
+            (answer.tag, answer.result.unwrap_err()),
+            (43, ClientFailure::NoBroker)
+        );
+        assert!(took < Duration::from_millis(150), "kept waiting {took:?}");
         client.stop();
     }
 }

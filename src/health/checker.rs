@@ -336,12 +336,12 @@ impl TargetRunner {
         let interval = self.target.spec.interval;
         let mut next = Instant::now() + jitter;
         loop {
-            // Sleep until the next probe, serving passive reports meanwhile.
+            // Sleep until the next probe, serving passive reports meanwhile. Stop and the
+            // passive queue are looked at before every probe, even one already due (a probe
+            // that took its whole timeout, longer than the interval): otherwise a backend
+            // that hangs every check would keep this thread probing and never stopping.
             loop {
                 let left = next.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    break;
-                }
                 select! {
                     // A message or a disconnect: either way, stop.
                     recv(stop) -> _ => return,
@@ -350,6 +350,9 @@ impl TargetRunner {
                         Err(_) => return,
                     },
                     default(left) => {}
+                }
+                if Instant::now() >= next {
+                    break;
                 }
             }
             let started = Instant::now();

@@ -180,6 +180,28 @@ fn stop_is_prompt_even_with_a_long_interval() {
 }
 
 #[test]
+fn stop_is_prompt_when_every_probe_takes_longer_than_the_interval() {
+    // A backend that accepts and never answers, checked every 100 ms with a 300 ms timeout:
+    // each probe ends past the next one's start, so the next is always due at once.
+    let server = Server::start(any_port(), say_nothing);
+    let kind = CheckKind::Http {
+        path: "/health".into(),
+        host: None,
+        expect: StatusMatch::default(),
+        tls: None,
+    };
+    let (checker, rx) = start(vec![target(server.addr, spec(kind, 100, 300, 2, 2), Health::Up)]);
+    let (_, down) = next_event(&rx);
+    assert_eq!(down.transition.to, Health::Down);
+    let started = Instant::now();
+    checker.stop();
+    let took = started.elapsed();
+    println!("stop with a probe hanging took {took:?}");
+    // At most the probe in flight (its 300 ms timeout).
+    assert!(took < Duration::from_millis(800), "{took:?}");
+}
+
+#[test]
 fn passive_failures_mark_down_with_their_reason() {
     // Nothing listens: active probes fail too, but with fall=3 and a 10 s interval at most
     // one runs during the test, and failed probes never reset the passive count.

@@ -148,6 +148,15 @@ impl BackendPlan {
             && (self.max_connections == 0
                 || self.runtime.active.load(Ordering::Relaxed) < self.max_connections)
     }
+
+    /// In rotation and up, but holding its `max_connections`.
+    pub fn at_limit(&self) -> bool {
+        self.admin == AdminState::Up
+            && self.health == Health::Up
+            && !self.runtime.passive_down.load(Ordering::Relaxed)
+            && self.max_connections > 0
+            && self.runtime.active.load(Ordering::Relaxed) >= self.max_connections
+    }
 }
 
 /// Per-backend counters bumped by workers.
@@ -166,6 +175,15 @@ pub struct BackendRuntime {
     pub passive_down: AtomicBool,
     /// Failed connects ever.
     pub connect_failures: AtomicU64,
+}
+
+impl BackendRuntime {
+    /// Back in rotation as far as passive health goes, with a fresh count: it takes another
+    /// `passive_fall` failed connects in a row to take it out again.
+    pub fn clear_passive(&self) {
+        self.failures_in_row.store(0, Ordering::Relaxed);
+        self.passive_down.store(false, Ordering::Relaxed);
+    }
 }
 
 /// The node's lifecycle, read by workers every loop turn.
@@ -240,6 +258,9 @@ impl SourceTable {
 #[derive(Clone, Copy, Debug)]
 struct BackendStatus {
     admin: AdminState,
+    /// The `state` the config gave it: a reload that changes it applies the new one; one
+    /// that leaves it keeps what the admin API set since.
+    configured: AdminState,
     health: Health,
     address: SocketAddr,
 }
@@ -420,14 +441,14 @@ impl Shared {
     pub fn clear_passive_down(&self, pool: &str, backend: &str) {
         let control = self.control.lock();
         if let Some(runtime) = control.runtimes.get(&(pool.to_string(), backend.to_string())) {
-            runtime.passive_down.store(false, Ordering::Relaxed);
+            runtime.clear_passive();
         }
     }
 
     /// The same for every backend (the health checkers restart on a reload).
     pub fn clear_all_passive_down(&self) {
         for runtime in self.control.lock().runtimes.values() {
-            runtime.passive_down.store(false, Ordering::Relaxed);
+            runtime.clear_passive();
         }
     }
 
@@ -436,8 +457,12 @@ impl Shared {
         let mut control = self.control.lock();
         let key = (pool.to_string(), backend.to_string());
         if let Some(runtime) = control.runtimes.get(&key) {
-            // The verdict rules from now on (down, or up again after `rise` good checks).
-            runtime.passive_down.store(false, Ordering::Relaxed);
+            // The verdict rules from now on (down, or up again after `rise` good checks);
+            // once up, another `passive_fall` failed connects in a row take it out again.
+            match health {
+                Health::Up => runtime.clear_passive(),
+                Health::Down => runtime.passive_down.store(false, Ordering::Relaxed),
+            }
         }
         match control.status.get_mut(&key) {
             Some(s) if s.health != health => {
@@ -490,18 +515,27 @@ fn build_snapshot(control: &mut ControlState, generation: u64) -> Snapshot {
         for b in &p.backends {
             let id = (p.name.clone(), b.name.clone());
             seen.insert(id.clone());
-            let status = control.status.entry(id.clone()).or_insert(BackendStatus {
+            let fresh = BackendStatus {
                 admin: b.state,
+                configured: b.state,
                 health: Health::Up,
                 address: b.address,
-            });
+            };
+            let status = control.status.entry(id.clone()).or_insert(fresh);
             if status.address != b.address {
                 // Same name, new address: a new server as far as health goes.
-                *status = BackendStatus {
-                    admin: b.state,
-                    health: Health::Up,
-                    address: b.address,
-                };
+                *status = fresh;
+            }
+            if status.configured != b.state {
+                // The operator edited `state` in the file: that is the new state.
+                status.admin = b.state;
+                status.configured = b.state;
+            }
+            if p.health.is_none() {
+                // No checker will ever give a verdict for this pool (its `health` was
+                // removed by this reload): a verdict from an old one must not keep the
+                // backend out for good.
+                status.health = Health::Up;
             }
             let runtime = control.runtimes.entry(id).or_default().clone();
             backends.push(BackendPlan {

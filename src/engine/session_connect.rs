@@ -43,10 +43,16 @@ impl Session {
             let Some(index) = picked else {
                 self.phase = Phase::Closed;
                 return if tried.is_empty() {
-                    Step::Close(
-                        CloseReason::NoBackend,
-                        format!("no backend of pool {:?} is up", self.pool.name),
-                    )
+                    // Up but full is not down: say which, for the operator who reads it.
+                    let full = self.pool.backends.iter().filter(|b| b.at_limit()).count();
+                    let detail = match full {
+                        0 => format!("no backend of pool {:?} is up", self.pool.name),
+                        n => format!(
+                            "no backend of pool {:?} can take a connection: {n} up but at their max_connections",
+                            self.pool.name
+                        ),
+                    };
+                    Step::Close(CloseReason::NoBackend, detail)
                 } else {
                     Step::Close(
                         CloseReason::ConnectFailed,
@@ -267,8 +273,13 @@ fn reserve(runtime: &BackendRuntime, max: u32) -> bool {
 fn note_failure(pool: &PoolPlan, backend: &BackendRef, detail: &str, ctx: &mut Ctx<'_>) {
     backend.runtime.connect_failures.fetch_add(1, Ordering::Relaxed);
     let in_row = backend.runtime.failures_in_row.fetch_add(1, Ordering::Relaxed) + 1;
-    if pool.passive_fall > 0 && pool.health_checked && in_row == pool.passive_fall {
-        backend.runtime.passive_down.store(true, Ordering::Relaxed);
+    // At or past the bound (a run that went on while a verdict was pending, or one that
+    // started before the last verdict), once per time it is taken out.
+    if pool.passive_fall > 0
+        && pool.health_checked
+        && in_row >= pool.passive_fall
+        && !backend.runtime.passive_down.swap(true, Ordering::Relaxed)
+    {
         let _ = ctx.shared.events.send(ControlEvent::PassiveDown {
             pool: pool.name.clone(),
             backend: backend.name.to_string(),

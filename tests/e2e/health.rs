@@ -194,3 +194,45 @@ fn drained_backend_keeps_its_tunnels_and_takes_no_new_ones() {
     let back = (0..6).any(|_| who_answers(listen, None).is_some_and(|(n, _)| n == name));
     assert!(back, "the backend takes connections again once up");
 }
+
+#[test]
+fn failed_connects_take_a_backend_out_again_after_it_came_back() {
+    // Slow active checks (3 s) and passive marking after 3 failed connects in a row: a
+    // backend that dies, comes back, and dies again is taken out by its failed connects
+    // both times, not only the first.
+    let (_s1, a1) = standin("echo");
+    let (s2, a2) = standin("echo");
+    let (admin, listen) = addrs();
+    let pool_extra = "passive_fall = 3\nhealth = { check = \"tcp\", interval = \"3s\", timeout = \"500ms\", rise = 1, fall = 3 }";
+    let g = Gatehouse::start(
+        &simple_config(admin, listen, pool_extra, "", &[("h1", a1), ("h2", a2)]),
+        admin,
+    );
+    assert!(wait_until(Duration::from_secs(5), || g.health("p", "h2") == "up"));
+    let passive_lines = |g: &Gatehouse| g.log().matches("connects in a row failed").count();
+    let mut s2 = Some(s2);
+    for round in 1..=2 {
+        drop(s2.take()); // SIGKILL: connects are refused at once
+        let t = Instant::now();
+        let mut clients = 0;
+        while g.health("p", "h2") != "down" && clients < 20 {
+            assert!(echo_once(listen), "a client failed: retries go to h1");
+            clients += 1;
+        }
+        println!(
+            "passive, round {round}: h2 down after {clients} clients, {:?}",
+            t.elapsed()
+        );
+        assert_eq!(g.health("p", "h2"), "down", "round {round}");
+        assert!(
+            wait_until(Duration::from_secs(2), || passive_lines(&g) == round),
+            "round {round}: marked down by its failed connects, not the 3 s check:\n{}",
+            g.log()
+        );
+        s2 = Some(standin_at("echo", a2));
+        assert!(
+            wait_until(Duration::from_secs(8), || g.health("p", "h2") == "up"),
+            "round {round}: back up"
+        );
+    }
+}

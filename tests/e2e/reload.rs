@@ -271,3 +271,51 @@ fn a_reload_changes_keepalive_on_the_listening_sockets_in_place() {
     assert!(new_ticks <= 2_000, "20 s after the reload: {new_ticks}");
     assert!(echo_round_trip(&mut old, b"still"), "the older tunnel carries on");
 }
+
+#[test]
+fn a_reload_applies_edited_states_and_drops_verdicts_of_a_removed_check() {
+    let (s1, a1) = standin("echo");
+    let (s2, a2) = standin("echo");
+    let (_s3, a3) = standin("echo");
+    let (admin, listen) = addrs();
+    let checks =
+        "health = { check = \"tcp\", interval = \"200ms\", timeout = \"200ms\", rise = 2, fall = 2 }";
+    let backends = [("h1", a1, ""), ("h2", a2, ""), ("h3", a3, "")];
+    let g = Gatehouse::start(&config_full(admin, listen, 1, "", checks, "", &backends), admin);
+    assert!(wait_until(Duration::from_secs(3), || g.health("p", "h2") == "up"));
+    drop(s2);
+    assert!(
+        wait_until(Duration::from_secs(5), || g.health("p", "h2") == "down"),
+        "the killed backend is marked down"
+    );
+    // The API drains h1; the file then loses its health check and puts h3 in maintenance.
+    g.set_state("p", "h1", "drain");
+    let _s2 = standin_at("echo", a2);
+    let edited = [
+        ("h1", a1, ""),
+        ("h2", a2, ""),
+        ("h3", a3, "state = \"maintenance\""),
+    ];
+    g.rewrite_config(&config_full(admin, listen, 1, "", "", "", &edited));
+    g.signal(Signal::SIGHUP);
+    let ok = "gatehouse_reloads_total{result=\"ok\"}";
+    assert_eq!(g.wait_metric(ok, 1.0, Duration::from_secs(5)), 1.0);
+    // No checker will judge h2 again: the old verdict must not keep it out for good.
+    assert_eq!(g.health("p", "h2"), "up", "{}", g.backend("p", "h2"));
+    // The edited state applies; the API's drain of h1, which the file did not touch, stays.
+    assert_eq!(g.backend("p", "h3")["admin_state"], "maintenance");
+    assert_eq!(g.backend("p", "h1")["admin_state"], "drain");
+    let totals = || ["h1", "h2", "h3"].map(|b| g.backend_total("p", b));
+    let before = totals();
+    for _ in 0..6 {
+        assert!(echo_once(listen));
+    }
+    let after = totals();
+    println!("reload: new clients per backend {before:?} -> {after:?}");
+    assert_eq!(
+        (after[0], after[1], after[2]),
+        (before[0], before[1] + 6.0, before[2]),
+        "the six new clients all go to h2, the one backend up and in rotation"
+    );
+    let _ = s1;
+}

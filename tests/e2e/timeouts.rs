@@ -1,5 +1,6 @@
 //! Idle timeout, no backend available, connect retries with passive marking, and IPv6.
 
+use std::io::Read;
 use std::net::{SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 
@@ -195,6 +196,25 @@ fn per_backend_connection_limit_sends_overflow_elsewhere() {
         == 0));
     let (third, _h) = who_answers(listen, None).expect("served");
     assert_eq!(third, "b1", "b1 takes connections again below its limit");
+    // b1 full again (the third client holds it) and b2 drained: no backend can take a
+    // client, and the refusal says b1 is full, not down.
+    g.set_state("p", "b2", "drain");
+    let refused = connect_from(listen, None).map(|mut c| {
+        let mut buf = [0u8; 1];
+        c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        matches!(c.read(&mut buf), Ok(0) | Err(_))
+    });
+    assert!(
+        refused.unwrap_or(true),
+        "a client got through with every backend full"
+    );
+    assert!(
+        wait_until(Duration::from_secs(3), || g
+            .log()
+            .contains("1 up but at their max_connections")),
+        "{}",
+        g.log()
+    );
 }
 
 #[test]

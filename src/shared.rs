@@ -604,8 +604,12 @@ fn build_snapshot(control: &mut ControlState, generation: u64) -> Snapshot {
         });
     }
     control.status.retain(|k, _| seen.contains(k));
-    // Runtimes of removed backends stay while sessions hold them (Arc), but leave the registry.
-    control.runtimes.retain(|k, _| seen.contains(k));
+    // The runtime of a removed backend stays in the registry while something else holds it
+    // (its sessions, a worker's previous snapshot): re-added by a later reload, the backend
+    // finds its live connections still counted against its max_connections.
+    control
+        .runtimes
+        .retain(|k, runtime| seen.contains(k) || Arc::strong_count(runtime) > 1);
     Snapshot {
         generation,
         config,
@@ -822,5 +826,21 @@ mod tests {
         b.passive_down.store(true, Ordering::Relaxed);
         shared.clear_all_passive_down();
         assert_eq!(eligible(&shared), [true, true]);
+    }
+
+    #[test]
+    fn a_backend_removed_and_added_back_keeps_counting_its_live_connections() {
+        let config = load_str(CONFIG, "t.toml", ValidateOptions::default()).expect("config");
+        let (shared, _events) = Shared::new(config);
+        // A session holds a connection to "b" (its clone of the runtime).
+        let held = shared.snapshot().pools[0].backends[1].runtime.clone();
+        held.active.fetch_add(1, Ordering::Relaxed);
+        let without_b = CONFIG.replace("{ name = \"b\", address = \"127.0.0.1:3\" },\n", "");
+        shared.replace_config(load_str(&without_b, "t.toml", ValidateOptions::default()).unwrap());
+        assert_eq!(shared.snapshot().pools[0].backends.len(), 1);
+        shared.replace_config(load_str(CONFIG, "t.toml", ValidateOptions::default()).unwrap());
+        let b = shared.snapshot().pools[0].backends[1].runtime.clone();
+        assert!(Arc::ptr_eq(&b, &held), "b came back with fresh counters");
+        assert_eq!(b.active.load(Ordering::Relaxed), 1);
     }
 }

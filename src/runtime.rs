@@ -541,9 +541,12 @@ fn start_health(shared: &Arc<Shared>) -> Option<Checks> {
         }
     }
     if targets.is_empty() {
+        shared.set_health_statuses(Vec::new());
         return None;
     }
     let ids = names.iter().enumerate().map(|(i, k)| (k.clone(), i)).collect();
+    let rows_names = names.clone();
+    let publish_to = shared.clone();
     let shared = shared.clone();
     let on_change = Arc::new(move |ev: HealthEvent| {
         let Some((pool, backend)) = names.get(ev.id) else {
@@ -558,6 +561,12 @@ fn start_health(shared: &Arc<Shared>) -> Option<Checks> {
         shared.set_health(pool, backend, health);
     });
     let checker = HealthChecker::spawn(targets, on_change);
+    let rows = rows_names
+        .into_iter()
+        .zip(checker.statuses().iter().cloned())
+        .map(|((pool, backend), status)| (pool, backend, status))
+        .collect();
+    publish_to.set_health_statuses(rows);
     let reporter = checker.passive_reporter();
     Some(Checks {
         checker,

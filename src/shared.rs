@@ -286,6 +286,8 @@ pub struct Shared {
     /// Listener sockets a reload bound for the workers to take.
     staged: Mutex<crate::engine::listener::Staged>,
     metric_sources: Mutex<Vec<MetricSource>>,
+    /// The health checkers' per-backend status, (pool, backend, status), for /metrics.
+    health_statuses: Mutex<Vec<(String, String, Arc<crate::health::TargetStatus>)>>,
     /// Counters.
     pub metrics: Metrics,
     /// Connections held by all workers.
@@ -317,6 +319,7 @@ impl Shared {
             wakers: Mutex::new(Vec::new()),
             staged: Mutex::new(Default::default()),
             metric_sources: Mutex::new(Vec::new()),
+            health_statuses: Mutex::new(Vec::new()),
             metrics: Metrics::default(),
             connections: AtomicUsize::new(0),
             sources: SourceTable::default(),
@@ -366,9 +369,15 @@ impl Shared {
         self.metric_sources.lock().push(source);
     }
 
+    /// Publishes the running health checkers' statuses (none: no pool is checked).
+    pub fn set_health_statuses(&self, rows: Vec<(String, String, Arc<crate::health::TargetStatus>)>) {
+        *self.health_statuses.lock() = rows;
+    }
+
     /// The Prometheus text of every counter, the snapshot's backends and the extra sources.
     pub fn render_metrics(&self) -> String {
         let mut extra = String::new();
+        crate::health::render_metrics(&mut extra, &self.health_statuses.lock());
         for source in self.metric_sources.lock().iter() {
             source(&mut extra);
         }

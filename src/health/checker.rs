@@ -300,6 +300,82 @@ impl std::fmt::Debug for HealthChecker {
     }
 }
 
+/// Writes the Prometheus text of active health checks: one `(pool, backend, status)` per
+/// checked backend. Counted since the checkers last started (a reload restarts them, and
+/// Prometheus' rate() takes the reset in its stride).
+pub fn render_metrics(out: &mut String, rows: &[(String, String, Arc<TargetStatus>)]) {
+    use crate::metrics::{header, label};
+    use std::fmt::Write as _;
+    if rows.is_empty() {
+        return;
+    }
+    let who = |pool: &str, backend: &str| format!("pool=\"{}\",backend=\"{}\"", label(pool), label(backend));
+    header(
+        out,
+        "gatehouse_health_checks_total",
+        "counter",
+        "Active health checks made, by result.",
+    );
+    for (pool, backend, st) in rows {
+        let (run, failed) = (st.checks_run(), st.checks_failed());
+        let who = who(pool, backend);
+        let _ = writeln!(
+            out,
+            "gatehouse_health_checks_total{{{who},result=\"ok\"}} {}",
+            run - failed.min(run)
+        );
+        let _ = writeln!(
+            out,
+            "gatehouse_health_checks_total{{{who},result=\"failed\"}} {failed}"
+        );
+    }
+    header(
+        out,
+        "gatehouse_health_check_failures_total",
+        "counter",
+        "Failed active health checks, by reason (reasons seen so far).",
+    );
+    for (pool, backend, st) in rows {
+        let who = who(pool, backend);
+        for (reason, n) in st.failures_by_reason().into_iter().filter(|(_, n)| *n > 0) {
+            let _ = writeln!(
+                out,
+                "gatehouse_health_check_failures_total{{{who},reason=\"{reason}\"}} {n}"
+            );
+        }
+    }
+    header(
+        out,
+        "gatehouse_health_passive_failures_total",
+        "counter",
+        "Failed real connects the data plane reported to the health checker.",
+    );
+    for (pool, backend, st) in rows {
+        let _ = writeln!(
+            out,
+            "gatehouse_health_passive_failures_total{{{}}} {}",
+            who(pool, backend),
+            st.passive_failures()
+        );
+    }
+    header(
+        out,
+        "gatehouse_health_check_seconds",
+        "gauge",
+        "How long the last active health check took (to its verdict or its timeout).",
+    );
+    for (pool, backend, st) in rows {
+        if let Some((_, took)) = st.last_check() {
+            let _ = writeln!(
+                out,
+                "gatehouse_health_check_seconds{{{}}} {:.6}",
+                who(pool, backend),
+                took.as_secs_f64()
+            );
+        }
+    }
+}
+
 const HEALTH_DOWN: u8 = 0;
 const HEALTH_UP: u8 = 1;
 

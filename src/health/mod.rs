@@ -20,7 +20,7 @@ mod spec;
 mod tls;
 mod tracker;
 
-pub use checker::{HealthChecker, HealthEvent, PassiveReporter, Target, TargetStatus};
+pub use checker::{render_metrics, HealthChecker, HealthEvent, PassiveReporter, Target, TargetStatus};
 pub use outcome::{is_local_shortage, is_out_of_files, ProbeFailure, ProbeOutcome, Stage};
 pub use probe::probe;
 pub use spec::{CheckKind, CheckSpec, StatusMatch, TlsVerify};

@@ -73,6 +73,12 @@ fn killed_backend_goes_down_and_comes_back() {
         g.metric("gatehouse_health_transitions_total") >= 2.0,
         "transitions counted"
     );
+    // The checks themselves, per backend: h2's refused connects while it was dead.
+    let h2 = |name: &str, label: &str| g.metric(&format!("{name}{{pool=\"p\",backend=\"h2\"{label}}}"));
+    assert!(h2("gatehouse_health_checks_total", ",result=\"failed\"") >= 2.0);
+    assert!(h2("gatehouse_health_checks_total", ",result=\"ok\"") >= 2.0);
+    assert!(h2("gatehouse_health_check_failures_total", ",reason=\"refused\"") >= 2.0);
+    assert!(h2("gatehouse_health_check_seconds", "") > 0.0);
 }
 
 /// `python3 -m http.server` on a free port, answering GET / with 200.

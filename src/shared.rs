@@ -420,6 +420,7 @@ impl Shared {
     /// Replaces the configuration (a validated reload): backends that stay keep their state.
     pub fn replace_config(&self, config: Config) {
         let mut control = self.control.lock();
+        forget_unchecked_verdicts(&mut control, &config);
         control.config = Arc::new(config);
         self.publish(&mut control);
     }
@@ -428,6 +429,7 @@ impl Shared {
     /// reload: certificates are re-read with the config; sessions keep what they started with).
     pub fn replace_config_and_tls(&self, config: Config, tls: TlsState) {
         let mut control = self.control.lock();
+        forget_unchecked_verdicts(&mut control, &config);
         control.config = Arc::new(config);
         control.tls = tls;
         self.publish(&mut control);
@@ -506,6 +508,19 @@ impl Shared {
     }
 }
 
+/// A reload to `config`: a pool without health checks gets no verdict from any checker
+/// again (its `health` may just have been removed), so an old one must not keep its
+/// backends out for good.
+fn forget_unchecked_verdicts(control: &mut ControlState, config: &Config) {
+    for p in config.pools().filter(|p| p.health.is_none()) {
+        for b in &p.backends {
+            if let Some(status) = control.status.get_mut(&(p.name.clone(), b.name.clone())) {
+                status.health = Health::Up;
+            }
+        }
+    }
+}
+
 fn build_snapshot(control: &mut ControlState, generation: u64) -> Snapshot {
     let config = control.config.clone();
     let mut seen = std::collections::HashSet::new();
@@ -539,12 +554,6 @@ fn build_snapshot(control: &mut ControlState, generation: u64) -> Snapshot {
                 // The operator edited `state` in the file: that is the new state.
                 status.admin = b.state;
                 status.configured = b.state;
-            }
-            if p.health.is_none() {
-                // No checker will ever give a verdict for this pool (its `health` was
-                // removed by this reload): a verdict from an old one must not keep the
-                // backend out for good.
-                status.health = Health::Up;
             }
             let runtime = control.runtimes.entry(id).or_default().clone();
             backends.push(BackendPlan {

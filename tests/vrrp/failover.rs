@@ -180,6 +180,57 @@ fn client_sees(ns: &str) -> String {
         .to_string()
 }
 
+/// a (150, master) and b (100, backup) with a client namespace whose ARP entry for the VIP
+/// points at a, and a's own gratuitous ARP rounds (garp_repeat = 2) done.
+struct ArpLab {
+    lab: Lab,
+    wa: VipWatch,
+    wb: VipWatch,
+    a: Gatehouse,
+    b: Gatehouse,
+    mac_a: String,
+    mac_b: String,
+    client: String,
+}
+
+impl ArpLab {
+    fn start(tag: char) -> ArpLab {
+        let lab = Lab::create(
+            tag,
+            &[
+                ("a", &["10.213.0.1/24"]),
+                ("b", &["10.213.0.2/24"]),
+                ("c", &[&format!("{}/24", crate::common::CLIENT)]),
+            ],
+        );
+        let (wa, wb) = (VipWatch::start(&lab.ns("a")), VipWatch::start(&lab.ns("b")));
+        let a = Gatehouse::start(&lab, "a", &HalbSpec::new(150));
+        let b = Gatehouse::start(&lab, "b", &HalbSpec::new(100));
+        crate::common::wait_until(Duration::from_secs(3), || wa.holds() && b.state() == "backup")
+            .expect("a master, b backup");
+        let (mac_a, mac_b, client) = (mac_of(&lab.ns("a")), mac_of(&lab.ns("b")), lab.ns("c"));
+        // The client resolves the VIP (a connect to a closed port is enough).
+        let vip: std::net::SocketAddr = format!("{}:9", crate::common::VIP).parse().unwrap();
+        crate::common::in_ns(&client, move || {
+            let _ = std::net::TcpStream::connect_timeout(&vip, Duration::from_secs(1));
+        });
+        assert_eq!(client_sees(&client), mac_a, "the client's entry before");
+        // a's own rounds done: one still due would fire later and hide whether what the
+        // test does next announces anything.
+        a.metric_reaches("gatehouse_vrrp_garps_sent_total", 2.0, Duration::from_secs(3));
+        ArpLab {
+            lab,
+            wa,
+            wb,
+            a,
+            b,
+            mac_a,
+            mac_b,
+            client,
+        }
+    }
+}
+
 #[test]
 fn a_master_back_from_sigstop_takes_the_clients_arp_entry_back() {
     if !ready("a_master_back_from_sigstop_takes_the_clients_arp_entry_back", &[]) {
@@ -188,29 +239,17 @@ fn a_master_back_from_sigstop_takes_the_clients_arp_entry_back() {
     // The backup that took over announced the VIP at its own MAC; once the old master is back
     // and the backup steps down, a client that still sends there reaches nobody until its
     // ARP entry fails (about 10 s on Linux). The returning master must announce it again.
-    let lab = Lab::create(
-        'r',
-        &[
-            ("a", &["10.213.0.1/24"]),
-            ("b", &["10.213.0.2/24"]),
-            ("c", &[&format!("{}/24", crate::common::CLIENT)]),
-        ],
-    );
-    let (wa, wb) = (VipWatch::start(&lab.ns("a")), VipWatch::start(&lab.ns("b")));
-    let a = Gatehouse::start(&lab, "a", &HalbSpec::new(150));
-    let b = Gatehouse::start(&lab, "b", &HalbSpec::new(100));
-    crate::common::wait_until(Duration::from_secs(3), || wa.holds() && b.state() == "backup")
-        .expect("a master, b backup");
-    let (mac_a, mac_b, client) = (mac_of(&lab.ns("a")), mac_of(&lab.ns("b")), lab.ns("c"));
-    // The client resolves the VIP (a connect to a closed port is enough).
-    let vip: std::net::SocketAddr = format!("{}:9", crate::common::VIP).parse().unwrap();
-    crate::common::in_ns(&client, move || {
-        let _ = std::net::TcpStream::connect_timeout(&vip, Duration::from_secs(1));
-    });
-    assert_eq!(client_sees(&client), mac_a, "the client's entry before");
-    // a's own rounds (garp_repeat = 2) done: one still due would fire at SIGCONT and hide
-    // whether the return itself announces anything.
-    a.metric_reaches("gatehouse_vrrp_garps_sent_total", 2.0, Duration::from_secs(3));
+    // Bound to names (not `_`): the lab and b live to the end of the test.
+    let ArpLab {
+        lab: _lab,
+        wa,
+        wb,
+        a,
+        b: _b,
+        mac_a,
+        mac_b,
+        client,
+    } = ArpLab::start('r');
     let garps = a.metric("gatehouse_vrrp_garps_sent_total");
     assert_eq!(garps, 2.0);
 
@@ -255,26 +294,16 @@ fn after_a_cut_that_keeps_the_carrier_the_clients_arp_entry_returns_to_the_maste
     // ARP entries to its MAC. When the segment heals, b steps down as soon as it hears a;
     // if a's advert reaches b before b's reaches a, a never hears a lesser master, yet it
     // must announce the VIP again or the clients keep sending to b.
-    let lab = Lab::create(
-        'k',
-        &[
-            ("a", &["10.213.0.1/24"]),
-            ("b", &["10.213.0.2/24"]),
-            ("c", &[&format!("{}/24", crate::common::CLIENT)]),
-        ],
-    );
-    let (wa, wb) = (VipWatch::start(&lab.ns("a")), VipWatch::start(&lab.ns("b")));
-    let a = Gatehouse::start(&lab, "a", &HalbSpec::new(150));
-    let b = Gatehouse::start(&lab, "b", &HalbSpec::new(100));
-    crate::common::wait_until(Duration::from_secs(3), || wa.holds() && b.state() == "backup")
-        .expect("a master, b backup");
-    let (mac_a, mac_b, client) = (mac_of(&lab.ns("a")), mac_of(&lab.ns("b")), lab.ns("c"));
-    let vip: std::net::SocketAddr = format!("{}:9", crate::common::VIP).parse().unwrap();
-    crate::common::in_ns(&client, move || {
-        let _ = std::net::TcpStream::connect_timeout(&vip, Duration::from_secs(1));
-    });
-    assert_eq!(client_sees(&client), mac_a, "the client's entry before");
-    a.metric_reaches("gatehouse_vrrp_garps_sent_total", 2.0, Duration::from_secs(3));
+    let ArpLab {
+        lab,
+        wa,
+        wb,
+        a,
+        b,
+        mac_a,
+        mac_b,
+        client,
+    } = ArpLab::start('k');
 
     // a's bridge port (p0) leaves the bridge: a's side of the veth keeps its carrier.
     crate::common::ip(&["-n", &lab.bridge, "link", "set", "p0", "nomaster"]);

@@ -245,6 +245,11 @@ impl Session {
                 } else {
                     CloseReason::BadRequest
                 };
+                if f.tls.is_some() {
+                    // Our side ends with close_notify too (the close path above sends it).
+                    f.close_after = Some((reason, detail));
+                    continue;
+                }
                 return (Phase::Closed, Step::Close(reason, detail), false);
             }
             match self.read_front(&mut f) {

@@ -283,12 +283,11 @@ impl ApiError {
         };
         let extra = match (self.status, self.allow) {
             (405, Some(methods)) => format!("Allow: {methods}\r\n"),
-            (401, _) if self.code == "missing_token" => {
-                "WWW-Authenticate: Bearer realm=\"gatehouse\"\r\n".to_string()
-            }
-            (401, _) => {
+            // A token was sent and refused; a login's 401 (wrong password) sent none.
+            (401, _) if self.code == "session_invalid" => {
                 "WWW-Authenticate: Bearer realm=\"gatehouse\", error=\"invalid_token\"\r\n".to_string()
             }
+            (401, _) => "WWW-Authenticate: Bearer realm=\"gatehouse\"\r\n".to_string(),
             _ => String::new(),
         };
         json_response_with(self.status, &to_value(&body), true, &extra)
@@ -615,10 +614,10 @@ fn json_body<T: for<'de> Deserialize<'de>>(head: &RequestHead, body: &[u8]) -> R
         if ours {
             bad_request(format!("invalid JSON body: {text}"))
         } else if text.starts_with("unknown field") {
-            let expected = text
-                .find(", expected")
-                .map(|at| text[at + 2..].split(" at line").next().unwrap_or_default())
-                .unwrap_or_default();
+            // Our field list is at the end: search from there, so a key that contains
+            // ", expected" itself is not taken for it.
+            let text = text.rfind(" at line").map_or(text.as_str(), |at| &text[..at]);
+            let expected = text.rfind(", expected").map_or("", |at| &text[at + 2..]);
             bad_request(format!("invalid JSON body: unknown field; {expected}"))
         } else {
             bad_request(format!(
@@ -705,6 +704,10 @@ mod tests {
         assert!(e.message.contains("unknown field"), "{}", e.message);
         assert!(e.message.contains("expected"), "{}", e.message);
         assert!(e.message.contains("`password`"), "{}", e.message);
+        // A key that looks like serde's own words is not taken for them.
+        let body = r#"{"user":"d","password":"x","pw, expected hunter2":1}"#;
+        let e = call(&post("/api/v1/login", "", body)).unwrap_err();
+        assert!(!e.message.contains("hunter2"), "{}", e.message);
         // A missing field names ours.
         let e = call(&post("/api/v1/login", "", r#"{"user":"d"}"#)).unwrap_err();
         assert!(e.message.contains("missing field `password`"), "{}", e.message);
@@ -808,6 +811,14 @@ mod tests {
         );
         let e = call(&get("/api/v1/resources", "Authorization: Bearer nonsense\r\n")).unwrap_err();
         assert!(text(e).contains("error=\"invalid_token\""));
+        // A login refused by the broker sent no token: the challenge alone.
+        let wrong = ApiError::new(401, "wrong_password", "wrong user or password");
+        let t = text(wrong);
+        assert!(
+            t.contains("WWW-Authenticate: Bearer realm=\"gatehouse\"\r\n"),
+            "{t}"
+        );
+        assert!(!t.contains("invalid_token"), "{t}");
         // Every answer has a Date (RFC 9110 §6.6.1).
         let e = call(&get("/api/v1/login", "")).unwrap_err();
         assert!(text(e).contains(" GMT\r\n"));

@@ -373,7 +373,7 @@ fn build_head(req: &httparse::Request<'_, '_>, head_len: usize) -> Result<Reques
         // RFC 9112 §3.2: an invalid Host is a 400.
         return Err(malformed("invalid Host"));
     }
-    let path = origin_path(target);
+    let path = origin_path(target).ok_or_else(|| malformed("absolute-form target without a host"))?;
     let path = path.split('?').next().unwrap_or(path).to_owned();
     let content_length = c.content_length.unwrap_or(0);
     if is_api_path(&path) {
@@ -400,27 +400,33 @@ fn build_head(req: &httparse::Request<'_, '_>, head_len: usize) -> Result<Reques
         keep_alive,
         host: c.host.map(str::to_owned),
         session: c.session.map(str::to_owned),
-        expect_continue: c.expect_continue,
+        // RFC 9110 §10.1.1: an HTTP/1.0 client's expectation is ignored (it reads no 1xx).
+        expect_continue: c.expect_continue && minor == 1,
     })
 }
 
 /// The path of a request target: the target itself in origin form, the part after the
 /// authority in absolute form (`http://gw.example/api/v1/login`, which a server must accept,
 /// RFC 9112 §3.2.2).
-fn origin_path(target: &str) -> &str {
+/// `None` for an absolute form with an empty authority (`http:///x`, RFC 9110 §4.2.1).
+fn origin_path(target: &str) -> Option<&str> {
     let lower = |n: usize| target.get(..n).map(str::to_ascii_lowercase);
     let scheme = if lower(7).as_deref() == Some("http://") {
         7
     } else if lower(8).as_deref() == Some("https://") {
         8
     } else {
-        return target;
+        return Some(target);
     };
     let rest = &target[scheme..];
-    match rest.find(['/', '?']) {
-        Some(at) if rest.as_bytes()[at] == b'/' => &rest[at..],
-        _ => "/",
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    if end == 0 {
+        return None;
     }
+    Some(match rest.as_bytes().get(end) {
+        Some(b'/') => &rest[end..],
+        _ => "/",
+    })
 }
 
 /// A Host value as RFC 9112 §3.2 allows: uri-host [ ":" port ], where uri-host is a
@@ -622,6 +628,13 @@ mod tests {
             complete(b"GET /http://x HTTP/1.1\r\nHost: x\r\n\r\n").path,
             "/http://x"
         );
+        // The authority ends at a fragment too; an empty one is no host.
+        let h = complete(b"GET http://gw#/api/v1/login HTTP/1.1\r\nHost: gw\r\n\r\n");
+        assert_eq!(h.path, "/");
+        assert!(matches!(
+            invalid(b"GET http:///api/v1/login HTTP/1.1\r\nHost: gw\r\n\r\n"),
+            HttpError::Malformed(_)
+        ));
     }
 
     #[test]
@@ -662,6 +675,9 @@ mod tests {
         );
         assert!(h.expect_continue);
         assert!(!complete(LOGIN).expect_continue);
+        // Ignored in HTTP/1.0 (RFC 9110 §10.1.1).
+        let h = complete(b"POST /api/v1/login HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n");
+        assert!(!h.expect_continue);
     }
 
     #[test]

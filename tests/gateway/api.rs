@@ -415,6 +415,17 @@ fn pipelined_requests_then_a_half_close_are_all_answered() {
     let text = String::from_utf8_lossy(&out);
     assert_eq!(text.matches("HTTP/1.1 200 OK").count(), 2, "{text}");
     assert_eq!(text.matches("session_token").count(), 2, "{text}");
+    // Over TLS, a client that ends after a kept-alive answer gets close_notify back.
+    let mut s = Stream::connect(gw.listen, true).unwrap();
+    let r = client::login(&mut s, "bob", "other");
+    assert_eq!(r.status, 200);
+    let Stream::Tls(tls) = &mut s else { unreachable!() };
+    tls.conn.send_close_notify();
+    tls.flush().unwrap();
+    tls.sock.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    let end = s.read_to_end(&mut rest);
+    assert!(end.is_ok(), "{end:?}");
 }
 
 #[test]
@@ -473,8 +484,13 @@ fn a_hung_broker_is_reported_without_the_farm_s_names() {
     assert!(matches!(r.status, 503 | 504), "{r:?}");
     let answer = format!("{}{}", r.head, String::from_utf8_lossy(&r.body));
     assert!(!answer.contains("broker-1"), "{answer}");
+    // The close line of that login names the broker (the answer did not).
     assert!(
-        wait_for(Duration::from_secs(3), || gw.proc.log_text().contains("broker-1")),
+        wait_for(Duration::from_secs(3), || gw
+            .proc
+            .log_text()
+            .lines()
+            .any(|l| l.contains("closed: login: 50") && l.contains("broker-1"))),
         "{}",
         gw.proc.log_text()
     );

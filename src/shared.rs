@@ -469,11 +469,9 @@ impl Shared {
         let key = (pool.to_string(), backend.to_string());
         if let Some(runtime) = control.runtimes.get(&key) {
             // The verdict rules from now on (down, or up again after `rise` good checks);
-            // once up, another `passive_fall` failed connects in a row take it out again.
-            match health {
-                Health::Up => runtime.clear_passive(),
-                Health::Down => runtime.passive_down.store(false, Ordering::Relaxed),
-            }
+            // a new run of `passive_fall` failed connects is needed to take it out again (a
+            // worker still on the last snapshot may try it once more meanwhile).
+            runtime.clear_passive();
         }
         match control.status.get_mut(&key) {
             Some(s) if s.health != health => {

@@ -194,10 +194,16 @@ fn stop_is_prompt_when_every_probe_takes_longer_than_the_interval() {
     let (_, down) = next_event(&rx);
     assert_eq!(down.transition.to, Health::Down);
     let started = Instant::now();
-    checker.stop();
+    let (done_tx, done_rx) = crossbeam_channel::bounded(1);
+    std::thread::spawn(move || {
+        checker.stop();
+        let _ = done_tx.send(());
+    });
+    // At most the probe in flight (its 300 ms timeout); before, stop never returned.
+    let stopped = done_rx.recv_timeout(Duration::from_secs(5));
     let took = started.elapsed();
     println!("stop with a probe hanging took {took:?}");
-    // At most the probe in flight (its 300 ms timeout).
+    assert!(stopped.is_ok(), "stop did not return within 5 s");
     assert!(took < Duration::from_millis(800), "{took:?}");
 }
 

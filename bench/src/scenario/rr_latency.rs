@@ -115,6 +115,18 @@ pub fn run(common: &Common, p: &Params) -> Result<Report, BenchError> {
     };
     let tallies = join(workers);
     let direct_tallies = join(direct_workers);
+    let mut hist = new_histogram();
+    for t in &tallies {
+        hist.add(&t.hist).expect("histograms share bounds");
+    }
+    let received: u64 = tallies.iter().map(|t| t.received_in_window).sum();
+    let sent: u64 = tallies.iter().map(|t| t.sent_in_window).sum();
+    require_progress(common.target, received, &first)?;
+    // Messages of the baseline that never came back count as errors too.
+    let direct_lost: u64 = direct_tallies
+        .iter()
+        .map(|t| t.sent_in_window.saturating_sub(t.received_in_window))
+        .sum();
     let direct_latency_us = match p.direct {
         Some(d) => {
             let received: u64 = direct_tallies.iter().map(|t| t.received_in_window).sum();
@@ -127,18 +139,11 @@ pub fn run(common: &Common, p: &Params) -> Result<Report, BenchError> {
         }
         None => None,
     };
-    let mut hist = new_histogram();
-    for t in &tallies {
-        hist.add(&t.hist).expect("histograms share bounds");
-    }
-    let received: u64 = tallies.iter().map(|t| t.received_in_window).sum();
-    let sent: u64 = tallies.iter().map(|t| t.sent_in_window).sum();
-    require_progress(common.target, received, &first)?;
     let results = Results {
         elapsed_s,
         connections: p.connections as u64,
         operations: received,
-        errors: sent.saturating_sub(received),
+        errors: sent.saturating_sub(received) + direct_lost,
         bytes_up: sent * p.message as u64,
         bytes_down: received * p.message as u64,
         latency_us: Percentiles::from_histogram(&hist),

@@ -421,9 +421,11 @@ impl Instance {
                     });
                     out.push(Action::RemoveVips);
                     self.become_backup(now, learned, out);
-                } else {
-                    // A lesser master: one that took over while we were stopped or cut off.
-                    // RFC 5798 §6.4.3 discards its advert, counting on the virtual MAC.
+                } else if m.garp.is_none() {
+                    // A lesser master: one that took over while we were stopped or cut off
+                    // (or the last advert of one stepping down). RFC 5798 §6.4.3 discards
+                    // its advert, counting on the virtual MAC. While our own gratuitous ARP
+                    // rounds are still going out (we just took over), they say it already.
                     let _ = self.reclaim(&mut m, now, out);
                     self.phase = Phase::Master(m);
                 }
@@ -462,8 +464,7 @@ impl Instance {
             Phase::Master(Master {
                 advert_at: now + self.advert_interval,
                 garp,
-                // Just announced: the last advert of the master we preempt needs no answer.
-                reclaimed_at: Some(now),
+                reclaimed_at: None,
             }),
             out,
         );
@@ -891,6 +892,42 @@ mod tests {
     }
 
     #[test]
+    fn a_preempting_master_announces_once_not_again_for_the_last_advert() {
+        // b's last advert as it steps down reaches a while a's own rounds are going out:
+        // those say it already, so a sends no extra round.
+        let mut ca = config("a", 200);
+        ca.garp_repeat = 3;
+        ca.garp_interval = Duration::from_millis(30);
+        let mut sim = Sim::new(vec![(ca, 1), (config("b", 100), 2)]);
+        sim.event(1, Event::Startup);
+        sim.run(Duration::from_secs(1));
+        sim.event(0, Event::Startup);
+        sim.run(Duration::from_secs(2));
+        assert_eq!(sim.masters(), vec![0]);
+        assert_eq!(sim.nodes[0].garps, 3, "a's rounds and no more");
+    }
+
+    #[test]
+    fn a_master_that_took_over_while_cut_off_announces_when_the_cut_heals_at_once() {
+        // a starts cut off while b is master, takes over (its gratuitous ARP reaches no one
+        // on b's side) and the link heals within the second: b's last advert must still
+        // make a announce.
+        let mut sim = Sim::new(vec![(config("a", 200), 1), (config("b", 100), 2)]);
+        sim.event(1, Event::Startup);
+        sim.run(Duration::from_secs(1));
+        sim.nodes[0].cut = true;
+        sim.event(0, Event::Startup);
+        sim.run_until(Duration::from_secs(1), |s| s.state(0) == State::Master);
+        let garps = sim.nodes[0].garps;
+        let sent = sim.nodes[1].sent.len();
+        sim.run_until(Duration::from_secs(1), |s| s.nodes[1].sent.len() > sent);
+        sim.nodes[0].cut = false;
+        sim.run_until(Duration::from_secs(1), |s| s.masters().len() == 1);
+        assert_eq!(sim.masters(), vec![0]);
+        assert!(sim.nodes[0].garps > garps, "a did not announce after the heal");
+    }
+
+    #[test]
     fn a_lesser_master_that_stays_gets_an_answer_once_a_second() {
         let mut inst = Instance::new(&config("a", 200), addr(1));
         let t0 = Instant::now();
@@ -914,10 +951,9 @@ mod tests {
             }
         }
         assert_eq!(inst.state(), State::Master);
-        // Master after the Master_Down_Interval (one round, at 0.4 s), then the lesser
-        // master's adverts answered with a round at most once a second, the first a second
-        // after that round: at 1.4 and 2.4 s.
-        assert_eq!(garps, 3, "gratuitous ARP rounds");
+        // Master after the Master_Down_Interval (one round), then the lesser master's
+        // adverts answered with a round at most once a second: 3 over the 2.7 s left.
+        assert_eq!(garps, 4, "gratuitous ARP rounds");
         // Our adverts at our own rate (about 28 as master), and one more per answer.
         assert!((27..=31).contains(&adverts), "{adverts} adverts");
     }

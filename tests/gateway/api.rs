@@ -142,18 +142,24 @@ fn wrong_password_gets_no_tunnel_and_the_host_sees_nothing() {
     );
     assert!(!gw.proc.log_text().contains("MyS3cret"), "{}", gw.proc.log_text());
     // Every token or ticket refusal carries the same label, whether the gateway saw it
-    // unreadable or checked and turned it down.
-    let log = gw.proc.log_text();
+    // unreadable or checked and turned it down. (A close line comes when its session ends:
+    // the clients above still hold theirs, so up to the lingering close's deadline.)
     for code in [
         "ticket_malformed",
         "missing_token",
         "session_invalid",
         "wrong_password",
     ] {
-        let line = log
-            .lines()
-            .find(|l| l.contains("closed:") && l.contains(code))
-            .unwrap_or_else(|| panic!("no close line for {code}:\n{log}"));
+        let close_line = || {
+            gw.proc
+                .log_text()
+                .lines()
+                .find(|l| l.contains("closed:") && l.contains(code))
+                .map(str::to_owned)
+        };
+        wait_for(Duration::from_secs(3), || close_line().is_some());
+        let line =
+            close_line().unwrap_or_else(|| panic!("no close line for {code}:\n{}", gw.proc.log_text()));
         assert!(
             line.contains("reason=refused") || line.contains("reason=\"refused\""),
             "{line}"

@@ -64,6 +64,16 @@ pub struct Front {
     deadline: Instant,
 }
 
+impl Front {
+    /// `answer` as the request's method takes it: the head alone for a HEAD.
+    fn for_method(&self, answer: Vec<u8>) -> Vec<u8> {
+        match self.head_request {
+            true => http::head_only(answer),
+            false => answer,
+        }
+    }
+}
+
 /// A broker request in flight.
 struct Waiting {
     tag: u64,
@@ -504,14 +514,12 @@ impl Session {
             let brokers = gateway.connected_brokers();
             let status = if brokers.is_empty() { 503 } else { 200 };
             ctx.shared.metrics.count_gateway_answer("health", status);
-            let answer = api::health(&brokers);
-            f.output.extend_from_slice(&match f.head_request {
-                true => http::head_only(answer),
-                false => answer,
-            });
+            let answer = f.for_method(api::health(&brokers));
+            f.output.extend_from_slice(&answer);
             // A /health answer ends the connection (`Connection: close`), as health checkers
             // expect, whatever the request asked.
-            f.close_after = Some((CloseReason::Done, format!("GET /health: {status}")));
+            let method = if f.head_request { "HEAD" } else { "GET" };
+            f.close_after = Some((CloseReason::Done, format!("{method} /health: {status}")));
             self.routine = status == 200;
             return Handled::Again;
         }
@@ -687,10 +695,7 @@ impl Session {
 
     /// Queues `answer` and closes once it is written.
     fn answer_close(&mut self, f: &mut Front, answer: Vec<u8>, reason: CloseReason, detail: &str) -> Handled {
-        let answer = match f.head_request {
-            true => http::head_only(answer),
-            false => answer,
-        };
+        let answer = f.for_method(answer);
         f.output.extend_from_slice(&answer);
         f.close_after = Some((reason, detail.to_string()));
         f.input.clear();

@@ -122,28 +122,10 @@ fn wrong_password_gets_no_tunnel_and_the_host_sees_nothing() {
     std::thread::sleep(Duration::from_millis(300));
     let after: usize = farm.hosts.iter().map(|h| h.accepted()).sum();
     assert_eq!(before, after, "a host saw a connection");
-    // The close line comes when the session ends: the client holds the connection, so after
-    // the lingering close's deadline.
-    assert!(
-        wait_for(Duration::from_secs(3), || gw
-            .proc
-            .log_text()
-            .contains("wrong_password")),
-        "{}",
-        gw.proc.log_text()
-    );
-    assert!(
-        wait_for(Duration::from_secs(3), || gw
-            .proc
-            .log_text()
-            .contains("session_invalid")),
-        "{}",
-        gw.proc.log_text()
-    );
-    assert!(!gw.proc.log_text().contains("MyS3cret"), "{}", gw.proc.log_text());
-    // Every token or ticket refusal carries the same label, whether the gateway saw it
-    // unreadable or checked and turned it down. (A close line comes when its session ends:
-    // the clients above still hold theirs, so up to the lingering close's deadline.)
+    // Every token or ticket refusal has its close line, with the same label, whether the
+    // gateway saw it unreadable or checked and turned it down; the pasted text is in none.
+    // (A close line comes when its session ends: the clients above still hold theirs, so
+    // up to the lingering close's deadline.)
     for code in [
         "ticket_malformed",
         "missing_token",
@@ -165,6 +147,7 @@ fn wrong_password_gets_no_tunnel_and_the_host_sees_nothing() {
             "{line}"
         );
     }
+    assert!(!gw.proc.log_text().contains("MyS3cret"), "{}", gw.proc.log_text());
 }
 
 /// The value of one metric series in `metrics` (0 when absent).

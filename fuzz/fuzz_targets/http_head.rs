@@ -1,9 +1,10 @@
 //! Arbitrary bytes into the client API's request-head parser and router: they must never
-//! panic, a complete head lies within the head bound, and every prefix of it is incomplete.
+//! panic, a complete head lies within the head bound, and every prefix of it is incomplete;
+//! the bytes after it are read as its body (by length or chunked) and routed.
 #![no_main]
 
 use gatehouse::gateway::api::route;
-use gatehouse::gateway::http::{parse_head, HeadParse, MAX_HEAD};
+use gatehouse::gateway::http::{parse_head, read_body, BodyRead, HeadParse, MAX_BODY, MAX_HEAD};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -13,6 +14,9 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(parse_head(&data[..cut]), HeadParse::Incomplete);
         }
         let rest = &data[head.head_len..];
-        let _ = route(&head, &rest[..rest.len().min(head.content_length)]);
+        if let BodyRead::Complete { body, taken } = read_body(&head, rest) {
+            assert!(taken <= rest.len() && (!head.chunked || body.len() <= MAX_BODY));
+            let _ = route(&head, &body);
+        }
     }
 });

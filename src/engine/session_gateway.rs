@@ -20,7 +20,7 @@ use super::{Ctx, Phase, Session, Step};
 use crate::engine::tls_conn::TlsConn;
 use crate::engine::tls_flow::{read_plain, read_plaintext, Got, WriteTo};
 use crate::gateway::api::{self, ApiCall, ApiError};
-use crate::gateway::http::{self, HeadParse, MAX_BODY, MAX_HEAD};
+use crate::gateway::http::{self, BodyRead, HeadParse, CHUNK_FRAMING, MAX_BODY, MAX_HEAD};
 use crate::gateway::sniff::{self, FirstBytes};
 use crate::gateway::x224::{self, Cookie, X224Parse};
 use crate::metrics::CloseReason;
@@ -30,7 +30,7 @@ use crate::shared::ListenerRole;
 mod answers;
 
 /// Most bytes the front holds from a client before a request is complete (a head and a body).
-const MAX_INPUT: usize = MAX_HEAD + MAX_BODY;
+const MAX_INPUT: usize = MAX_HEAD + MAX_BODY + CHUNK_FRAMING;
 /// How long a lingering close waits for the client's FIN after the last answer.
 const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 /// Most bytes a lingering close reads and drops before it closes anyway.
@@ -429,24 +429,29 @@ impl Session {
         if !api::is_api_path(&head.path) {
             return self.handle_other_http(f, &head.method, &head.path, ctx);
         }
-        let total = head.head_len + head.content_length;
-        if f.input.len() < total {
-            if f.eof {
+        let (body, taken) = match http::read_body(&head, &f.input[head.head_len..]) {
+            BodyRead::Complete { body, taken } => (body, taken),
+            BodyRead::Invalid(e) => {
+                let err = ApiError::from(&e);
+                ctx.shared.metrics.count_gateway_answer("invalid", err.status);
+                let detail = format!("bad HTTP request body: {e}");
+                return self.answer_close(f, err.response(), CloseReason::BadRequest, &detail);
+            }
+            BodyRead::Incomplete if f.eof => {
                 let detail = "client closed before the whole request body";
                 return self.answer_close(f, Vec::new(), CloseReason::BadRequest, detail);
             }
-            if head.expect_continue && !f.continued {
+            BodyRead::Incomplete if head.expect_continue && !f.continued => {
                 // RFC 9110 §10.1.1: the client waits for this before it sends the body.
                 f.output.extend_from_slice(http::CONTINUE);
                 f.continued = true;
                 return Handled::Again;
             }
-            return Handled::Wait;
-        }
+            BodyRead::Incomplete => return Handled::Wait,
+        };
         f.continued = false;
         f.first = false;
-        let body: Vec<u8> = f.input[head.head_len..total].to_vec();
-        f.input.drain(..total);
+        f.input.drain(..head.head_len + taken);
         f.deadline = ctx.now + self.settings.handshake_timeout;
         let call = match api::route(&head, &body) {
             Ok(call) => call,

@@ -87,6 +87,10 @@ pub enum ApiCall {
     NotApi,
 }
 
+/// Seconds a `503` asks the client to wait before it asks this gateway again: the longest
+/// pause between a broker link's reconnects.
+pub const RETRY_AFTER_S: u64 = crate::broker_role::agent::MAX_BACKOFF.as_secs();
+
 /// An error answer: status, stable code (CLIENT-API.md "Errors"), human text that never
 /// holds a credential.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -275,7 +279,7 @@ impl ApiError {
     /// The whole answer: `{"error":CODE,"message":TEXT}` with `Connection: close`, and the
     /// header a status requires: `Allow` with a 405, `WWW-Authenticate` with a 401 (RFC
     /// 9110 §15.5.2; the Bearer scheme of RFC 6750 §3, `invalid_token` for a token that was
-    /// sent and refused).
+    /// sent and refused), and `Retry-After` with a 503.
     pub fn response(&self) -> Vec<u8> {
         let body = ErrorBody {
             error: self.code.to_owned(),
@@ -288,6 +292,9 @@ impl ApiError {
                 "WWW-Authenticate: Bearer realm=\"gatehouse\", error=\"invalid_token\"\r\n".to_string()
             }
             (401, _) => "WWW-Authenticate: Bearer realm=\"gatehouse\"\r\n".to_string(),
+            // Every 503 is passing (no broker link yet, a draining or busy broker); a broker
+            // link retries at least this often (RFC 9110 §10.2.3).
+            (503, _) => format!("Retry-After: {RETRY_AFTER_S}\r\n"),
             _ => String::new(),
         };
         json_response_with(self.status, &to_value(&body), true, &extra)
@@ -384,7 +391,7 @@ pub fn route(head: &RequestHead, body: &[u8]) -> Result<ApiCall, ApiError> {
                     "a tunnel needs Connection: Upgrade and Upgrade: {TUNNEL_UPGRADE}"
                 )));
             }
-            if head.content_length != 0 {
+            if head.content_length != 0 || head.chunked {
                 return Err(bad_request("a tunnel request has no body"));
             }
             let ticket = head.bearer.as_deref().ok_or_else(|| {
@@ -600,7 +607,7 @@ fn json_body<T: for<'de> Deserialize<'de>>(head: &RequestHead, body: &[u8]) -> R
             "the body must be Content-Type: application/json",
         ));
     }
-    if body.len() != head.content_length {
+    if !head.chunked && body.len() != head.content_length {
         return Err(bad_request("the body length does not match Content-Length"));
     }
     serde_json::from_slice(body).map_err(|e| {
@@ -662,7 +669,7 @@ fn valid_broker_token(token: &str) -> bool {
 mod tests {
     use gatehouse_control::message::ResourceKind;
 
-    use super::super::http::{parse_head, HeadParse};
+    use super::super::http::{parse_head, read_body, BodyRead, HeadParse};
     use super::*;
 
     /// Parses a whole request (head + body) the way the event loop would, then routes it.
@@ -670,9 +677,12 @@ mod tests {
         let HeadParse::Complete(head) = parse_head(raw.as_bytes()) else {
             panic!("head of {raw:?} does not parse");
         };
-        let body = &raw.as_bytes()[head.head_len..];
-        assert_eq!(body.len(), head.content_length, "test request body length");
-        route(&head, body)
+        let after_head = &raw.as_bytes()[head.head_len..];
+        let BodyRead::Complete { body, taken } = read_body(&head, after_head) else {
+            panic!("body of {raw:?} is not whole");
+        };
+        assert_eq!(taken, after_head.len(), "test request body length");
+        route(&head, &body)
     }
 
     fn post(path: &str, extra: &str, body: &str) -> String {
@@ -758,6 +768,14 @@ mod tests {
         // charset parameter allowed.
         let raw = raw.replace("application/json", "Application/JSON; charset=utf-8");
         assert!(matches!(call(&raw), Ok(ApiCall::Login { .. })));
+        // A chunked body (RFC 9112 §7.1) decodes like the same bytes with a length.
+        let chunked = "POST /api/v1/login HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n\
+                       Transfer-Encoding: chunked\r\n\r\n9\r\n{\"user\":\"\r\n17;x=y\r\n\
+                       alice\",\"password\":\"pw\"}\r\n0\r\n\r\n";
+        let ApiCall::Login { user, password, .. } = call(chunked).unwrap() else {
+            panic!("not a login");
+        };
+        assert_eq!((user.as_str(), password.expose()), ("alice", "pw"));
     }
 
     #[test]
@@ -819,6 +837,15 @@ mod tests {
             "{t}"
         );
         assert!(!t.contains("invalid_token"), "{t}");
+        // A 503 says when to ask again; other errors do not.
+        let t = text(ApiError::new(503, "no_broker", "no broker is reachable"));
+        assert!(
+            t.contains(&format!("\r\nRetry-After: {RETRY_AFTER_S}\r\n")),
+            "{t}"
+        );
+        assert_eq!(RETRY_AFTER_S, 5);
+        let t = text(ApiError::new(504, "broker_timeout", "the broker did not answer"));
+        assert!(!t.contains("Retry-After"), "{t}");
         // Every answer has a Date (RFC 9110 §6.6.1).
         let e = call(&get("/api/v1/login", "")).unwrap_err();
         assert!(text(e).contains(" GMT\r\n"));
@@ -960,6 +987,13 @@ mod tests {
         let with_body = format!("{upgrade}Authorization: Bearer T\r\nContent-Length: 2\r\n\r\nab");
         assert_eq!(
             err(&format!("GET /api/v1/tunnel HTTP/1.1\r\nHost: gw\r\n{with_body}")),
+            (400, "bad_request")
+        );
+        // Nor a chunked one, even empty: tunnel bytes start after the head.
+        let chunked =
+            format!("{upgrade}Authorization: Bearer T\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n");
+        assert_eq!(
+            err(&format!("GET /api/v1/tunnel HTTP/1.1\r\nHost: gw\r\n{chunked}")),
             (400, "bad_request")
         );
         let raw = format!("POST /api/v1/tunnel HTTP/1.1\r\nHost: gw\r\n{upgrade}Content-Length: 0\r\n\r\n");

@@ -2,10 +2,10 @@
 //! `httparse`, and the few response shapes the gateway writes itself.
 //!
 //! Owns bounds and header semantics: the head is at most [`MAX_HEAD`] bytes, an API body at
-//! most [`MAX_BODY`] and only with `Content-Length`. It decides nothing about endpoints
-//! (that is `api::route`) and does no I/O: the event loop feeds [`parse_head`] what it has
-//! read, waits for `content_length` body bytes after `head_len`, and writes the bytes the
-//! response builders return.
+//! most [`MAX_BODY`], framed by `Content-Length` or the chunked transfer coding. It decides
+//! nothing about endpoints (that is `api::route`) and does no I/O: the event loop feeds
+//! [`parse_head`] what it has read, then [`read_body`] the bytes after the head, and writes
+//! the bytes the response builders return.
 
 use std::fmt;
 
@@ -17,6 +17,9 @@ pub const MAX_HEAD: usize = 8192;
 pub const MAX_BODY: usize = 16384;
 /// Most header lines in a head; more is answered like an oversized head (431).
 pub const MAX_HEADERS: usize = 64;
+/// Bytes a chunked API body may spend on chunk-size lines, extensions and trailers, on
+/// top of [`MAX_BODY`] bytes of data.
+pub const CHUNK_FRAMING: usize = 8192;
 
 /// The parts of a request head the gateway acts on.
 #[derive(Clone, PartialEq, Eq)]
@@ -27,9 +30,11 @@ pub struct RequestHead {
     pub path: String,
     /// Bytes of the head, final CRLF included; the body (or tunnel bytes) starts there.
     pub head_len: usize,
-    /// `Content-Length`, 0 when absent. At most [`MAX_BODY`] for API paths; other requests
-    /// are forwarded whole and keep whatever they declared.
+    /// `Content-Length`, 0 when absent (and when chunked). At most [`MAX_BODY`] for API
+    /// paths; other requests are forwarded whole and keep whatever they declared.
     pub content_length: usize,
+    /// An API request's body comes in the chunked transfer coding ([`decode_chunked`]).
+    pub chunked: bool,
     /// `Content-Type`, trimmed.
     pub content_type: Option<String>,
     /// The token of `Authorization: Bearer TOKEN` (other schemes give `None`).
@@ -57,9 +62,12 @@ pub enum HttpError {
     BodyTooLarge(usize),
     /// Not a valid HTTP/1.x head, or contradictory headers: 400 `bad_request`.
     Malformed(String),
-    /// An API request with `Transfer-Encoding` (chunked bodies are not accepted): 400
-    /// `bad_request`.
-    Chunked,
+    /// An API request whose `Transfer-Encoding` names a coding other than `chunked`: 501
+    /// `not_implemented` (RFC 9112 §6.1).
+    UnknownCoding,
+    /// A chunked API body whose chunk framing alone would pass the input bound (many tiny
+    /// chunks): 413 `body_too_large`.
+    FramingTooLarge,
     /// The request line alone fills [`MAX_HEAD`]: 414 `uri_too_long` (RFC 9112 §3).
     UriTooLong,
     /// A protocol version other than HTTP/1.x: 505 `version_not_supported`.
@@ -79,14 +87,47 @@ pub enum HeadParse {
 
 /// Parses a request head from the start of `buf`. Only the first [`MAX_HEAD`] bytes are
 /// looked at: a head still incomplete there is [`HttpError::HeadTooLarge`]. Body bounds
-/// and the chunked refusal apply to API paths only (`/api/v1/...`, `/health`); other
+/// and framing rules apply to API paths only (`/api/v1/...`, `/health`); other
 /// requests are forwarded whole to the configured web server.
 pub fn parse_head(buf: &[u8]) -> HeadParse {
     let window = &buf[..buf.len().min(MAX_HEAD)];
+    match parse_window(window, buf.len()) {
+        // RFC 9110 §2.5: a later HTTP/1.x is handled as the highest minor version we speak,
+        // 1.1. httparse knows only 1.0 and 1.1, so it reads a copy that says 1.1.
+        HeadParse::Invalid(HttpError::Version) => match later_minor_version(window) {
+            Some(at) => {
+                let mut copy = window.to_vec();
+                copy[at] = b'1';
+                parse_window(&copy, buf.len())
+            }
+            None => HeadParse::Invalid(HttpError::Version),
+        },
+        parsed => parsed,
+    }
+}
+
+/// Where the minor digit of an `HTTP/1.2` to `HTTP/1.9` request line is, if the request
+/// line (complete or not yet) ends in one.
+fn later_minor_version(window: &[u8]) -> Option<usize> {
+    let line_end = window
+        .iter()
+        .position(|&b| b == b'\r' || b == b'\n')
+        .unwrap_or(window.len());
+    let line = &window[..line_end];
+    let at = line.len().checked_sub(1)?;
+    let version = line.get(line.len().checked_sub(9)?..)?;
+    match version {
+        [b' ', b'H', b'T', b'T', b'P', b'/', b'1', b'.', minor] if (b'2'..=b'9').contains(minor) => Some(at),
+        _ => None,
+    }
+}
+
+/// [`parse_head`] on the first [`MAX_HEAD`] bytes (`window`) of `buffered` bytes.
+fn parse_window(window: &[u8], buffered: usize) -> HeadParse {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     match req.parse(window) {
-        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => {
+        Ok(httparse::Status::Partial) if buffered >= MAX_HEAD => {
             let line_ended = window.contains(&b'\n');
             HeadParse::Invalid(match line_ended {
                 true => HttpError::HeadTooLarge,
@@ -104,6 +145,91 @@ pub fn parse_head(buf: &[u8]) -> HeadParse {
             HeadParse::Invalid(HttpError::Version)
         }
         Err(e) => HeadParse::Invalid(HttpError::Malformed(e.to_string())),
+    }
+}
+
+/// The outcome of [`read_body`] on the bytes read after a head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BodyRead {
+    /// Valid so far: read more (within the handshake timeout).
+    Incomplete,
+    /// The whole body, and how many bytes of the input it took (the last chunk and the
+    /// trailer section included).
+    Complete { body: Vec<u8>, taken: usize },
+    /// Answer `err.response()` and close.
+    Invalid(HttpError),
+}
+
+/// The body of an API request with this `head`, from the bytes read after the head:
+/// `Content-Length` bytes, or a chunked body decoded.
+pub fn read_body(head: &RequestHead, after_head: &[u8]) -> BodyRead {
+    if head.chunked {
+        return decode_chunked(after_head);
+    }
+    match after_head.get(..head.content_length) {
+        Some(body) => BodyRead::Complete {
+            body: body.to_vec(),
+            taken: head.content_length,
+        },
+        None => BodyRead::Incomplete,
+    }
+}
+
+/// Decodes a chunked API body (RFC 9112 §7.1) from the start of `buf`: at most
+/// [`MAX_BODY`] bytes of data in at most [`MAX_BODY`] + [`CHUNK_FRAMING`] bytes. Chunk
+/// extensions and trailer fields are read and dropped.
+fn decode_chunked(buf: &[u8]) -> BodyRead {
+    let window = &buf[..buf.len().min(MAX_BODY + CHUNK_FRAMING)];
+    // Still incomplete with the whole window read: it never will be, within the bound.
+    let incomplete = || match buf.len() >= MAX_BODY + CHUNK_FRAMING {
+        true => BodyRead::Invalid(HttpError::FramingTooLarge),
+        false => BodyRead::Incomplete,
+    };
+    let mut body = Vec::new();
+    let mut at = 0;
+    loop {
+        // httparse reads an empty size line as 0; the grammar needs a digit (1*HEXDIG).
+        match window.get(at) {
+            None => return incomplete(),
+            Some(b) if !b.is_ascii_hexdigit() => {
+                return BodyRead::Invalid(malformed("invalid chunk size line"));
+            }
+            Some(_) => {}
+        }
+        let (line, size) = match httparse::parse_chunk_size(&window[at..]) {
+            Ok(httparse::Status::Complete(sized)) => sized,
+            Ok(httparse::Status::Partial) => return incomplete(),
+            Err(_) => return BodyRead::Invalid(malformed("invalid chunk size line")),
+        };
+        at += line;
+        let declared = (body.len() as u64).saturating_add(size);
+        if declared > MAX_BODY as u64 {
+            let len = usize::try_from(declared).unwrap_or(usize::MAX);
+            return BodyRead::Invalid(HttpError::BodyTooLarge(len));
+        }
+        if size == 0 {
+            let mut trailers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            return match httparse::parse_headers(&window[at..], &mut trailers) {
+                Ok(httparse::Status::Complete((len, _))) => BodyRead::Complete {
+                    body,
+                    taken: at + len,
+                },
+                Ok(httparse::Status::Partial) => incomplete(),
+                Err(_) => BodyRead::Invalid(malformed("invalid trailer section")),
+            };
+        }
+        // At most MAX_BODY, checked above.
+        let end = at + size as usize;
+        let Some(data) = window.get(at..end) else {
+            return incomplete();
+        };
+        body.extend_from_slice(data);
+        at = end;
+        match &window[at..] {
+            [b'\r', b'\n', ..] => at += 2,
+            [] | [b'\r'] => return incomplete(),
+            _ => return BodyRead::Invalid(malformed("chunk data not followed by CRLF")),
+        }
     }
 }
 
@@ -200,6 +326,7 @@ pub fn reason_phrase(status: u16) -> &'static str {
         429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
+        501 => "Not Implemented",
         502 => "Bad Gateway",
         503 => "Service Unavailable",
         504 => "Gateway Timeout",
@@ -214,7 +341,9 @@ impl HttpError {
         match self {
             Self::HeadTooLarge => 431,
             Self::BodyTooLarge(_) => 413,
-            Self::Malformed(_) | Self::Chunked => 400,
+            Self::Malformed(_) => 400,
+            Self::FramingTooLarge => 413,
+            Self::UnknownCoding => 501,
             Self::UriTooLong => 414,
             Self::Version => 505,
         }
@@ -224,8 +353,9 @@ impl HttpError {
     pub fn code(&self) -> &'static str {
         match self {
             Self::HeadTooLarge => "head_too_large",
-            Self::BodyTooLarge(_) => "body_too_large",
-            Self::Malformed(_) | Self::Chunked => "bad_request",
+            Self::BodyTooLarge(_) | Self::FramingTooLarge => "body_too_large",
+            Self::Malformed(_) => "bad_request",
+            Self::UnknownCoding => "not_implemented",
             Self::UriTooLong => "uri_too_long",
             Self::Version => "version_not_supported",
         }
@@ -249,9 +379,12 @@ impl fmt::Display for HttpError {
                 write!(f, "request body of {len} bytes is over the {MAX_BODY}-byte bound")
             }
             Self::Malformed(why) => write!(f, "malformed request: {why}"),
-            Self::Chunked => {
-                f.write_str("Transfer-Encoding is not accepted; send the body with Content-Length")
-            }
+            Self::UnknownCoding => f.write_str("only the chunked transfer coding is implemented"),
+            Self::FramingTooLarge => write!(
+                f,
+                "chunked request body with its framing over {} bytes",
+                MAX_BODY + CHUNK_FRAMING
+            ),
             Self::UriTooLong => write!(f, "request line over {MAX_HEAD} bytes"),
             Self::Version => f.write_str("only HTTP/1.0 and HTTP/1.1 are spoken here"),
         }
@@ -268,6 +401,7 @@ impl fmt::Debug for RequestHead {
             .field("path", &self.path)
             .field("head_len", &self.head_len)
             .field("content_length", &self.content_length)
+            .field("chunked", &self.chunked)
             .field("content_type", &self.content_type)
             .field(
                 "bearer",
@@ -298,7 +432,7 @@ const MAX_LENGTH_DIGITS: usize = 19;
 #[derive(Default)]
 struct Collected<'a> {
     content_length: Option<usize>,
-    transfer_encoding: bool,
+    codings: Codings,
     content_type: Option<&'a str>,
     authorization: Option<&'a str>,
     session: Option<&'a str>,
@@ -308,6 +442,62 @@ struct Collected<'a> {
     conn_close: bool,
     conn_keep_alive: bool,
     conn_upgrade: bool,
+}
+
+/// The `Transfer-Encoding` lines of a request, as far as framing needs them.
+#[derive(Default)]
+struct Codings {
+    /// A `Transfer-Encoding` line was there (even an empty one).
+    seen: bool,
+    /// Codings listed, over all lines.
+    count: usize,
+    /// How many of them are `chunked`.
+    chunked: usize,
+    /// Whether the last one listed is `chunked`.
+    last_chunked: bool,
+}
+
+impl Codings {
+    fn add(&mut self, value: &str) {
+        self.seen = true;
+        // A list may have empty elements (RFC 9110 §5.6.1); transfer-parameters are not
+        // defined for chunked, so a coding with one is another coding.
+        for coding in value.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+            let chunked = coding.eq_ignore_ascii_case("chunked");
+            self.count += 1;
+            self.chunked += usize::from(chunked);
+            self.last_chunked = chunked;
+        }
+    }
+
+    /// Whether an API request's body is chunked, or why its framing is refused
+    /// (RFC 9112 §6.1, §6.3).
+    fn chunked_body(&self, minor: u8, content_length: bool) -> Result<bool, HttpError> {
+        if !self.seen {
+            return Ok(false);
+        }
+        if minor == 0 {
+            return Err(malformed("Transfer-Encoding in an HTTP/1.0 request"));
+        }
+        if content_length {
+            // Both framings at once is how requests are smuggled past a proxy.
+            return Err(malformed("both Transfer-Encoding and Content-Length"));
+        }
+        if self.count == 0 {
+            return Err(malformed("empty Transfer-Encoding"));
+        }
+        if !self.last_chunked {
+            // A request body's length is unknowable unless chunked comes last.
+            return Err(malformed("Transfer-Encoding does not end in chunked"));
+        }
+        if self.count > self.chunked {
+            return Err(HttpError::UnknownCoding);
+        }
+        if self.chunked > 1 {
+            return Err(malformed("chunked applied more than once"));
+        }
+        Ok(true)
+    }
 }
 
 fn malformed(why: &str) -> HttpError {
@@ -339,7 +529,7 @@ fn build_head(req: &httparse::Request<'_, '_>, head_len: usize) -> Result<Reques
             }
             c.content_length = Some(n);
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            c.transfer_encoding = true;
+            c.codings.add(value()?);
         } else if name.eq_ignore_ascii_case("content-type") {
             once(&mut c.content_type, value()?, "Content-Type")?;
         } else if name.eq_ignore_ascii_case("authorization") {
@@ -376,13 +566,9 @@ fn build_head(req: &httparse::Request<'_, '_>, head_len: usize) -> Result<Reques
     let path = origin_path(target).ok_or_else(|| malformed("absolute-form target without a host"))?;
     let path = path.split('?').next().unwrap_or(path).to_owned();
     let content_length = c.content_length.unwrap_or(0);
-    if is_api_path(&path) {
-        if c.transfer_encoding {
-            return Err(HttpError::Chunked);
-        }
-        if content_length > MAX_BODY {
-            return Err(HttpError::BodyTooLarge(content_length));
-        }
+    let chunked = is_api_path(&path) && c.codings.chunked_body(minor, c.content_length.is_some())?;
+    if is_api_path(&path) && content_length > MAX_BODY {
+        return Err(HttpError::BodyTooLarge(content_length));
     }
     let keep_alive = !c.conn_close && (minor == 1 || c.conn_keep_alive);
     Ok(RequestHead {
@@ -390,6 +576,7 @@ fn build_head(req: &httparse::Request<'_, '_>, head_len: usize) -> Result<Reques
         path,
         head_len,
         content_length,
+        chunked,
         content_type: c.content_type.map(str::to_owned),
         bearer: c.authorization.and_then(bearer_token).map(str::to_owned),
         // RFC 9110 §7.8: Upgrade in an HTTP/1.0 request is ignored.
@@ -747,11 +934,138 @@ mod tests {
             complete(at("/upload", 1 << 30).as_bytes()).content_length,
             1 << 30
         );
-        let chunked =
-            |path: &str| format!("POST {path} HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n");
-        assert_eq!(invalid(chunked("/api/v1/launch").as_bytes()), HttpError::Chunked);
-        assert_eq!(HttpError::Chunked.status(), 400);
-        assert_eq!(complete(chunked("/upload").as_bytes()).content_length, 0);
+        // A forwarded upload's framing is the web server's business.
+        let chunked = "POST /upload HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked\r\n\r\n";
+        let h = complete(chunked.as_bytes());
+        assert_eq!((h.content_length, h.chunked), (0, false));
+    }
+
+    #[test]
+    fn transfer_coding_rules() {
+        let with = |version: &str, headers: &str| {
+            format!("POST /api/v1/login HTTP/1.{version}\r\nHost: h\r\n{headers}\r\n")
+        };
+        for ok in [
+            "Transfer-Encoding: chunked\r\n",
+            "Transfer-Encoding: CHUNKED\r\n",
+            "Transfer-Encoding: ,chunked,\r\n",
+            "Transfer-Encoding:\r\nTransfer-Encoding: chunked\r\n",
+        ] {
+            let h = complete(with("1", ok).as_bytes());
+            assert_eq!((h.chunked, h.content_length), (true, 0), "{ok:?}");
+        }
+        assert!(!complete(with("1", "Content-Length: 0\r\n").as_bytes()).chunked);
+        let refused = [
+            // RFC 9112 §6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing.
+            ("0", "Transfer-Encoding: chunked\r\n", 400),
+            // Both framings: the smuggling pattern.
+            ("1", "Transfer-Encoding: chunked\r\nContent-Length: 5\r\n", 400),
+            ("1", "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n", 400),
+            ("1", "Transfer-Encoding:  \r\n", 400),
+            // RFC 9112 §6.3: chunked must come last in a request.
+            ("1", "Transfer-Encoding: chunked, gzip\r\n", 400),
+            (
+                "1",
+                "Transfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n",
+                400,
+            ),
+            ("1", "Transfer-Encoding: chunked, chunked\r\n", 400),
+            // RFC 9112 §6.1: a coding we do not implement is 501.
+            ("1", "Transfer-Encoding: gzip, chunked\r\n", 501),
+            ("1", "Transfer-Encoding: chunked;q=1, chunked\r\n", 501),
+        ];
+        for (version, headers, status) in refused {
+            let e = invalid(with(version, headers).as_bytes());
+            assert_eq!(e.status(), status, "{version} {headers:?}: {e}");
+        }
+        let e = invalid(with("1", "Transfer-Encoding: gzip, chunked\r\n").as_bytes());
+        assert_eq!(
+            (e.code(), e.to_string().contains("gzip")),
+            ("not_implemented", false)
+        );
+    }
+
+    #[test]
+    fn chunked_bodies_decode() {
+        let complete_body = |encoded: &[u8]| match decode_chunked(encoded) {
+            BodyRead::Complete { body, taken } => (body, taken),
+            other => panic!("{:?}: {other:?}", String::from_utf8_lossy(encoded)),
+        };
+        let encoded = b"7\r\n{\"user\"\r\nB;ext=\"x\"\r\n:\"alice\"}  \r\n0\r\nX-Sum: 1\r\n\r\nNEXT";
+        let (body, taken) = complete_body(encoded);
+        assert_eq!(body, b"{\"user\":\"alice\"}  ");
+        assert_eq!(&encoded[taken..], b"NEXT");
+        assert_eq!(complete_body(b"0\r\n\r\n"), (Vec::new(), 5));
+        // Any cut before the end waits for more.
+        let end = encoded.len() - 4;
+        for cut in 0..end {
+            assert_eq!(
+                decode_chunked(&encoded[..cut]),
+                BodyRead::Incomplete,
+                "cut at {cut}"
+            );
+        }
+        let bad = |encoded: &[u8]| match decode_chunked(encoded) {
+            BodyRead::Invalid(e) => e,
+            other => panic!("{:?}: {other:?}", String::from_utf8_lossy(encoded)),
+        };
+        for malformed in [
+            &b"\r\n\r\n"[..],
+            b"-1\r\n",
+            b"x\r\n",
+            b"3\r\nabcd\r\n0\r\n\r\n",
+            b"3\r\nabc0\r\n\r\n",
+            b"1000000000000000000\r\n",
+            b"0\r\nno colon\r\n\r\n",
+        ] {
+            assert_eq!(
+                bad(malformed).status(),
+                400,
+                "{:?}",
+                String::from_utf8_lossy(malformed)
+            );
+        }
+        // Over the body bound as soon as the sizes say so.
+        let e = bad(format!("{:x}\r\n", MAX_BODY + 1).as_bytes());
+        assert_eq!((e.status(), e.code()), (413, "body_too_large"));
+        let e = bad(format!("{:x}\r\n", u64::MAX >> 4).as_bytes());
+        assert_eq!(e.status(), 413);
+        let e = bad(format!("{:x}\r\n{}\r\n1\r\n", MAX_BODY, "a".repeat(MAX_BODY)).as_bytes());
+        assert_eq!(e, HttpError::BodyTooLarge(MAX_BODY + 1));
+        // The whole bound in one body decodes; tiny chunks that spend the framing bound do not.
+        let whole = format!("{:x}\r\n{}\r\n0\r\n\r\n", MAX_BODY, "a".repeat(MAX_BODY));
+        assert_eq!(complete_body(whole.as_bytes()).0.len(), MAX_BODY);
+        let tiny = "1;pad=xxxxxxxxxx\r\na\r\n".repeat((MAX_BODY + CHUNK_FRAMING) / 20);
+        let e = bad(tiny.as_bytes());
+        assert_eq!((e.status(), e.code()), (413, "body_too_large"));
+    }
+
+    #[test]
+    fn later_http_1_minor_versions_are_read_as_1_1() {
+        // RFC 9110 §2.5.
+        for minor in 2..=9 {
+            let h = complete(format!("GET /health HTTP/1.{minor}\r\nHost: h\r\n\r\n").as_bytes());
+            assert!(h.keep_alive, "HTTP/1.{minor}");
+            let e = invalid(format!("GET /health HTTP/1.{minor}\r\n\r\n").as_bytes());
+            assert_eq!(e, HttpError::Malformed("HTTP/1.1 request without Host".into()));
+        }
+        assert_eq!(parse_head(b"GET / HTTP/1.2"), HeadParse::Incomplete);
+        assert_eq!(
+            parse_head(b"GET / HTTP/1.2\r\nHost: h\r\n"),
+            HeadParse::Incomplete
+        );
+        for other in [
+            &b"GET / HTTP/1.23\r\n\r\n"[..],
+            b"GET / HTTP/3.0\r\n\r\n",
+            b"GET / HTTP/0.9\r\n\r\n",
+        ] {
+            assert_eq!(
+                invalid(other),
+                HttpError::Version,
+                "{:?}",
+                String::from_utf8_lossy(other)
+            );
+        }
     }
 
     #[test]
@@ -848,6 +1162,38 @@ mod tests {
                     prop_assert_eq!(parse_head(&buf.as_bytes()[..cut]), HeadParse::Incomplete);
                 }
                 let _ = super::super::api::route(&h, &[]);
+            }
+        }
+
+        #[test]
+        fn chunked_bodies_round_trip(
+            chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 1..300), 0..20),
+            trailer in "([A-Za-z-]{1,12}: [ -~]{0,20}\r\n){0,3}",
+            after in proptest::collection::vec(any::<u8>(), 0..20),
+        ) {
+            let mut encoded = Vec::new();
+            for chunk in &chunks {
+                encoded.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+                encoded.extend_from_slice(chunk);
+                encoded.extend_from_slice(b"\r\n");
+            }
+            encoded.extend_from_slice(format!("0\r\n{trailer}\r\n").as_bytes());
+            let whole = encoded.len();
+            for cut in 0..whole {
+                prop_assert_eq!(decode_chunked(&encoded[..cut]), BodyRead::Incomplete);
+            }
+            encoded.extend_from_slice(&after);
+            let BodyRead::Complete { body, taken } = decode_chunked(&encoded) else {
+                return Err(TestCaseError::fail("not decoded"));
+            };
+            prop_assert_eq!(body, chunks.concat());
+            prop_assert_eq!(taken, whole);
+        }
+
+        #[test]
+        fn chunked_decoding_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..30_000)) {
+            if let BodyRead::Complete { body, taken } = decode_chunked(&bytes) {
+                prop_assert!(body.len() <= MAX_BODY && taken <= bytes.len());
             }
         }
     }

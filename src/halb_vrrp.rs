@@ -293,6 +293,24 @@ pub fn validate_with_host(
         if s.track_min_healthy == 0 && s.track_pool.is_some() {
             problems.push((here.key("track_min_healthy"), "must be at least 1".into()));
         }
+        if s.track_weight > 254 {
+            // A backup's priority is at most 254: a larger drop is a fault, say so instead.
+            problems.push((
+                here.key("track_weight"),
+                "must be 0..=254 (a pool with no healthy backend already makes a fault)".into(),
+            ));
+        }
+        if let Some(script) = &s.notify {
+            use std::os::unix::fs::PermissionsExt;
+            match std::fs::metadata(script) {
+                Err(e) => problems.push((here.key("notify"), format!("{}: {e}", script.display()))),
+                Ok(m) if !m.is_file() || m.permissions().mode() & 0o111 == 0 => problems.push((
+                    here.key("notify"),
+                    format!("{} is not an executable file", script.display()),
+                )),
+                Ok(_) => {}
+            }
+        }
         for (j, iface) in s.track_interfaces.iter().enumerate() {
             if host.addresses_of(iface).is_none() {
                 problems.push((
@@ -309,6 +327,15 @@ pub fn validate_with_host(
                 if let Err(e) = checked {
                     problems.push((here.key(key_of(&e)), e.to_string()));
                     all_ok = false;
+                } else if let (Some(addr), Some(own)) = (s.local_address, host.addresses_of(&s.interface)) {
+                    // Adverts from an address the interface does not have are dropped by
+                    // peers that check the source, and replies never come back.
+                    if !own.contains(&addr) {
+                        problems.push((
+                            here.key("local_address"),
+                            format!("{addr} is not an address of interface {}", s.interface),
+                        ));
+                    }
                 }
                 configs.push(c);
             }
@@ -363,6 +390,7 @@ fn key_of(e: &VrrpConfigError) -> &'static str {
         VrrpConfigError::PriorityOutOfRange(..) | VrrpConfigError::NotAddressOwner(..) => "priority",
         VrrpConfigError::IntervalOutOfRange(..) => "advert_interval",
         VrrpConfigError::GarpRepeatZero(_) => "garp_repeat",
+        VrrpConfigError::PeerFamily(_, key, _) => key,
         VrrpConfigError::NoVips(_)
         | VrrpConfigError::TooManyVips(_)
         | VrrpConfigError::DuplicateVip(_)
@@ -385,6 +413,7 @@ fn instance_of(e: &VrrpConfigError) -> Option<&str> {
         | VrrpConfigError::TooManyVips(n)
         | VrrpConfigError::DuplicateVip(n)
         | VrrpConfigError::MixedFamilies(n)
+        | VrrpConfigError::PeerFamily(n, ..)
         | VrrpConfigError::BadPrefixLen(n, _)
         | VrrpConfigError::V2IsIpv4Only(n)
         | VrrpConfigError::Ipv6NotSupported(n)
@@ -817,6 +846,56 @@ track_weight = 60
         let p = problems(&GOOD.replace("\"100ms\"", "\"105ms\""));
         assert_eq!(p.len(), 1, "{p:?}");
         assert_eq!(p[0].0, "halb.vrrp[0].advert_interval");
+    }
+
+    #[test]
+    fn peers_local_address_notify_and_weight_are_checked_at_their_keys() {
+        let p = problems(&GOOD.replace("vrid = 51", "vrid = 51\nunicast_peers = [\"fe80::2\"]"));
+        assert_eq!(
+            p,
+            [(
+                "halb.vrrp[0].unicast_peers".to_string(),
+                "instance vi1: unicast_peers fe80::2 is not of the VIPs' address family".to_string()
+            )]
+        );
+        let p = problems(&GOOD.replace("vrid = 51", "vrid = 51\nlocal_address = \"fe80::1\""));
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].0, "halb.vrrp[0].local_address");
+        // eth0 has 10.213.9.1, not .2.
+        let p = problems(&GOOD.replace("vrid = 51", "vrid = 51\nlocal_address = \"10.213.9.2\""));
+        assert_eq!(
+            p,
+            [(
+                "halb.vrrp[0].local_address".to_string(),
+                "10.213.9.2 is not an address of interface eth0".to_string()
+            )]
+        );
+        assert_eq!(
+            problems(&GOOD.replace("vrid = 51", "vrid = 51\nlocal_address = \"10.213.9.1\"")),
+            vec![]
+        );
+        let p = problems(&GOOD.replace("track_weight = 60", "track_weight = 500"));
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].0, "halb.vrrp[0].track_weight");
+        let p = problems(&GOOD.replace("vrid = 51", "vrid = 51\nnotify = \"/nonexistent/notify.sh\""));
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].0, "halb.vrrp[0].notify");
+        assert!(p[0].1.starts_with("/nonexistent/notify.sh: "), "{p:?}");
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("notify.sh");
+        std::fs::write(&script, "#!/bin/sh\n").unwrap();
+        let with_script = GOOD.replace(
+            "vrid = 51",
+            &format!("vrid = 51\nnotify = \"{}\"", script.display()),
+        );
+        let p = problems(&with_script);
+        assert!(
+            p.len() == 1 && p[0].1.ends_with("is not an executable file"),
+            "{p:?}"
+        );
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(problems(&with_script), vec![]);
     }
 
     #[test]

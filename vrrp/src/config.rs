@@ -150,9 +150,10 @@ impl InstanceConfig {
         if self.version == Version::V2 && family != Family::Ipv4 {
             return Err(ConfigError::V2IsIpv4Only(name()));
         }
-        for peer in self.unicast_peers.iter().chain(self.local_address.iter()) {
-            if Family::of(peer) != family {
-                return Err(ConfigError::MixedFamilies(name()));
+        let peers = self.unicast_peers.iter().map(|a| ("unicast_peers", a));
+        for (key, addr) in peers.chain(self.local_address.iter().map(|a| ("local_address", a))) {
+            if Family::of(addr) != family {
+                return Err(ConfigError::PeerFamily(name(), key, *addr));
             }
         }
         if self.garp_repeat == 0 {
@@ -248,8 +249,10 @@ pub enum ConfigError {
     TooManyVips(String),
     /// One address listed twice.
     DuplicateVip(String),
-    /// IPv4 and IPv6 mixed among VIPs, peers or the local address.
+    /// IPv4 and IPv6 mixed among the VIPs.
     MixedFamilies(String),
+    /// A unicast peer or the local address (the key) of the other family than the VIPs.
+    PeerFamily(String, &'static str, IpAddr),
     /// Prefix length longer than the address.
     BadPrefixLen(String, Vip),
     /// VRRPv2 with IPv6 addresses.
@@ -296,6 +299,9 @@ impl fmt::Display for ConfigError {
             ConfigError::DuplicateVip(n) => write!(f, "instance {n}: a virtual address is listed twice"),
             ConfigError::MixedFamilies(n) => {
                 write!(f, "instance {n}: IPv4 and IPv6 addresses are mixed")
+            }
+            ConfigError::PeerFamily(n, key, a) => {
+                write!(f, "instance {n}: {key} {a} is not of the VIPs' address family")
             }
             ConfigError::BadPrefixLen(n, v) => {
                 write!(f, "instance {n}: prefix length /{} is too long for {}", v.prefix_len, v.addr)
@@ -374,7 +380,16 @@ mod tests {
         assert!(matches!(c.validate(), Err(ConfigError::BadPrefixLen(..))));
         let mut c = base();
         c.unicast_peers.push("fe80::1".parse().unwrap());
-        assert!(matches!(c.validate(), Err(ConfigError::MixedFamilies(_))));
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::PeerFamily(_, "unicast_peers", _))
+        ));
+        let mut c = base();
+        c.local_address = Some("fe80::1".parse().unwrap());
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::PeerFamily(_, "local_address", _))
+        ));
     }
 
     #[test]

@@ -79,6 +79,8 @@ pub enum CertError {
     NoCertificate {
         /// The file.
         path: PathBuf,
+        /// What the file seems to hold instead, and what to do ("" when nothing to say).
+        hint: &'static str,
     },
     /// No private key in the input.
     NoPrivateKey {
@@ -109,6 +111,13 @@ pub enum CertError {
         /// What the reader said.
         detail: String,
     },
+    /// The PKCS#12 password's environment variable is not set (or not UTF-8).
+    PasswordUnset {
+        /// The PKCS#12 file.
+        path: PathBuf,
+        /// The variable's name.
+        var: String,
+    },
     /// No certificate in the input carries the private key's public key.
     KeyMismatch,
     /// A key rustls cannot sign with (unsupported algorithm or curve).
@@ -135,7 +144,9 @@ impl fmt::Display for CertError {
                 )
             }
             CertError::BadPem { path, detail } => write!(f, "{}: bad PEM: {detail}", path.display()),
-            CertError::NoCertificate { path } => write!(f, "{}: no certificate found", path.display()),
+            CertError::NoCertificate { path, hint } => {
+                write!(f, "{}: no certificate found{hint}", path.display())
+            }
             CertError::NoPrivateKey { path } => write!(f, "{}: no private key found", path.display()),
             CertError::SeveralPrivateKeys { path } => {
                 write!(
@@ -159,6 +170,11 @@ impl fmt::Display for CertError {
                     path.display()
                 )
             }
+            CertError::PasswordUnset { path, var } => write!(
+                f,
+                "{}: its password variable {var} is not set in gatehouse's environment (or is not UTF-8)",
+                path.display()
+            ),
             CertError::KeyMismatch => write!(f, "the private key does not belong to any of the certificates"),
             CertError::UnsupportedKey { detail } => write!(f, "unsupported private key: {detail}"),
             CertError::Generate { detail } => write!(f, "cannot generate: {detail}"),
@@ -240,7 +256,10 @@ impl fmt::Display for CertProblem {
             CertProblem::IncompleteChain { issuer } => {
                 write!(f, "chain incomplete: issuer {issuer} not included")
             }
-            CertProblem::LeafIsCa => write!(f, "the leaf certificate is a CA certificate"),
+            CertProblem::LeafIsCa => write!(
+                f,
+                "the leaf certificate is a CA certificate (basicConstraints CA:TRUE, as `openssl req -x509` makes by default), which rustls and webpki clients refuse; make it with `gatehouse cert self-signed`, or add `-addext basicConstraints=critical,CA:FALSE`"
+            ),
         }
     }
 }
@@ -467,21 +486,13 @@ impl CertBundle {
 /// Loads one PEM file holding the private key, the certificate and intermediates in any
 /// order (the "all-in-one" PEM of the guide's enterprise flow).
 pub fn load_pem_bundle(path: &Path) -> Result<CertBundle, CertError> {
-    let (certs, keys) = read_pem(path)?;
-    if certs.is_empty() {
-        return Err(CertError::NoCertificate { path: path.into() });
-    }
+    let (certs, keys) = read_pem_with_certificates(path)?;
     CertBundle::from_parts(certs, single_key(path, keys)?)
 }
 
 /// Loads a certificate file (chain in any order) and a separate key file.
 pub fn load_pem_pair(cert_path: &Path, key_path: &Path) -> Result<CertBundle, CertError> {
-    let (certs, _) = read_pem(cert_path)?;
-    if certs.is_empty() {
-        return Err(CertError::NoCertificate {
-            path: cert_path.into(),
-        });
-    }
+    let (certs, _) = read_pem_with_certificates(cert_path)?;
     let (_, keys) = read_pem(key_path)?;
     CertBundle::from_parts(certs, single_key(key_path, keys)?)
 }
@@ -501,7 +512,10 @@ pub fn load_pkcs12(path: &Path, password: &str) -> Result<CertBundle, CertError>
         .map(|bag| CertificateDer::from(bag.cert.as_der().to_vec()))
         .collect();
     if certs.is_empty() {
-        return Err(CertError::NoCertificate { path: path.into() });
+        return Err(CertError::NoCertificate {
+            path: path.into(),
+            hint: " in the PKCS#12 file",
+        });
     }
     let keys: Vec<PrivateKeyDer<'static>> = archive
         .keys
@@ -514,11 +528,7 @@ pub fn load_pkcs12(path: &Path, password: &str) -> Result<CertBundle, CertError>
 /// Reads every certificate of a PEM file in file order (for `cert show`, which needs the
 /// order as given, and keys are not required).
 pub fn read_pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, CertError> {
-    let (certs, _) = read_pem(path)?;
-    if certs.is_empty() {
-        return Err(CertError::NoCertificate { path: path.into() });
-    }
-    Ok(certs)
+    Ok(read_pem_with_certificates(path)?.0)
 }
 
 /// Problems with the order of certificates as they appear in a file: the leaf (the
@@ -681,6 +691,32 @@ pub fn generate_csr(cn: &str, sans: &[String]) -> Result<CsrOutput, CertError> {
     })
 }
 
+/// Whether `name` can stand in a subjectAltName: an IP address, or a DNS name of letters,
+/// digits and hyphens in labels of 1 to 63 characters (a `*.` wildcard first allowed).
+pub fn check_subject_name(name: &str) -> Result<(), String> {
+    if name.parse::<std::net::IpAddr>().is_ok() {
+        return Ok(());
+    }
+    let host = name.strip_prefix("*.").unwrap_or(name);
+    if name.is_empty() || name.len() > 253 {
+        return Err(format!(
+            "{name:?} is not a DNS name or IP address (1 to 253 characters)"
+        ));
+    }
+    for label in host.split('.') {
+        let ok = (1..=63).contains(&label.len())
+            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !label.starts_with('-')
+            && !label.ends_with('-');
+        if !ok {
+            return Err(format!(
+                "{name:?} is not a DNS name or IP address (labels of letters, digits and inner hyphens)"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Writes `bytes` to `path` through a temporary file and a rename, created with `mode`
 /// (0600 for keys: never readable by others, not even for an instant).
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), CertError> {
@@ -805,13 +841,42 @@ fn single_key(
 type PemItems = (Vec<CertificateDer<'static>>, Vec<PrivateKeyDer<'static>>);
 
 fn read_pem(path: &Path) -> Result<PemItems, CertError> {
+    parse_pem(path, &read_bounded(path)?)
+}
+
+/// [`read_pem`] of a file that must hold a certificate; without one, the error says what the
+/// file seems to be (DER, PKCS#12, a lone key) and what to do.
+fn read_pem_with_certificates(path: &Path) -> Result<PemItems, CertError> {
     let data = read_bounded(path)?;
-    if String::from_utf8_lossy(&data).contains("-----BEGIN ENCRYPTED PRIVATE KEY-----") {
+    let (certs, keys) = parse_pem(path, &data)?;
+    if !certs.is_empty() {
+        return Ok((certs, keys));
+    }
+    let hint = if !keys.is_empty() {
+        ": it holds a private key only (the certificate must be in another file)"
+    } else if data.first() == Some(&0x30) {
+        // An ASN.1 SEQUENCE: a DER certificate or a PKCS#12 archive, not PEM text.
+        if x509_parser::parse_x509_certificate(&data).is_ok() {
+            ": it is a DER certificate; convert it with `openssl x509 -inform der -in FILE -out FILE.pem`"
+        } else {
+            ": it is binary (PKCS#12/PFX? use `pfx = ...` or `gatehouse cert import --pfx`)"
+        }
+    } else {
+        " (no -----BEGIN CERTIFICATE----- block)"
+    };
+    Err(CertError::NoCertificate {
+        path: path.into(),
+        hint,
+    })
+}
+
+fn parse_pem(path: &Path, data: &[u8]) -> Result<PemItems, CertError> {
+    if String::from_utf8_lossy(data).contains("-----BEGIN ENCRYPTED PRIVATE KEY-----") {
         return Err(CertError::EncryptedKey { path: path.into() });
     }
     let mut certs = Vec::new();
     let mut keys = Vec::new();
-    for item in rustls_pemfile::read_all(&mut BufReader::new(&data[..])) {
+    for item in rustls_pemfile::read_all(&mut BufReader::new(data)) {
         match item.map_err(|e| CertError::BadPem {
             path: path.into(),
             detail: format!("{e:?}"),

@@ -114,10 +114,32 @@ fn file_errors_are_specific() {
         Err(CertError::NoPrivateKey { .. })
     ));
     let no_cert = pem_file(dir.path(), "nocert.pem", &[bundle.key_pem()]);
-    assert!(matches!(
-        load_pem_bundle(&no_cert),
-        Err(CertError::NoCertificate { .. })
-    ));
+    let e = load_pem_bundle(&no_cert).unwrap_err();
+    assert!(matches!(e, CertError::NoCertificate { .. }));
+    assert!(
+        e.to_string().ends_with(
+            "no certificate found: it holds a private key only (the certificate must be in another file)"
+        ),
+        "{e}"
+    );
+    // A DER certificate and other bytes say what they seem to be.
+    let der = dir.path().join("leaf.der");
+    fs::write(&der, leaf.cert.as_ref()).expect("write");
+    let e = read_pem_certs(&der).unwrap_err().to_string();
+    assert!(
+        e.contains("it is a DER certificate; convert it with `openssl x509 -inform der"),
+        "{e}"
+    );
+    let blob = dir.path().join("blob.pfx");
+    fs::write(&blob, [0x30, 0x82, 0x01, 0x00, 0x02, 0x01, 0x03]).expect("write");
+    let e = read_pem_certs(&blob).unwrap_err().to_string();
+    assert!(e.contains("it is binary (PKCS#12/PFX?"), "{e}");
+    let text = pem_file(dir.path(), "text.pem", &["hello\n".to_string()]);
+    let e = read_pem_certs(&text).unwrap_err().to_string();
+    assert!(
+        e.ends_with("no certificate found (no -----BEGIN CERTIFICATE----- block)"),
+        "{e}"
+    );
     let two_keys = pem_file(
         dir.path(),
         "two.pem",

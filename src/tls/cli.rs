@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 use clap::{Args, Subcommand};
 
 use super::certs::{self, CertBundle, CertInfo};
-use super::ticket_keys::{KeyFileRole, TicketKeyFile, TicketKeySchedule};
+use super::ticket_keys::{KeyFileRole, TicketKeyError, TicketKeyFile, TicketKeySchedule};
 
 /// Arguments of `gatehouse cert`.
 #[derive(Args, Debug)]
@@ -35,8 +35,11 @@ enum CertCommand {
         #[arg(long, value_name = "FILE")]
         out_key: PathBuf,
         /// Validity in days.
-        #[arg(long, default_value_t = 365)]
+        #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(u64).range(1..=36_500))]
         days: u64,
+        /// Replace the output files when they exist.
+        #[arg(long)]
+        force: bool,
     },
     /// Make a new key and a certificate signing request for a third-party CA.
     Csr {
@@ -52,6 +55,9 @@ enum CertCommand {
         /// Where to write the new private key (PEM, mode 0600).
         #[arg(long, value_name = "FILE")]
         out_key: PathBuf,
+        /// Replace the output files when they exist.
+        #[arg(long)]
+        force: bool,
     },
     /// Import an all-in-one PEM (key, certificate, intermediates in any order) or a PFX,
     /// and write a leaf-first chain and its key.
@@ -76,7 +82,8 @@ enum CertCommand {
         /// Where to write the private key (PEM, mode 0600).
         #[arg(long, value_name = "FILE")]
         out_key: PathBuf,
-        /// Write it even when expired, not yet valid or a CA certificate.
+        /// Write it even when expired, not yet valid or a CA certificate, or over existing
+        /// output files.
         #[arg(long)]
         force: bool,
     },
@@ -107,24 +114,41 @@ pub fn run(args: CertArgs) -> ExitCode {
             out_cert,
             out_key,
             days,
-        } => certs::generate_self_signed(&names, now, Duration::from_secs(days.saturating_mul(86_400)))
-            .and_then(|b| b.write(&out_cert, &out_key))
-            .map(|()| println!("wrote {} and {}", out_cert.display(), out_key.display())),
+            force,
+        } => {
+            if let Err(code) =
+                usable_names("--name", &names).and(fresh_outputs(&[&out_cert, &out_key], force))
+            {
+                return code;
+            }
+            certs::generate_self_signed(&names, now, Duration::from_secs(days.saturating_mul(86_400)))
+                .and_then(|b| b.write(&out_cert, &out_key))
+                .map(|()| println!("wrote {} and {}", out_cert.display(), out_key.display()))
+        }
         CertCommand::Csr {
             cn,
             sans,
             out_csr,
             out_key,
-        } => certs::generate_csr(&cn, &sans).and_then(|csr| {
-            certs::write_atomic(&out_key, csr.key_pem.as_bytes(), 0o600)?;
-            certs::write_atomic(&out_csr, csr.csr_pem.as_bytes(), 0o644)?;
-            println!(
-                "wrote {} and {}; send the CSR to your CA",
-                out_csr.display(),
-                out_key.display()
-            );
-            Ok(())
-        }),
+            force,
+        } => {
+            let checks = usable_names("--cn", std::slice::from_ref(&cn))
+                .and(usable_names("--san", &sans))
+                .and(fresh_outputs(&[&out_csr, &out_key], force));
+            if let Err(code) = checks {
+                return code;
+            }
+            certs::generate_csr(&cn, &sans).and_then(|csr| {
+                certs::write_atomic(&out_key, csr.key_pem.as_bytes(), 0o600)?;
+                certs::write_atomic(&out_csr, csr.csr_pem.as_bytes(), 0o644)?;
+                println!(
+                    "wrote {} and {}; send the CSR to your CA",
+                    out_csr.display(),
+                    out_key.display()
+                );
+                Ok(())
+            })
+        }
         CertCommand::Import {
             pem,
             pfx,
@@ -146,6 +170,31 @@ pub fn run(args: CertArgs) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// Names for a certificate's subjectAltName; exit code 2 (bad arguments) on the first that
+/// cannot be one.
+fn usable_names(flag: &str, names: &[String]) -> Result<(), ExitCode> {
+    for name in names {
+        if let Err(e) = certs::check_subject_name(name) {
+            eprintln!("error: {flag} {e}");
+            return Err(ExitCode::from(2));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses to replace existing output files without `--force` (exit code 1): a certificate
+/// or key in use is not overwritten by a typo.
+fn fresh_outputs(paths: &[&Path], force: bool) -> Result<(), ExitCode> {
+    if force {
+        return Ok(());
+    }
+    if let Some(p) = paths.iter().find(|p| p.exists()) {
+        eprintln!("error: {} exists (use --force to replace it)", p.display());
+        return Err(ExitCode::from(1));
+    }
+    Ok(())
 }
 
 fn import(
@@ -188,6 +237,9 @@ fn import(
     };
     for p in &problems {
         eprintln!("{}: {p}", if p.is_fatal() { "error" } else { "warning" });
+    }
+    if let Err(code) = fresh_outputs(&[out_cert, out_key], force) {
+        return code;
     }
     if problems.iter().any(|p| p.is_fatal()) && !force {
         eprintln!("not written (use --force to write it anyway)");
@@ -267,6 +319,13 @@ fn show(file: &Path, now: SystemTime) -> ExitCode {
             println!("  CA:       yes");
         }
     }
+    if infos.first().is_some_and(|first| first.is_ca) {
+        // Fine for a CA file; as a listener's certificate, refused.
+        println!(
+            "note: certificate #1 is a CA certificate; as a listener's certificate: {}",
+            certs::CertProblem::LeafIsCa
+        );
+    }
     let problems = certs::chain_order_problems(&infos);
     if problems.is_empty() {
         println!("chain order: ok");
@@ -299,6 +358,10 @@ fn ticket_keys(file: PathBuf, rotate_every_hours: u64, now: SystemTime) -> ExitC
                 println!("key active from {}", certs::format_unix(key.active_from_unix));
             }
             ExitCode::SUCCESS
+        }
+        Err(e @ TicketKeyError::Io { .. }) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
         }
         Err(e) => {
             eprintln!("error: {}: {e}", key_file.path.display());

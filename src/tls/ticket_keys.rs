@@ -40,7 +40,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use rustls::server::ProducesTickets;
 use sha2::{Digest, Sha256};
 
-use super::certs::{unix_seconds, write_atomic};
+use super::certs::{unix_seconds, write_atomic, CertError};
 
 /// First line of a key file.
 pub const FORMAT_HEADER: &str = "gatehouse-ticket-keys v1";
@@ -229,9 +229,12 @@ impl TicketKeySet {
 
     /// Writes a key file atomically with mode 0600.
     pub fn save(&self, path: &Path) -> Result<(), TicketKeyError> {
-        write_atomic(path, self.to_text().as_bytes(), 0o600).map_err(|e| TicketKeyError::Io {
-            path: path.into(),
-            source: std::io::Error::other(e.to_string()),
+        write_atomic(path, self.to_text().as_bytes(), 0o600).map_err(|e| match e {
+            CertError::Io { path, source } => TicketKeyError::Io { path, source },
+            other => TicketKeyError::Io {
+                path: path.into(),
+                source: std::io::Error::other(other.to_string()),
+            },
         })
     }
 

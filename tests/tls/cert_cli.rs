@@ -138,10 +138,11 @@ fn pfx_from_openssl_imports_leaf_first() {
 
     // A wrong password is a clear error, and nothing is written.
     std::fs::remove_file(&cert).expect("rm");
+    std::fs::remove_file(&key).expect("rm");
     let out = gatehouse(&argv, &[("PFX_PASSWORD", "wrong")]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("wrong password"), "{}", text(&out));
-    assert!(!cert.exists());
+    assert!(!cert.exists() && !key.exists());
 
     // The legacy encryption (3DES/RC2) of older Windows exports imports too.
     let legacy = std::process::Command::new("openssl")
@@ -363,4 +364,80 @@ fn ticket_keys_command_creates_a_private_key_file() {
     assert!(std::fs::read_to_string(&file)
         .expect("read")
         .starts_with("gatehouse-ticket-keys v1\n"));
+}
+
+#[test]
+fn generating_commands_refuse_bad_names_zero_days_and_existing_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert, key) = (dir.path().join("n.crt"), dir.path().join("n.key"));
+    let (c, k) = (cert.to_str().expect("utf-8"), key.to_str().expect("utf-8"));
+    let self_signed = |extra: &[&str]| {
+        let mut argv = vec!["cert", "self-signed", "--out-cert", c, "--out-key", k];
+        argv.extend_from_slice(extra);
+        gatehouse(&argv, &[])
+    };
+    let refused = [
+        (
+            &["--name", "bad name!"][..],
+            2,
+            "error: --name \"bad name!\" is not a DNS name or IP address",
+        ),
+        (&["--name=-gw.test"][..], 2, "is not a DNS name"),
+        (
+            &["--name", "gw.test", "--days", "0"][..],
+            2,
+            "0 is not in 1..=36500",
+        ),
+    ];
+    for (extra, code, says) in refused {
+        let out = self_signed(extra);
+        println!(
+            "self-signed {extra:?}: {:?} {}",
+            out.status.code(),
+            text(&out).trim()
+        );
+        assert_eq!(out.status.code(), Some(code), "{extra:?}: {}", text(&out));
+        assert!(text(&out).contains(says), "{extra:?}: {}", text(&out));
+        assert!(!cert.exists() && !key.exists(), "{extra:?} wrote files");
+    }
+    let out = self_signed(&["--name", "*.gw.test", "--name", "::1"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let first = std::fs::read(&cert).expect("written");
+    // A second run does not replace a certificate in use unless told to.
+    let out = self_signed(&["--name", "other.test"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("exists (use --force to replace it)"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(std::fs::read(&cert).expect("kept"), first);
+    assert!(self_signed(&["--name", "other.test", "--force"]).status.success());
+    assert_ne!(std::fs::read(&cert).expect("replaced"), first);
+
+    let csr = dir.path().join("r.csr");
+    let csr_argv = |cn: &'static str| {
+        vec![
+            "cert".to_string(),
+            "csr".into(),
+            "--cn".into(),
+            cn.into(),
+            "--out-csr".into(),
+            csr.display().to_string(),
+            "--out-key".into(),
+            dir.path().join("r.key").display().to_string(),
+        ]
+    };
+    let run = |argv: Vec<String>| gatehouse(&argv.iter().map(String::as_str).collect::<Vec<_>>(), &[]);
+    let out = run(csr_argv(""));
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("error: --cn \"\" is not a DNS name"),
+        "{}",
+        text(&out)
+    );
+    assert!(run(csr_argv("gw.example.test")).status.success());
+    let out = run(csr_argv("gw.example.test"));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("exists (use --force"), "{}", text(&out));
 }

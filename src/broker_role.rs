@@ -146,9 +146,6 @@ pub fn validate(config: &Config, problems: &mut Vec<(KeyPath, String)>) {
     let root = KeyPath::root();
     if let Some(b) = &config.broker {
         let at = root.key("broker");
-        if b.gateway_listen == b.agent_listen && b.gateway_listen.port() != 0 {
-            problems.push((at.key("agent_listen"), "must differ from gateway_listen".into()));
-        }
         if b.hash_threads == 0 || b.hash_threads > 64 {
             problems.push((at.key("hash_threads"), "must be 1..=64".into()));
         }
@@ -162,6 +159,22 @@ pub fn validate(config: &Config, problems: &mut Vec<(KeyPath, String)>) {
         }
         if let Err(e) = gatehouse_control::broker::UserDb::load_or_new(&b.users_file) {
             problems.push((at.key("users_file"), e.to_string()));
+        }
+        let audit_dir = b.audit_file.parent().filter(|d| !d.as_os_str().is_empty());
+        if b.audit_file.is_dir() {
+            problems.push((
+                at.key("audit_file"),
+                format!("{} is a directory; name a file in it", b.audit_file.display()),
+            ));
+        } else if let Some(dir) = audit_dir.filter(|d| !d.is_dir()) {
+            problems.push((
+                at.key("audit_file"),
+                format!(
+                    "cannot create {}: {} is not a directory",
+                    b.audit_file.display(),
+                    dir.display()
+                ),
+            ));
         }
         if let Err(e) = farm_pki::load_key_ring(&b.farm_key_file) {
             problems.push((at.key("farm_key_file"), e.to_string()));

@@ -324,6 +324,9 @@ mod tests {
             "{e}"
         );
         assert!(e.contains("duplicate listener name \"a\""), "{e}");
-        assert!(e.contains("already bound by listener \"a\""), "{e}");
+        assert!(
+            e.contains("port 8443 is already taken: listener \"a\" binds 127.0.0.1:8443"),
+            "{e}"
+        );
     }
 }

@@ -334,6 +334,18 @@ impl MemberTls {
         Ok((chain, key))
     }
 
+    /// What rustls said about the member certificate and key, in the files' words.
+    fn identity_error(&self, e: rustls::Error) -> PkiError {
+        match e {
+            rustls::Error::InconsistentKeys(_) => err(format!(
+                "{}: the private key does not belong to the certificate {} (issue both with `gatehouse farm issue`)",
+                self.key_file.display(),
+                self.cert_file.display()
+            )),
+            e => err(format!("{}: {e}", self.cert_file.display())),
+        }
+    }
+
     /// The server side (broker): presents the member certificate and requires a client
     /// certificate issued by the farm CA.
     pub fn server_config(&self) -> Result<Arc<ServerConfig>, PkiError> {
@@ -347,7 +359,7 @@ impl MemberTls {
             .map_err(|e| err(format!("protocol versions: {e}")))?
             .with_client_cert_verifier(verifier)
             .with_single_cert(chain, key)
-            .map_err(|e| err(format!("{}: {e}", self.cert_file.display())))?;
+            .map_err(|e| self.identity_error(e))?;
         Ok(Arc::new(config))
     }
 
@@ -367,7 +379,7 @@ impl MemberTls {
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(FarmServerVerifier { inner }))
             .with_client_auth_cert(chain, key)
-            .map_err(|e| err(format!("{}: {e}", self.cert_file.display())))?;
+            .map_err(|e| self.identity_error(e))?;
         Ok(Arc::new(config))
     }
 }

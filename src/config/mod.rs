@@ -210,17 +210,23 @@ pub struct ListenerConfig {
     #[serde(default)]
     pub tls: TlsMode,
     /// Certificates of an offloading listener, chosen by SNI (absent with `pem` and `pfx`:
-    /// a self-signed one is generated into `node.state_dir`).
+    /// a self-signed one is generated into `node.state_dir`). The default certificate, for
+    /// clients whose server name none has, is the one with `default = true`, else the first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub certificates: Vec<CertificateConfig>,
-    /// One all-in-one PEM (key, certificate, intermediates in any order): the default
-    /// certificate.
+    /// No default certificate: a client must send a server name one of the certificates
+    /// has (HAProxy's `strict-sni`); others are refused (`unknown_sni`, `no_sni_no_default`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub strict_sni: bool,
+    /// One all-in-one PEM (key, certificate, intermediates in any order); the default
+    /// certificate when `certificates` is empty.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pem: Option<PathBuf>,
-    /// A PKCS#12/PFX file: the default certificate.
+    /// A PKCS#12/PFX file; the default certificate when there is no other.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pfx: Option<PathBuf>,
-    /// Environment variable holding the PFX password (absent: an empty password).
+    /// Environment variable holding the PFX password (absent: an empty password; named
+    /// but not set: an error).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pfx_password_env: Option<String>,
     /// Lowest TLS version offered: `"1.2"` or `"1.3"`.
@@ -308,7 +314,8 @@ pub struct CertificateConfig {
     /// Server names it answers (empty: the DNS names of its subjectAltName).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub names: Vec<String>,
-    /// Served to clients whose server name no certificate has (or who send none).
+    /// Served to clients whose server name no certificate has (or who send none); without
+    /// one, the first certificate is.
     #[serde(default)]
     pub default: bool,
 }

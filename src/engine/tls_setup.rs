@@ -36,7 +36,9 @@ pub enum CertOrigin {
 }
 
 /// Loads every certificate a listener names; each with where it comes from. Empty when the
-/// listener names none (then [`build`] generates a self-signed one).
+/// listener names none (then [`build`] generates a self-signed one). The default one is the
+/// listed certificate with `default = true`, else the first of them all; none with
+/// `strict_sni`.
 pub fn configured_certificates(l: &ListenerConfig) -> Vec<(CertOrigin, Result<CertEntry, CertError>)> {
     let mut out = Vec::new();
     for (i, c) in l.certificates.iter().enumerate() {
@@ -53,31 +55,40 @@ pub fn configured_certificates(l: &ListenerConfig) -> Vec<(CertOrigin, Result<Ce
             }),
         ));
     }
-    let only = l.certificates.is_empty();
     if let Some(pem) = &l.pem {
         out.push((
             CertOrigin::Pem,
             certs::load_pem_bundle(pem).map(|bundle| CertEntry {
                 bundle,
                 names: Vec::new(),
-                default: only,
+                default: false,
             }),
         ));
     }
     if let Some(pfx) = &l.pfx {
-        let password = l
-            .pfx_password_env
-            .as_ref()
-            .and_then(|v| std::env::var(v).ok())
-            .unwrap_or_default();
+        let password = match &l.pfx_password_env {
+            None => Ok(String::new()),
+            Some(var) => std::env::var(var).map_err(|_| CertError::PasswordUnset {
+                path: pfx.clone(),
+                var: var.clone(),
+            }),
+        };
         out.push((
             CertOrigin::Pfx,
-            certs::load_pkcs12(pfx, &password).map(|bundle| CertEntry {
-                bundle,
-                names: Vec::new(),
-                default: only && l.pem.is_none(),
+            password.and_then(|password| {
+                certs::load_pkcs12(pfx, &password).map(|bundle| CertEntry {
+                    bundle,
+                    names: Vec::new(),
+                    default: false,
+                })
             }),
         ));
+    }
+    let explicit = l.certificates.iter().any(|c| c.default);
+    if !explicit && !l.strict_sni {
+        if let Some((_, Ok(first))) = out.first_mut() {
+            first.default = true;
+        }
     }
     out
 }

@@ -132,7 +132,10 @@ impl fmt::Display for TlsSetupError {
         match self {
             TlsSetupError::NoCertificate => write!(f, "no certificate"),
             TlsSetupError::SeveralDefaults => write!(f, "more than one certificate has default = true"),
-            TlsSetupError::DuplicateName(n) => write!(f, "two certificates for the server name {n}"),
+            TlsSetupError::DuplicateName(n) => write!(
+                f,
+                "two certificates answer the server name {n} (give one of them `names = [...]` without it)"
+            ),
             TlsSetupError::Cert(e) => write!(f, "{e}"),
             TlsSetupError::UnknownCipherSuite(s) => {
                 write!(

@@ -164,4 +164,31 @@ fn check_reports_broken_broker_files_at_their_keys() {
         err.contains("broker.farm_key_file") && err.contains("64 hex digits"),
         "{err}"
     );
+
+    // What `run` would refuse, `check` refuses: an audit file in a missing directory, a key
+    // of another member, one port for both listeners.
+    farm.issue("broker-2", "broker");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let audit = farm.path("broker-1-audit.log").display().to_string();
+    let key = farm.path("broker-1.key").display().to_string();
+    let broken = text
+        .replace(&audit, "/nonexistent/dir/audit.log")
+        .replace(&key, &farm.path("broker-2.key").display().to_string())
+        .replace("agent_listen = \"127.0.0.1:2\"", "agent_listen = \"0.0.0.0:1\"");
+    std::fs::write(&config, broken).unwrap();
+    let out = run_cli(&["check", "-q", "-c", cfg], None);
+    let err = String::from_utf8_lossy(&out.stderr);
+    println!("check: {err}");
+    assert!(
+        err.contains("broker.audit_file: cannot create /nonexistent/dir/audit.log: /nonexistent/dir is not a directory"),
+        "{err}"
+    );
+    assert!(
+        err.contains("broker.cert_file") && err.contains("broker-2.key: the private key does not belong to the certificate"),
+        "{err}"
+    );
+    assert!(
+        err.contains("broker.agent_listen: port 1 is already taken: broker.gateway_listen binds 127.0.0.1:1"),
+        "{err}"
+    );
 }

@@ -355,9 +355,9 @@ fn bad_clients_are_refused_with_counted_reasons() {
     let (bc, bk) = ca.leaf("b.test");
     let echo = EchoServer::start(None);
     let (admin, listen) = addrs();
-    // Only b.test, no default: any other name is refused.
+    // Only b.test, and strict_sni: no default, so any other name is refused.
     let extra = format!(
-        "certificates = [ {{ cert = \"{}\", key = \"{}\" }} ]",
+        "strict_sni = true\ncertificates = [ {{ cert = \"{}\", key = \"{}\" }} ]",
         bc.display(),
         bk.display()
     );

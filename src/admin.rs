@@ -193,7 +193,10 @@ fn route(
             let status = serde_json::json!({
                 "node": snapshot.config.node_name(),
                 "version": env!("CARGO_PKG_VERSION"),
+                // The snapshot's number: a reload, a health verdict or an admin state
+                // change each make a new one. `reloads` counts successful reloads.
                 "generation": snapshot.generation,
+                "reloads": shared.metrics.reloads_ok.load(Ordering::Relaxed),
                 "lifecycle": format!("{:?}", shared.lifecycle()).to_lowercase(),
                 "connections": shared.connections.load(Ordering::Relaxed),
                 "listeners": snapshot.listeners.iter().map(|l| serde_json::json!({
@@ -285,17 +288,46 @@ fn route(
                 ),
             }
         }
-        (_, ["metrics"]) | (_, ["api", ..]) => respond(stream, 405, "text/plain", "method not allowed\n"),
-        _ => respond(
-            stream,
-            404,
-            "text/plain",
-            "not found (try /metrics, /api/v1/status, /api/v1/backends)\n",
-        ),
+        (_, parts) => match allowed_methods(parts) {
+            Some(allow) => respond_with(
+                stream,
+                405,
+                "text/plain",
+                &format!("Allow: {allow}\r\n"),
+                &format!("method not allowed (use {allow})\n"),
+            ),
+            None => respond(
+                stream,
+                404,
+                "text/plain",
+                "not found (try /metrics, /api/v1/status, /api/v1/backends)\n",
+            ),
+        },
     }
 }
 
-fn respond(mut stream: &TcpStream, status: u16, content_type: &str, body: &str) -> io::Result<()> {
+/// The methods a known resource answers (for a 405's `Allow`); `None`: no such resource.
+fn allowed_methods(parts: &[&str]) -> Option<&'static str> {
+    match parts {
+        ["metrics"] | ["api", "v1", "status"] | ["api", "v1", "backends"] => Some("GET"),
+        ["api", "v1", "backends", _, _] => Some("POST, PUT"),
+        ["api", "v1", "reload"] => Some("POST"),
+        _ => None,
+    }
+}
+
+fn respond(stream: &TcpStream, status: u16, content_type: &str, body: &str) -> io::Result<()> {
+    respond_with(stream, status, content_type, "", body)
+}
+
+/// An answer with `headers` (whole lines, each ending in CRLF) besides the usual ones.
+fn respond_with(
+    mut stream: &TcpStream,
+    status: u16,
+    content_type: &str,
+    headers: &str,
+    body: &str,
+) -> io::Result<()> {
     let reason = match status {
         200 => "OK",
         400 => "Bad Request",
@@ -309,7 +341,7 @@ fn respond(mut stream: &TcpStream, status: u16, content_type: &str, body: &str) 
     };
     write!(
         stream,
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{headers}Connection: close\r\n\r\n{body}",
         body.len()
     )?;
     stream.flush()

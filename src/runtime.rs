@@ -366,11 +366,12 @@ impl Node {
                     tracing::warn!("second stop request: closing remaining sessions now");
                     break;
                 }
-                Ok(Command::Reload(reply)) => {
-                    if let Some(reply) = reply {
+                Ok(Command::Reload(reply)) => match reply {
+                    Some(reply) => {
                         let _ = reply.send(Err("the node is draining; reload refused".into()));
                     }
-                }
+                    None => tracing::warn!("SIGHUP while draining: reload refused, the node is stopping"),
+                },
                 Err(_) => {}
             }
         }
@@ -451,7 +452,7 @@ fn forward_signals(commands: Sender<Command>) -> Result<(), String> {
         .spawn(move || {
             for sig in signals.forever() {
                 let cmd = if sig == SIGHUP {
-                    tracing::info!("SIGHUP: reloading");
+                    tracing::info!("SIGHUP: reload requested");
                     Command::Reload(None)
                 } else {
                     tracing::info!(signal = sig, "stop requested");

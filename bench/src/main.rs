@@ -166,8 +166,8 @@ enum Command {
         /// (TLS stand-ins, `gatehouse run` from --gatehouse) and drive TLS sessions.
         #[arg(long, value_enum, default_value_t = capacity::Mode::L4)]
         mode: capacity::Mode,
-        /// The proxy under test (l4 mode).
-        #[arg(long, required_if_eq("mode", "l4"))]
+        /// The proxy under test (l4 mode, required there).
+        #[arg(long)]
         target: Option<SocketAddr>,
         /// The stand-in behind the target: each step also runs directly against it and the
         /// SLO applies to target minus direct (without it, to the latency through the target).
@@ -888,6 +888,13 @@ fn run(command: Command) -> Result<Option<Output>, Box<dyn std::error::Error>> {
                 Ramp::List(steps)
             };
             let tls_mode = mode != capacity::Mode::L4;
+            if !tls_mode && target.is_none() {
+                // clap's required_if_eq does not fire on a defaulted --mode.
+                return Err(BenchError::Usage(
+                    "--mode l4 (the default) measures a proxy you started: give --target ADDR (and --pid PID); --mode halb-passthrough or gateway-ssl start their own".into(),
+                )
+                .into());
+            }
             let p = capacity::Params {
                 // TLS modes: replaced by the system under test's own addresses.
                 target: target.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),

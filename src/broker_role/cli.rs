@@ -114,7 +114,7 @@ pub struct HostAgentArgs {
     #[arg(long, default_value = "127.0.0.1:3389")]
     rdp: SocketAddr,
     /// Time between reports (`2s`, `500ms`).
-    #[arg(long, default_value = "2s")]
+    #[arg(long, default_value = "2s", value_parser = positive_duration)]
     interval: HumanDuration,
     /// A user with a session (stand-in hosts; repeat).
     #[arg(long = "session")]
@@ -123,11 +123,20 @@ pub struct HostAgentArgs {
     #[arg(long)]
     sessions_file: Option<PathBuf>,
     /// Report this CPU percentage instead of the load average.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=100))]
     cpu: Option<u8>,
     /// Report this memory percentage instead of /proc/meminfo.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=100))]
     mem: Option<u8>,
+}
+
+/// A duration longer than zero (the config key `report_interval` refuses zero too).
+fn positive_duration(text: &str) -> Result<HumanDuration, String> {
+    let d = text.parse::<HumanDuration>().map_err(|e| e.to_string())?;
+    if d.get().is_zero() {
+        return Err("must be longer than zero".into());
+    }
+    Ok(d)
 }
 
 /// Runs `gatehouse farm ...`.
@@ -145,10 +154,18 @@ pub fn run_farm(args: FarmArgs) -> ExitCode {
                 init.key_id
             );
         }),
-        FarmCmd::Issue { name, dir, role } => farm_pki::farm_issue(&dir, &name, role).map(|files| {
-            println!("certificate: {}", files.cert.display());
-            println!("key: {} (mode 0600)", files.key.display());
-        }),
+        FarmCmd::Issue { name, dir, role } => {
+            let existed = dir.join(format!("{name}.pem")).exists();
+            farm_pki::farm_issue(&dir, &name, role).map(|files| {
+                if existed {
+                    eprintln!(
+                        "note: replaced the previous certificate and key of {name}; a node running with them keeps them until it restarts"
+                    );
+                }
+                println!("certificate: {}", files.cert.display());
+                println!("key: {} (mode 0600)", files.key.display());
+            })
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -263,8 +280,8 @@ pub fn run_host_agent(args: HostAgentArgs) -> ExitCode {
         rdp_address: args.rdp,
         sessions: args.sessions,
         sessions_file: args.sessions_file,
-        cpu_percent: args.cpu.map(|c| c.min(100)),
-        mem_percent: args.mem.map(|m| m.min(100)),
+        cpu_percent: args.cpu,
+        mem_percent: args.mem,
         cert_file: args.cert,
         key_file: args.key,
         ca_file: args.ca,

@@ -22,6 +22,10 @@ const AFTER_HELP: &str = "\
 Password: from --password-stdin (first line of stdin), else the environment variable
 GATEHOUSE_PASSWORD, else asked on the terminal without echo. Never a flag.
 
+Modes: gateway-ssl (the default) and direct-ssl log in over TLS. gateway and direct talk
+plain HTTP to the gateway: the password crosses the network unencrypted, so use them only
+on a network you trust.
+
 Certificates (gateway-ssl, direct-ssl): checked against --ca-file (default: the system
 bundle /etc/ssl/certs/ca-certificates.crt), or the leaf's --pin-sha256; an untrusted
 certificate stops the client and prints its fingerprint, unless --insecure.
@@ -51,7 +55,7 @@ pub struct ConnectArgs {
     /// The resource to launch (its id, or a unique name); default: the only one offered.
     #[arg(short, long, value_name = "ID")]
     resource: Option<String>,
-    /// Connection mode: gateway, gateway-ssl, direct or direct-ssl.
+    /// Connection mode: gateway-ssl, direct-ssl, or (password unencrypted) gateway, direct.
     #[arg(short, long, default_value = "gateway-ssl", value_parser = parse_mode)]
     mode: Mode,
     /// Local address for RDP clients (port 0: any free port, printed).
@@ -121,8 +125,15 @@ fn options(args: ConnectArgs) -> Result<Options, ConnectError> {
     } else {
         Trust::system()
     };
-    if !args.mode.tls() && (args.pin_sha256.is_some() || args.insecure || args.ca_file.is_some()) {
-        tracing::warn!("mode {} does not use TLS: certificate flags ignored", args.mode);
+    if !args.mode.tls() {
+        tracing::warn!(
+            "mode {} logs in without TLS: the password crosses the network unencrypted (use {}-ssl outside a trusted network)",
+            args.mode,
+            args.mode
+        );
+        if args.pin_sha256.is_some() || args.insecure || args.ca_file.is_some() {
+            tracing::warn!("mode {} does not use TLS: certificate flags ignored", args.mode);
+        }
     }
     let password = password(&args.user, &args.gateway, args.password_stdin)?;
     let mut gateways = vec![args.gateway];

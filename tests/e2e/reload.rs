@@ -149,6 +149,11 @@ fn sighup_under_traffic_adds_a_listener_and_refuses_a_bad_file() {
     let (status, body) = http(admin, "POST", "/api/v1/reload", "").expect("admin reload");
     assert_eq!(status, 200, "{body}");
     flowing("after the API reload");
+    // A known resource with another method is 405 naming the method; an unknown one is 404.
+    let (status, body) = http(admin, "GET", "/api/v1/reload", "").expect("admin answers");
+    assert_eq!((status, body.trim()), (405, "method not allowed (use POST)"));
+    let (status, body) = http(admin, "GET", "/api/v1/nothing", "").expect("admin answers");
+    assert_eq!(status, 404, "{body}");
 
     stop.store(true, Ordering::Release);
     let (sent, sent_sha) = sender.join().expect("sender");

@@ -184,7 +184,8 @@ fn check_reports_broken_broker_files_at_their_keys() {
         "{err}"
     );
     assert!(
-        err.contains("broker.cert_file") && err.contains("broker-2.key: the private key does not belong to the certificate"),
+        err.contains("broker.cert_file")
+            && err.contains("broker-2.key: the private key does not belong to the certificate"),
         "{err}"
     );
     assert!(

@@ -57,6 +57,15 @@ fn sigterm_drains_open_tunnels_then_exits_zero() {
         echo_round_trip(&mut tunnel, b"during the drain\n"),
         "the open tunnel works during the drain"
     );
+    // A reload asked for now is refused, and says so.
+    g.signal(Signal::SIGHUP);
+    assert!(
+        wait_until(Duration::from_secs(3), || g
+            .log()
+            .contains("SIGHUP while draining: reload refused")),
+        "no refusal logged:\n{}",
+        g.log()
+    );
     assert!(
         g.proc.wait_exit(Duration::from_millis(300)).is_none(),
         "exited with a tunnel open"

@@ -179,9 +179,7 @@ pub fn validate(config: &Config, problems: &mut Vec<(KeyPath, String)>) {
         if let Err(e) = farm_pki::load_key_ring(&b.farm_key_file) {
             problems.push((at.key("farm_key_file"), e.to_string()));
         }
-        if let Err(e) = b.tls().server_config() {
-            problems.push((at.key("cert_file"), e.to_string()));
-        }
+        validate_member_tls(&b.tls(), &at, true, problems);
     }
     if let Some(h) = &config.host_agent {
         let at = root.key("host_agent");
@@ -196,7 +194,37 @@ pub fn validate(config: &Config, problems: &mut Vec<(KeyPath, String)>) {
                 problems.push((at.key(key), "must be 0..=100".into()));
             }
         }
-        if let Err(e) = h.tls().client_config() {
+        validate_member_tls(&h.tls(), &at, false, problems);
+    }
+}
+
+/// A farm member's certificate, key and CA files under the section `at`: each file that cannot
+/// be read at its own key, then the TLS configuration built from them (as a server for a
+/// broker, as a client otherwise) at `cert_file`.
+pub fn validate_member_tls(
+    tls: &MemberTls,
+    at: &KeyPath,
+    server: bool,
+    problems: &mut Vec<(KeyPath, String)>,
+) {
+    let mut readable = true;
+    for (key, file) in [
+        ("cert_file", &tls.cert_file),
+        ("key_file", &tls.key_file),
+        ("ca_file", &tls.ca_file),
+    ] {
+        if let Err(e) = std::fs::File::open(file) {
+            problems.push((at.key(key), format!("cannot read {}: {e}", file.display())));
+            readable = false;
+        }
+    }
+    if readable {
+        let built = if server {
+            tls.server_config().map(drop)
+        } else {
+            tls.client_config().map(drop)
+        };
+        if let Err(e) = built {
             problems.push((at.key("cert_file"), e.to_string()));
         }
     }

@@ -174,9 +174,7 @@ pub fn validate(g: &GatewaySection, at: &KeyPath, problems: &mut Vec<(KeyPath, S
         }
     }
     if let Some(tls) = g.member_tls() {
-        if let Err(e) = tls.client_config() {
-            problems.push((at.key("cert_file"), e.to_string()));
-        }
+        crate::broker_role::validate_member_tls(&tls, at, false, problems);
     }
     if let Some(path) = &g.farm_key_file {
         if let Err(e) = farm_pki::load_key_ring(path) {
@@ -291,6 +289,24 @@ mod tests {
             assert!(e.contains(key), "{key} missing from: {e}");
         }
         assert!(e.contains("gw.toml:1:"), "{e}");
+    }
+
+    #[test]
+    fn each_missing_member_file_is_reported_at_its_key() {
+        let e = problems(
+            "[gateway]\nsite = \"a\"\nbrokers = [\"127.0.0.1:20002\"]\ncert_file = \"/nonexistent/gw.pem\"\n\
+             key_file = \"/nonexistent/gw.key\"\nca_file = \"/nonexistent/ca.pem\"\n\
+             farm_key_file = \"/nonexistent/keys.toml\"\n\
+             [[gateway.listener]]\nname = \"front\"\nbind = \"127.0.0.1:8443\"\n",
+        );
+        for (line, key, file) in [
+            (4, "cert_file", "gw.pem"),
+            (5, "key_file", "gw.key"),
+            (6, "ca_file", "ca.pem"),
+        ] {
+            let want = format!("gw.toml:{line}:1: gateway.{key}: cannot read /nonexistent/{file}: ");
+            assert!(e.contains(&want), "{want} missing from: {e}");
+        }
     }
 
     #[test]

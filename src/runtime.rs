@@ -467,8 +467,9 @@ fn forward_signals(commands: Sender<Command>) -> Result<(), String> {
     Ok(())
 }
 
-/// Converts a pool's `[health]` table into a check specification.
-pub fn check_spec(h: &HealthConfig) -> Option<CheckSpec> {
+/// Converts a pool's `[health]` table into a check specification; `send_proxy` is the
+/// pool's (its probes then start with a PROXY v2 LOCAL header).
+pub fn check_spec(h: &HealthConfig, send_proxy: bool) -> Option<CheckSpec> {
     let verify = || match (&h.ca_file, h.insecure_skip_verify) {
         (_, true) => TlsVerify::InsecureSkipVerify,
         (Some(ca), false) => TlsVerify::CaFile(ca.clone()),
@@ -501,6 +502,7 @@ pub fn check_spec(h: &HealthConfig) -> Option<CheckSpec> {
         timeout: h.timeout.get(),
         rise: h.rise,
         fall: h.fall,
+        send_proxy,
     })
 }
 
@@ -524,7 +526,7 @@ fn start_health(shared: &Arc<Shared>) -> Option<Checks> {
     let mut names: Vec<(String, String)> = Vec::new();
     // Configured pools come first in the snapshot, in config order.
     for (pc, plan) in config.pools().zip(snapshot.pools.iter()) {
-        let Some(spec) = pc.health.as_ref().and_then(check_spec) else {
+        let Some(spec) = pc.health.as_ref().and_then(|h| check_spec(h, pc.send_proxy)) else {
             continue;
         };
         let spec = Arc::new(spec);

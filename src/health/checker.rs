@@ -469,7 +469,13 @@ impl TargetRunner {
                 }
             }
         }
-        probe_with(self.target.addr, &spec.kind, self.tls.as_ref(), spec.timeout)
+        probe_with(
+            self.target.addr,
+            &spec.kind,
+            self.tls.as_ref(),
+            spec.timeout,
+            spec.send_proxy,
+        )
     }
 
     fn on_passive(&mut self, report: Passive) {

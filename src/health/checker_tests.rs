@@ -18,6 +18,7 @@ fn spec(kind: CheckKind, interval_ms: u64, timeout_ms: u64, rise: u32, fall: u32
         timeout: Duration::from_millis(timeout_ms),
         rise,
         fall,
+        send_proxy: false,
     })
 }
 

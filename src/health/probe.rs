@@ -27,7 +27,7 @@ pub fn probe(addr: SocketAddr, kind: &CheckKind, timeout: Duration) -> ProbeOutc
         Some(Ok(config)) => Some(config),
         Some(Err(msg)) => return ProbeOutcome::Failed(ProbeFailure::Tls(msg)),
     };
-    probe_with(addr, kind, tls.as_ref(), timeout)
+    probe_with(addr, kind, tls.as_ref(), timeout, false)
 }
 
 /// The verification settings a kind needs, if it speaks TLS.
@@ -42,14 +42,20 @@ pub(crate) fn tls_verify(kind: &CheckKind) -> Option<&TlsVerify> {
     }
 }
 
-/// [`probe`] with a prepared TLS configuration (required when `kind` speaks TLS).
+/// [`probe`] with a prepared TLS configuration (required when `kind` speaks TLS); with
+/// `send_proxy`, a PROXY v2 LOCAL header goes first, as to a pool whose backends expect one
+/// on every connection (HAProxy's `check-send-proxy`).
 pub(crate) fn probe_with(
     addr: SocketAddr,
     kind: &CheckKind,
     tls: Option<&Arc<ClientConfig>>,
     timeout: Duration,
+    send_proxy: bool,
 ) -> ProbeOutcome {
-    let deadline = Deadline(Instant::now() + timeout);
+    let deadline = Deadline {
+        end: Instant::now() + timeout,
+        send_proxy,
+    };
     let result = match kind {
         CheckKind::Tcp => probe_tcp(addr, &deadline),
         CheckKind::Tls { server_name, .. } => probe_tls(addr, server_name.as_deref(), tls, &deadline),
@@ -83,13 +89,17 @@ pub(crate) fn probe_with(
     }
 }
 
-/// The instant a probe must be over by.
-struct Deadline(Instant);
+/// The instant a probe must be over by, and how its connection starts.
+struct Deadline {
+    end: Instant,
+    /// Send a PROXY v2 LOCAL header right after connecting.
+    send_proxy: bool,
+}
 
 impl Deadline {
     /// Time left, or a timeout failure for `stage` when none is.
     fn remaining(&self, stage: Stage) -> Result<Duration, ProbeFailure> {
-        let left = self.0.saturating_duration_since(Instant::now());
+        let left = self.end.saturating_duration_since(Instant::now());
         if left.is_zero() {
             Err(ProbeFailure::Timeout(stage))
         } else {
@@ -184,7 +194,16 @@ fn connect(addr: SocketAddr, deadline: &Deadline) -> Result<TcpStream, ProbeFail
     socket
         .connect_timeout(&addr.into(), deadline.remaining(Stage::Connect)?)
         .map_err(io_err)?;
-    Ok(socket.into())
+    let mut stream: TcpStream = socket.into();
+    if deadline.send_proxy {
+        let mut header = Vec::new();
+        crate::proxy_protocol::ProxyHeader::local()
+            .encode(&mut header)
+            .map_err(|e| ProbeFailure::Io(format!("PROXY header: {e}")))?;
+        deadline.arm(&stream, Stage::Connect)?;
+        stream.write_all(&header).map_err(io_err)?;
+    }
+    Ok(stream)
 }
 
 fn tls_client(

@@ -284,3 +284,29 @@ fn invalid_http_path_fails_without_connecting() {
         ProbeOutcome::Failed(ProbeFailure::Io(_))
     ));
 }
+
+#[test]
+fn a_send_proxy_probe_starts_with_a_proxy_v2_local_header() {
+    use crate::proxy_protocol::{parse, Parsed};
+    // A backend that, like a gateway listener with accept_proxy_from, answers only after a
+    // PROXY v2 header and closes on anything else.
+    let server = Server::start(any_port(), |mut s| {
+        let mut buf = [0u8; 16];
+        if s.read_exact(&mut buf).is_err() {
+            return;
+        }
+        match parse(&buf) {
+            Ok(Parsed::Complete { header, .. }) if header.source().is_none() => {
+                answer_http(&mut s, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+            }
+            _ => {}
+        }
+    });
+    let kind = http("200");
+    let with = probe_with(server.addr, &kind, None, TIMEOUT, true);
+    let without = probe_with(server.addr, &kind, None, TIMEOUT, false);
+    println!("send_proxy probe: with {with}, without {without}");
+    assert_eq!(with, ProbeOutcome::Ok);
+    assert_ne!(without, ProbeOutcome::Ok);
+    server.stop();
+}

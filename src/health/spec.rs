@@ -159,6 +159,9 @@ pub struct CheckSpec {
     pub rise: u32,
     /// Consecutive failures that take an up backend down (also the passive threshold).
     pub fall: u32,
+    /// Start each probe with a PROXY v2 LOCAL header (the pool sends PROXY headers, so its
+    /// backends may refuse a connection without one).
+    pub send_proxy: bool,
 }
 
 fn parse_code(s: &str) -> Result<u16, String> {

@@ -419,7 +419,18 @@ impl Session {
                     // A client that says nothing is not sending a PROXY header: let the
                     // backend speak first if the protocol wants it.
                     return match self.take_source_slot(ctx) {
-                        Step::Continue => self.begin(r.buf, None, ctx),
+                        Step::Continue => {
+                            let step = self.begin(r.buf, None, ctx);
+                            // The handshake timeout is one budget from the accept: a client
+                            // that said nothing through it gets no second one for its
+                            // ClientHello or request (it was held twice as long before).
+                            match &mut self.phase {
+                                Phase::Hello(h) => h.deadline = h.deadline.min(r.deadline),
+                                Phase::Front(f) => f.cap_deadline(r.deadline),
+                                _ => {}
+                            }
+                            step
+                        }
                         close => close,
                     };
                 }

@@ -65,6 +65,11 @@ pub struct Front {
 }
 
 impl Front {
+    /// Moves the deadline earlier to `at` if it is later.
+    pub(super) fn cap_deadline(&mut self, at: Instant) {
+        self.deadline = self.deadline.min(at);
+    }
+
     /// `answer` as the request's method takes it: the head alone for a HEAD.
     fn for_method(&self, answer: Vec<u8>) -> Vec<u8> {
         match self.head_request {

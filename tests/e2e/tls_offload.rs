@@ -852,3 +852,31 @@ fn check_reports_unknown_cipher_and_group_names() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[test]
+fn a_silent_untrusted_client_gets_one_handshake_timeout_not_two() {
+    let dir = tempfile::tempdir().unwrap();
+    let echo = EchoServer::start(None);
+    let (admin, listen) = addrs();
+    // 127.0.0.1 must send PROXY headers; 127.0.0.2 is an ordinary client that says nothing.
+    let config = offload_config(
+        admin,
+        listen,
+        echo.addr,
+        "accept_proxy_from = [\"127.0.0.1/32\"]",
+        dir.path(),
+    )
+    .replace("handshake_timeout = \"2s\"", "handshake_timeout = \"700ms\"");
+    let g = Gatehouse::start(&config, admin);
+    let started = Instant::now();
+    let mut s = connect_from(listen, Some("127.0.0.2".parse().unwrap())).unwrap();
+    let seen = read_outcome(&mut s, Duration::from_secs(5));
+    let waited = started.elapsed();
+    println!("silent untrusted client: {seen:?} after {waited:?} (handshake_timeout 700ms)");
+    assert!(matches!(seen, Seen::Eof | Seen::Reset), "{seen:?}");
+    assert!(
+        waited >= Duration::from_millis(650) && waited < Duration::from_millis(1300),
+        "closed after {waited:?}, want one 700 ms budget"
+    );
+    assert!(g.closed("handshake_timeout") >= 1.0);
+}

@@ -538,8 +538,22 @@ impl Control {
                 self.draining[index] = true;
             }
             LinkEvent::Response { index, id, reply } => {
+                match self.in_flight.get(&id) {
+                    None => return, // late answer to a request already failed
+                    Some(f) if f.broker != index => {
+                        // Request ids are this client's, one sequence for every link: a
+                        // broker answering an id it was not sent must not answer for the
+                        // broker that was (a login, a ticket's redemption).
+                        let name = self.up[index]
+                            .clone()
+                            .unwrap_or_else(|| format!("broker #{index}"));
+                        tracing::warn!(broker = %name, id, "answer to a request sent to another broker: dropped");
+                        return;
+                    }
+                    Some(_) => {}
+                }
                 let Some(f) = self.in_flight.remove(&id) else {
-                    return; // late answer to a request already failed
+                    return;
                 };
                 let broker = self.up[index].clone().unwrap_or_default();
                 let result = match reply {
@@ -618,10 +632,12 @@ struct LinkThread {
 impl LinkThread {
     fn run(self) {
         let mut backoff = MIN_BACKOFF;
+        let mut failing = false;
         while !self.stop.load(Ordering::Relaxed) {
             match self.connect() {
                 Ok(link) => {
                     backoff = MIN_BACKOFF;
+                    failing = false;
                     // Requests queued while down were already failed by the control thread.
                     while self.commands.try_recv().is_ok() {}
                     let _ = self.events.send(LinkEvent::Up {
@@ -633,6 +649,12 @@ impl LinkThread {
                         index: self.index,
                         reason,
                     });
+                }
+                // The first failure of a streak is a warning (a gateway that cannot reach
+                // its broker must say so before a user's 503); the retries are debug.
+                Err(e) if !failing => {
+                    failing = true;
+                    tracing::warn!(broker = %self.addr, "control link cannot connect: {e}; retrying every {MAX_BACKOFF:?} at most");
                 }
                 Err(e) => tracing::debug!(broker = %self.addr, "control link: {e}; retry in {backoff:?}"),
             }
@@ -784,5 +806,64 @@ mod tests {
         );
         assert!(took < Duration::from_millis(150), "kept waiting {took:?}");
         client.stop();
+    }
+
+    #[test]
+    fn an_answer_counts_only_from_the_broker_the_request_went_to() {
+        let link = || {
+            let (tx, _rx) = crossbeam_channel::unbounded();
+            let (wake, _other) = std::os::unix::net::UnixStream::pair().unwrap();
+            LinkHandle { commands: tx, wake }
+        };
+        let mut control = Control {
+            links: vec![link(), link()],
+            up: vec![Some("b1".into()), Some("b2".into())],
+            connected: Arc::new(Mutex::new(Vec::new())),
+            seen: Default::default(),
+            draining: vec![false, false],
+            in_flight: HashMap::new(),
+            waiting: VecDeque::new(),
+            none_up_since: None,
+            next_id: 8,
+            request_timeout: Duration::from_secs(5),
+        };
+        let (tx, rx) = crossbeam_channel::unbounded();
+        control.in_flight.insert(
+            7,
+            InFlight {
+                tag: 70,
+                sink: AnswerSink::new(tx, None),
+                broker: 0,
+                request: Request::ListResources(gatehouse_control::message::ListResources {
+                    session_token: gatehouse_control::message::Secret::new("t"),
+                }),
+                deadline: Instant::now() + Duration::from_secs(5),
+                targeted: true,
+            },
+        );
+        // b2 answers id 7, which went to b1: dropped, the request still waits for b1.
+        control.on_event(LinkEvent::Response {
+            index: 1,
+            id: 7,
+            reply: Err("forged".into()),
+        });
+        assert!(
+            rx.try_recv().is_err(),
+            "an answer from the wrong broker was delivered"
+        );
+        assert!(control.in_flight.contains_key(&7));
+        control.on_event(LinkEvent::Response {
+            index: 0,
+            id: 7,
+            reply: Err("from b1".into()),
+        });
+        let answer = rx.try_recv().expect("b1's answer delivered");
+        assert_eq!(answer.tag, 70);
+        assert!(
+            matches!(answer.result, Err(ClientFailure::BadResponse { ref broker, ref detail }) if broker == "b1" && detail == "from b1"),
+            "{:?}",
+            answer.result
+        );
+        assert!(control.in_flight.is_empty());
     }
 }

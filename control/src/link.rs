@@ -90,6 +90,9 @@ pub struct Link {
     max_frame_bytes: u32,
     peer_name: String,
     peer_addr: SocketAddr,
+    /// Bytes that came with the peer's hello wait in the decoder: the next
+    /// [`Link::wait_readable`] returns at once instead of waiting for the socket.
+    unread: bool,
 }
 
 impl Link {
@@ -117,6 +120,7 @@ impl Link {
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             peer_name: String::new(),
             peer_addr,
+            unread: false,
         };
         // One read at a time, each bounded by what is left of the deadline (rustls's
         // complete_io reads until the handshake ends, so a peer that trickles a byte now and
@@ -143,7 +147,21 @@ impl Link {
                 match hello.feed(&buf[..n]) {
                     Ok(HelloProgress::NeedMore) => {}
                     Ok(HelloProgress::Done { hello, consumed }) => {
+                        // A peer may send its first request with its hello (in one read, or
+                        // in plaintext rustls still holds): keep it all for the first poll.
                         link.decoder.feed(&buf[consumed..n]);
+                        link.unread = consumed < n;
+                        loop {
+                            match link.tls.reader().read(&mut buf) {
+                                Ok(0) => break,
+                                Ok(more) => {
+                                    link.decoder.feed(&buf[..more]);
+                                    link.unread = true;
+                                }
+                                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                                Err(e) => return Err(LinkError::Io(e)),
+                            }
+                        }
                         break 'outer hello;
                     }
                     Err(e) => return Err(LinkError::Hello(format!("{}: {e}", e.reason()))),
@@ -243,6 +261,9 @@ impl Link {
     ) -> Result<bool, LinkError> {
         use std::os::fd::AsRawFd;
         self.run_keepalive()?;
+        if std::mem::take(&mut self.unread) {
+            return Ok(true);
+        }
         let mut fds = [
             libc::pollfd {
                 fd: self.sock.as_raw_fd(),

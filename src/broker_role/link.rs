@@ -104,6 +104,35 @@ mod tests {
     }
 
     #[test]
+    fn a_request_sent_with_the_hello_is_read_at_once() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        farm_init(dir.path()).unwrap();
+        let broker = member(dir.path(), "broker-1", MemberRole::Broker);
+        let gw = member(dir.path(), "gw-a", MemberRole::Gateway);
+        let (addr, server) = broker_side(&broker, Role::Gateway);
+        // The gateway's hello and its first request in one write (so in one TLS record).
+        let name = rustls::pki_types::ServerName::try_from("x").unwrap();
+        let conn = rustls::ClientConnection::new(gw.client_config().unwrap(), name).unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, TcpStream::connect(addr).unwrap());
+        let mut bytes = Vec::new();
+        our_hello(Role::Gateway, "gw-a").unwrap().encode(&mut bytes);
+        frame::encode(FrameKind::Request, 9, b"{}", DEFAULT_MAX_FRAME_BYTES, &mut bytes).unwrap();
+        tls.write_all(&bytes).unwrap();
+        tls.flush().unwrap();
+        let mut server = server.join().unwrap().0.unwrap();
+        let (_wake_tx, wake) = Link::wake_pair().unwrap();
+        let start = std::time::Instant::now();
+        let readable = server.wait_readable(&wake, Duration::from_secs(3)).unwrap();
+        let frames = server.poll(Duration::from_millis(1)).unwrap();
+        let took = start.elapsed();
+        println!("request sent with the hello: read after {took:?}");
+        assert!(readable, "waited for the socket although a request was buffered");
+        assert_eq!(frames, vec![Frame::new(FrameKind::Request, 9, b"{}".to_vec())]);
+        assert!(took < Duration::from_secs(1), "{took:?}");
+    }
+
+    #[test]
     fn members_connect_and_exchange_frames() {
         let dir = tempfile::tempdir().unwrap();
         farm_init(dir.path()).unwrap();

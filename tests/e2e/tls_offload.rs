@@ -880,3 +880,59 @@ fn a_silent_untrusted_client_gets_one_handshake_timeout_not_two() {
     );
     assert!(g.closed("handshake_timeout") >= 1.0);
 }
+
+#[test]
+fn without_default_the_first_certificate_serves_clients_without_sni() {
+    if !have_tool("openssl") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path(), "First Default CA");
+    let (ac, ak) = ca.leaf("a.test");
+    let (bc, bk) = ca.leaf("b.test");
+    // b.test listed first, no `default = true`: it is the default, as in HAProxy.
+    let list = format!(
+        "certificates = [ {{ cert = \"{}\", key = \"{}\" }}, {{ cert = \"{}\", key = \"{}\" }} ]",
+        bc.display(),
+        bk.display(),
+        ac.display(),
+        ak.display()
+    );
+    let echo = EchoServer::start(None);
+    let ca_file = ca.ca_file.display().to_string();
+    for strict in [false, true] {
+        let (admin, listen) = addrs();
+        let extra = if strict {
+            format!("strict_sni = true\n{list}")
+        } else {
+            list.clone()
+        };
+        let g = Gatehouse::start(
+            &offload_config(admin, listen, echo.addr, &extra, dir.path()),
+            admin,
+        );
+        let out = s_client(listen, &["-noservername", "-CAfile", &ca_file], None);
+        println!("strict_sni = {strict}, no SNI: {}", subject(&out));
+        if strict {
+            assert!(!subject(&out).contains("CN ="), "served {}", subject(&out));
+            assert_eq!(
+                g.wait_metric(
+                    "gatehouse_tls_refused_total{reason=\"no_sni_no_default\"}",
+                    1.0,
+                    Duration::from_secs(3)
+                ),
+                1.0
+            );
+        } else {
+            assert!(subject(&out).contains("CN = b.test"), "{}", subject(&out));
+            assert!(
+                out.stdout.contains("Verify return code: 0 (ok)"),
+                "{}",
+                out.stdout
+            );
+        }
+        // A named client still gets its own certificate either way.
+        let out = s_client(listen, &["-servername", "a.test", "-CAfile", &ca_file], None);
+        assert!(subject(&out).contains("CN = a.test"), "{}", subject(&out));
+    }
+}

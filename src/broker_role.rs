@@ -12,6 +12,7 @@ pub mod cli;
 pub mod client;
 pub mod demo;
 pub mod farm_pki;
+pub mod hash_queue;
 pub mod link;
 pub mod resolver;
 pub mod server;

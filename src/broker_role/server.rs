@@ -9,7 +9,8 @@
 //! (argon2id) runs on the pool anyway; a thread per connection keeps the TLS, hello and
 //! keepalive handling straight-line. Every decision is `gatehouse_control::broker::Broker`'s.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -27,6 +28,7 @@ use gatehouse_control::broker::{
 use gatehouse_control::frame::{KeepaliveConfig, Role};
 use gatehouse_control::message::{self, Event, Inbound, Reply, Request};
 
+use super::hash_queue::FairQueue;
 use super::link::{self, our_hello, Link};
 use super::{BrokerSection, ControlRoles};
 use crate::config::Config;
@@ -40,9 +42,20 @@ const DRAIN_NOTICE: Duration = Duration::from_millis(50);
 /// Password checks queued at most; beyond, logins are refused `internal` at once rather
 /// than queued for longer than any gateway waits.
 const MAX_QUEUED_HASHES: usize = 1024;
-/// Connections held at once; beyond, new ones are closed at accept (a flood of half-open
-/// TLS handshakes must not cost a thread each without bound).
+/// Password checks one gateway may have queued at once: a quarter of the places, so that a
+/// gateway in a logon storm (or a faulty one) leaves room for the others, whose checks the
+/// pool then takes in turn ([`FairQueue`]).
+const PEER_QUEUED_HASHES: usize = MAX_QUEUED_HASHES / 4;
+/// Connections held at once on each port (gateways, host agents); beyond, new ones are closed
+/// at accept: a flood of half-open TLS handshakes must not cost a thread each without bound,
+/// and one on the host agents' port must not keep gateways out.
 const MAX_CONNECTIONS: usize = 4096;
+/// Connections from one address in their TLS handshake and hello at once, per port; beyond,
+/// new ones from it are closed at accept. A farm member opens one link per broker, so this is
+/// room for reconnects, not for a peer that holds sockets open without finishing them.
+const MAX_HANDSHAKES_PER_SOURCE: usize = 32;
+/// At most one log line per this period for connections refused at accept, with the count.
+const REFUSAL_LOG_PERIOD: Duration = Duration::from_secs(1);
 
 /// A password check queued for the pool.
 type HashJob = Box<dyn FnOnce() + Send>;
@@ -72,14 +85,12 @@ struct Shared {
     farm_generation: AtomicU64,
     /// Directory checks in flight.
     directory_checks: AtomicUsize,
-    hash_jobs: Sender<HashJob>,
+    hash_jobs: Arc<FairQueue<HashJob>>,
     tls: Arc<ServerConfig>,
     node: String,
     keepalive: KeepaliveConfig,
     stop: Arc<AtomicBool>,
     draining: Arc<AtomicBool>,
-    /// Connection threads running.
-    connections: AtomicUsize,
     /// The wake sockets of the connection threads, to tell them at once of a drain, a stop
     /// or a reloaded farm.
     wakes: Mutex<Vec<std::sync::Weak<std::os::unix::net::UnixStream>>>,
@@ -198,14 +209,14 @@ impl BrokerServer {
         let agent_addr = ag.local_addr().map_err(|e| e.to_string())?;
         let stop = Arc::new(AtomicBool::new(false));
         let draining = Arc::new(AtomicBool::new(false));
-        let (job_tx, job_rx) = crossbeam_channel::bounded::<HashJob>(MAX_QUEUED_HASHES);
+        let hash_jobs = Arc::new(FairQueue::new(MAX_QUEUED_HASHES, PEER_QUEUED_HASHES));
         let shared = Arc::new(Shared {
             broker: broker.clone(),
             credentials: Mutex::new(Credentials::new(pool_users, directory)),
             users_file: Mutex::new(section.users_file.clone()),
             farm_generation: AtomicU64::new(0),
             directory_checks: AtomicUsize::new(0),
-            hash_jobs: job_tx,
+            hash_jobs: hash_jobs.clone(),
             tls,
             node: node.to_string(),
             keepalive: KeepaliveConfig {
@@ -214,15 +225,14 @@ impl BrokerServer {
             },
             stop: stop.clone(),
             draining: draining.clone(),
-            connections: AtomicUsize::new(0),
             wakes: Mutex::new(Vec::new()),
             metrics: Arc::new(BrokerMetrics::default()),
         });
         let mut threads = Vec::new();
         for i in 0..section.hash_threads.max(1) {
-            let rx = job_rx.clone();
+            let jobs = hash_jobs.clone();
             threads.push(spawn(&format!("broker-hash-{i}"), move || {
-                for job in rx {
+                while let Some(job) = jobs.pop() {
                     job();
                 }
             })?);
@@ -326,11 +336,17 @@ impl BrokerServer {
         std::thread::sleep(DRAIN_NOTICE);
         self.stop.store(true, Ordering::SeqCst);
         self.shared.wake_all();
-        for t in self.threads.drain(..) {
-            // The hash pool ends when every sender is gone, i.e. after the other threads.
-            if t.thread().name().is_some_and(|n| n.starts_with("broker-hash")) {
-                continue;
-            }
+        // The listeners and the ticker first, then the hash pool (a check under way
+        // finishes; queued ones are dropped with their connections).
+        let (pool, others): (Vec<_>, Vec<_>) = self
+            .threads
+            .drain(..)
+            .partition(|t| t.thread().name().is_some_and(|n| n.starts_with("broker-hash")));
+        for t in others {
+            let _ = t.join();
+        }
+        self.shared.hash_jobs.close();
+        for t in pool {
             let _ = t.join();
         }
     }
@@ -356,11 +372,97 @@ fn wait_for_connection(listener: &TcpListener) {
     unsafe { libc::poll(&mut fd, 1, POLL_PERIOD.as_millis() as libc::c_int) };
 }
 
+/// What one listener admits: connections held, and handshakes in progress per source.
+#[derive(Default)]
+struct Admission {
+    held: AtomicUsize,
+    handshaking: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl Admission {
+    /// A place for a connection from `ip`, or why there is none.
+    fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Admitted, String> {
+        let mut handshaking = self.handshaking.lock();
+        let from_ip = handshaking.get(&ip).copied().unwrap_or(0);
+        if from_ip >= MAX_HANDSHAKES_PER_SOURCE {
+            return Err(format!(
+                "{from_ip} connections from {ip} still in their handshake"
+            ));
+        }
+        if self.held.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+            self.held.fetch_sub(1, Ordering::SeqCst);
+            return Err(format!("{MAX_CONNECTIONS} connections held"));
+        }
+        handshaking.insert(ip, from_ip + 1);
+        Ok(Admitted {
+            admission: self.clone(),
+            ip,
+            handshaking: true,
+        })
+    }
+}
+
+/// A connection's place; given back when dropped.
+struct Admitted {
+    admission: Arc<Admission>,
+    ip: IpAddr,
+    handshaking: bool,
+}
+
+impl Admitted {
+    /// The peer finished its handshake and hello: it no longer counts against its address.
+    fn handshake_done(&mut self) {
+        if !std::mem::take(&mut self.handshaking) {
+            return;
+        }
+        let mut handshaking = self.admission.handshaking.lock();
+        if let Some(n) = handshaking.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                handshaking.remove(&self.ip);
+            }
+        }
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.handshake_done();
+        self.admission.held.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Connections refused at accept, logged at most once per [`REFUSAL_LOG_PERIOD`]: a flood
+/// must not turn into a flood of log lines.
+#[derive(Default)]
+struct RefusalLog {
+    last: Option<Instant>,
+    unlogged: u64,
+}
+
+impl RefusalLog {
+    fn refused(&mut self, role: Role, addr: SocketAddr, why: &str) {
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|at| now.duration_since(at) < REFUSAL_LOG_PERIOD)
+        {
+            self.unlogged += 1;
+            return;
+        }
+        let also = std::mem::take(&mut self.unlogged);
+        tracing::warn!(peer = %addr, port_role = %role, refused_since_last_line = also, "connection refused: {why}");
+        self.last = Some(now);
+    }
+}
+
 fn accept_loop(listener: TcpListener, role: Role, shared: Arc<Shared>) {
     if let Err(e) = listener.set_nonblocking(true) {
         tracing::error!("broker listener: {e}");
         return;
     }
+    let admission = Arc::new(Admission::default());
+    let mut refusals = RefusalLog::default();
     // Out of descriptors, accept(2) fails at once on every call: one warning per streak.
     let mut failing = false;
     while !shared.stop.load(Ordering::Relaxed) {
@@ -369,20 +471,18 @@ fn accept_loop(listener: TcpListener, role: Role, shared: Arc<Shared>) {
                 if std::mem::take(&mut failing) {
                     tracing::info!("broker accepting again");
                 }
-                if shared.connections.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
-                    shared.connections.fetch_sub(1, Ordering::SeqCst);
-                    tracing::warn!(%addr, "connection refused: {MAX_CONNECTIONS} connections held");
-                    continue;
-                }
+                let admitted = match admission.admit(addr.ip()) {
+                    Ok(a) => a,
+                    Err(why) => {
+                        refusals.refused(role, addr, &why);
+                        continue;
+                    }
+                };
                 let conn_shared = shared.clone();
                 let spawned = std::thread::Builder::new()
                     .name(format!("broker-conn-{addr}"))
-                    .spawn(move || {
-                        connection(sock, addr, role, &conn_shared);
-                        conn_shared.connections.fetch_sub(1, Ordering::SeqCst);
-                    });
+                    .spawn(move || connection(sock, addr, role, admitted, &conn_shared));
                 if let Err(e) = spawned {
-                    shared.connections.fetch_sub(1, Ordering::SeqCst);
                     tracing::warn!(%addr, "cannot start a connection thread: {e}");
                 }
             }
@@ -398,7 +498,7 @@ fn accept_loop(listener: TcpListener, role: Role, shared: Arc<Shared>) {
     }
 }
 
-fn connection(sock: TcpStream, addr: SocketAddr, role: Role, shared: &Arc<Shared>) {
+fn connection(sock: TcpStream, addr: SocketAddr, role: Role, mut admitted: Admitted, shared: &Arc<Shared>) {
     if sock.set_nonblocking(false).is_err() {
         return;
     }
@@ -427,6 +527,7 @@ fn connection(sock: TcpStream, addr: SocketAddr, role: Role, shared: &Arc<Shared
             return;
         }
     };
+    admitted.handshake_done();
     let mut generation = shared.farm_generation.load(Ordering::SeqCst);
     let mut peer = PeerInfo {
         role,
@@ -452,7 +553,13 @@ fn connection(sock: TcpStream, addr: SocketAddr, role: Role, shared: &Arc<Shared
         tx: done_tx,
         wake: Arc::new(wake_tx),
     };
-    shared.wakes.lock().push(Arc::downgrade(&done_tx.wake));
+    {
+        // Forget the wake sockets of connections that ended, or the list would grow by one
+        // per connection ever made until a reload or a drain walks it.
+        let mut wakes = shared.wakes.lock();
+        wakes.retain(|w| w.strong_count() > 0);
+        wakes.push(Arc::downgrade(&done_tx.wake));
+    }
     let mut told_draining = false;
     let end = loop {
         if shared.stop.load(Ordering::Relaxed) {
@@ -608,12 +715,9 @@ fn handle(
         let reply = broker.lock().finish_login(pending, outcome, &peer, Now::read());
         done.send((id, reply));
     });
-    if let Err(e) = shared.hash_jobs.try_send(job) {
-        let detail = match e {
-            crossbeam_channel::TrySendError::Full(_) => "too many password checks queued",
-            crossbeam_channel::TrySendError::Disconnected(_) => "password checker stopped",
-        };
-        tracing::warn!(node = %peer_name, "login refused: {detail}");
+    if let Err((_, why)) = shared.hash_jobs.push(&peer_name, job) {
+        let detail = why.detail();
+        tracing::warn!(node = %peer_name, queued = shared.hash_jobs.len(), "login refused: {detail}");
         return Some((
             id,
             Reply::Refused(gatehouse_control::message::Refused::with_detail(

@@ -271,11 +271,25 @@ impl Farm {
         Proc { child, log }
     }
 
+    /// Adds gateway `name` to site-a in the farm file and issues its certificate (before the
+    /// brokers start).
+    pub fn add_gateway(&self, name: &str) {
+        let farm = std::fs::read_to_string(self.path("farm.toml")).unwrap();
+        let farm = format!("[[gateway]]\nname = \"{name}\"\nsite = \"site-a\"\n\n{farm}");
+        std::fs::write(self.path("farm.toml"), farm).unwrap();
+        self.issue(name, "gateway");
+    }
+
     /// A control client for gateway gw-a over `brokers` (primary first), once every
     /// broker's link is up (so the primary is the one in use).
     pub fn client(&self, brokers: &[SocketAddr]) -> ControlClient {
-        let tls = self.tls("gw-a").client_config().unwrap();
-        let client = ControlClient::start(ClientSetup::new("gw-a", brokers.to_vec(), tls)).unwrap();
+        self.client_as("gw-a", brokers)
+    }
+
+    /// [`Farm::client`] for gateway `name`.
+    pub fn client_as(&self, name: &str, brokers: &[SocketAddr]) -> ControlClient {
+        let tls = self.tls(name).client_config().unwrap();
+        let client = ControlClient::start(ClientSetup::new(name, brokers.to_vec(), tls)).unwrap();
         assert!(
             wait_for(Duration::from_secs(10), || client.connected_brokers().len()
                 == brokers.len()),

@@ -96,6 +96,62 @@ fn peers_without_a_farm_certificate_are_refused() {
     assert_eq!(super::common::outcome(&a.reply), "login_ok");
 }
 
+#[test]
+fn one_address_holding_handshakes_open_does_not_keep_members_out() {
+    // Sockets that connect and say nothing hold a broker thread each until the hello
+    // timeout. One address may hold 32 such on a port; past that the broker closes its new
+    // connections at once, logging a line a second rather than one per refusal.
+    let farm = Farm::new();
+    let broker = farm.start_broker("broker-1");
+    let silent: Vec<TcpStream> = (0..40)
+        .map(|_| {
+            let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            sock.bind(&std::net::SocketAddr::from(([127, 0, 0, 2], 0)).into())
+                .unwrap();
+            sock.connect(&broker.gw.into()).unwrap();
+            TcpStream::from(sock)
+        })
+        .collect();
+    // The broker accepts them in order; those it refuses are closed by the time it logged.
+    assert!(
+        wait_for(Duration::from_secs(3), || broker
+            .proc
+            .log_text()
+            .contains("connection refused")),
+        "no refusal logged: {}",
+        broker.proc.log_text()
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let closed_at_once = silent
+        .iter()
+        .filter(|s| {
+            s.set_nonblocking(true).unwrap();
+            let mut b = [0u8; 1];
+            match (&mut &**s).read(&mut b) {
+                Ok(0) => true,
+                Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+                Ok(_) => false,
+            }
+        })
+        .count();
+    assert_eq!(
+        closed_at_once, 8,
+        "the broker should hold 32 of 40 silent connections"
+    );
+    // A member from another address still gets in and is served.
+    let client = farm.client(&[broker.gw]);
+    let a = client.call(super::common::login("alice", "right")).unwrap();
+    assert_eq!(super::common::outcome(&a.reply), "login_ok");
+    let log = broker.proc.log_text();
+    let lines = log.lines().filter(|l| l.contains("connection refused")).count();
+    assert!(
+        log.contains("connection refused: 32 connections from 127.0.0.2 still in their handshake"),
+        "{log}"
+    );
+    assert!(lines <= 2, "{lines} log lines for 8 refusals:\n{log}");
+    drop(silent);
+}
+
 /// Runs a TLS handshake as a client and then reads: true when the broker refused (an error
 /// or a close before any application data).
 fn handshake_refused(addr: std::net::SocketAddr, config: Arc<rustls::ClientConfig>) -> bool {

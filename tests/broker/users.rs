@@ -139,6 +139,82 @@ fn a_login_the_gateway_stopped_waiting_for_is_not_checked() {
 }
 
 #[test]
+fn a_gateway_flooding_logins_does_not_hold_back_another_gateways() {
+    // The broker's password checks wait in one queue for its hash threads. A gateway in a
+    // logon storm (or a faulty one) may fill only its share of it, and the hash threads take
+    // the gateways' checks in turn: another gateway's login waits for about one check.
+    let farm = Farm::new();
+    farm.add_gateway("gw-b");
+    let broker = farm.start_broker("broker-1");
+    let flooder = farm.client(&[broker.gw]);
+    let other = farm.client_as("gw-b", &[broker.gw]);
+    let (tx, answers) = crossbeam_channel::unbounded();
+    let sink = gatehouse::broker_role::AnswerSink::new(tx, None);
+    for tag in 0..300 {
+        flooder.submit(tag, login("alice", "right"), &sink);
+    }
+    // Past its share (a quarter of the 1,024 places), gw-a is refused at once.
+    let start = std::time::Instant::now();
+    loop {
+        let a = answers
+            .recv_timeout(Duration::from_secs(10))
+            .expect("gw-a refused past its share");
+        match a.result.map(|r| r.reply) {
+            Ok(gatehouse_control::message::Reply::Refused(r)) => {
+                assert_eq!(
+                    r.detail.as_deref(),
+                    Some("too many password checks queued from this gateway"),
+                    "{r:?}"
+                );
+                break;
+            }
+            Ok(reply) => assert_eq!(outcome(&reply), "login_ok"),
+            Err(e) => panic!("{e} after {:?}", start.elapsed()),
+        }
+    }
+    // gw-b's login, sent while gw-a has about 250 checks queued, waits for about one of them.
+    let (tx_b, answers_b) = crossbeam_channel::unbounded();
+    other.submit(
+        1,
+        login("alice", "right"),
+        &gatehouse::broker_role::AnswerSink::new(tx_b, None),
+    );
+    let sent = std::time::Instant::now();
+    // (gw-a's refusals past its share may still be on their way: not counted.)
+    let mut a_answered_meanwhile = 0;
+    let b = loop {
+        a_answered_meanwhile += answers
+            .try_iter()
+            .filter(|a| matches!(&a.result, Ok(r) if outcome(&r.reply) == "login_ok"))
+            .count();
+        if let Ok(b) = answers_b.recv_timeout(Duration::from_millis(1)) {
+            break b;
+        }
+        assert!(
+            sent.elapsed() < Duration::from_secs(20),
+            "gw-b's login not answered"
+        );
+    };
+    assert_eq!(outcome(&b.result.unwrap().reply), "login_ok");
+    println!(
+        "gw-b answered after {:?}, while {a_answered_meanwhile} of gw-a's queued checks were answered",
+        sent.elapsed()
+    );
+    assert!(
+        a_answered_meanwhile <= 16,
+        "gw-b's login waited behind {a_answered_meanwhile} of gw-a's checks"
+    );
+    assert!(
+        broker
+            .proc
+            .log_text()
+            .contains("too many password checks queued from this gateway"),
+        "{}",
+        broker.proc.log_text()
+    );
+}
+
+#[test]
 fn check_reports_broken_broker_files_at_their_keys() {
     let farm = Farm::new();
     farm.issue("broker-1", "broker");

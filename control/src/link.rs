@@ -48,6 +48,8 @@ pub enum LinkError {
     Io(io::Error),
     /// Handshake or hello not done within `HELLO_TIMEOUT`.
     Timeout,
+    /// A write waited `WRITE_TIMEOUT`: the peer stopped reading (hung, or its link is cut).
+    Stalled,
 }
 
 impl LinkError {
@@ -62,6 +64,7 @@ impl LinkError {
             Self::Closed => "connection_closed",
             Self::Io(_) => "io_error",
             Self::Timeout => "hello_timeout",
+            Self::Stalled => "write_timeout",
         }
     }
 }
@@ -77,6 +80,11 @@ impl fmt::Display for LinkError {
             Self::Closed => f.write_str("connection closed by the peer"),
             Self::Io(e) => write!(f, "socket error: {e}"),
             Self::Timeout => f.write_str("TLS handshake and hello not done in time"),
+            Self::Stalled => write!(
+                f,
+                "peer stopped reading: a write waited {} s",
+                WRITE_TIMEOUT.as_secs()
+            ),
         }
     }
 }
@@ -232,6 +240,7 @@ impl Link {
                     self.write_plain(&out)?;
                 }
                 FrameKind::Pong => {
+                    // One for no outstanding ping is ignored (PROTOCOL.md §5).
                     self.keepalive.on_pong(frame.request_id, Instant::now());
                 }
                 _ => frames.push(frame),
@@ -355,6 +364,7 @@ impl Link {
             match self.tls.write_tls(&mut self.sock) {
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if is_timeout(&e) => return Err(LinkError::Stalled),
                 Err(e) => return Err(LinkError::Io(e)),
             }
         }

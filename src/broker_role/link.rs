@@ -133,6 +133,40 @@ mod tests {
     }
 
     #[test]
+    fn a_peer_that_stops_reading_is_a_write_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        farm_init(dir.path()).unwrap();
+        let broker = member(dir.path(), "broker-1", MemberRole::Broker);
+        let gw = member(dir.path(), "gw-a", MemberRole::Gateway);
+        let (server, client) = pair(&broker, &gw, "gw-a", Role::Gateway, Role::Gateway);
+        // The gateway's side stays open but reads nothing (a hung process).
+        let (mut server, _client) = (server.unwrap(), client.unwrap());
+        let mut out = Vec::new();
+        frame::encode(
+            FrameKind::Event,
+            0,
+            &[b'x'; 60_000],
+            DEFAULT_MAX_FRAME_BYTES,
+            &mut out,
+        )
+        .unwrap();
+        let start = std::time::Instant::now();
+        let end = loop {
+            if let Err(e) = server.send(&out) {
+                break e;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "socket buffers never filled"
+            );
+        };
+        println!("stalled after {:?}: {end}", start.elapsed());
+        assert!(matches!(end, LinkError::Stalled), "{end:?}");
+        assert_eq!(end.reason(), "write_timeout");
+        assert!(end.to_string().contains("peer stopped reading"), "{end}");
+    }
+
+    #[test]
     fn members_connect_and_exchange_frames() {
         let dir = tempfile::tempdir().unwrap();
         farm_init(dir.path()).unwrap();

@@ -492,6 +492,17 @@ impl Control {
         );
     }
 
+    /// Sends a request again, on link `broker`, under a new id; it keeps its deadline.
+    fn resend(&mut self, broker: usize, f: InFlight) {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.links[broker].send(LinkCmd {
+            id,
+            request: f.request.clone(),
+        });
+        self.in_flight.insert(id, InFlight { broker, ..f });
+    }
+
     fn on_event(&mut self, event: LinkEvent) {
         match event {
             LinkEvent::Up { index, name } => {
@@ -521,16 +532,25 @@ impl Control {
                     .filter(|(_, f)| f.broker == index)
                     .map(|(id, _)| *id)
                     .collect();
+                let next = self.active();
                 for id in lost {
-                    if let Some(f) = self.in_flight.remove(&id) {
-                        f.sink.deliver(Answer {
-                            tag: f.tag,
-                            result: Err(ClientFailure::BrokerLost {
-                                broker: name.clone(),
-                                reason: reason.clone(),
-                            }),
-                        });
+                    let Some(f) = self.in_flight.remove(&id) else {
+                        continue;
+                    };
+                    // A request the broker may or may not have carried out moves to the
+                    // next broker only when doing it twice harms nobody (PROTOCOL.md §4).
+                    if let Some(next) = next.filter(|_| !f.targeted && f.request.safe_to_repeat()) {
+                        tracing::info!(broker = %name, request = f.request.name(), "retrying on the next broker");
+                        self.resend(next, f);
+                        continue;
                     }
+                    f.sink.deliver(Answer {
+                        tag: f.tag,
+                        result: Err(ClientFailure::BrokerLost {
+                            broker: name.clone(),
+                            reason: reason.clone(),
+                        }),
+                    });
                 }
             }
             LinkEvent::Draining { index } => {
@@ -563,13 +583,7 @@ impl Control {
                             if r.reason.retry_elsewhere() && !f.targeted {
                                 if let Some(next) = self.active().filter(|&n| n != index) {
                                     tracing::info!(broker = %broker, reason = r.reason.as_str(), "retrying on the next broker");
-                                    let id = self.next_id;
-                                    self.next_id += 1;
-                                    self.links[next].send(LinkCmd {
-                                        id,
-                                        request: f.request.clone(),
-                                    });
-                                    self.in_flight.insert(id, InFlight { broker: next, ..f });
+                                    self.resend(next, f);
                                     return;
                                 }
                             }
@@ -808,15 +822,17 @@ mod tests {
         client.stop();
     }
 
-    #[test]
-    fn an_answer_counts_only_from_the_broker_the_request_went_to() {
+    /// A control thread's state over two links, b1 and b2, both up; with what each link was
+    /// asked to send.
+    fn two_links() -> (Control, [crossbeam_channel::Receiver<LinkCmd>; 2]) {
         let link = || {
-            let (tx, _rx) = crossbeam_channel::unbounded();
+            let (tx, rx) = crossbeam_channel::unbounded();
             let (wake, _other) = std::os::unix::net::UnixStream::pair().unwrap();
-            LinkHandle { commands: tx, wake }
+            (LinkHandle { commands: tx, wake }, rx)
         };
-        let mut control = Control {
-            links: vec![link(), link()],
+        let ((l1, r1), (l2, r2)) = (link(), link());
+        let control = Control {
+            links: vec![l1, l2],
             up: vec![Some("b1".into()), Some("b2".into())],
             connected: Arc::new(Mutex::new(Vec::new())),
             seen: Default::default(),
@@ -827,6 +843,70 @@ mod tests {
             next_id: 8,
             request_timeout: Duration::from_secs(5),
         };
+        (control, [r1, r2])
+    }
+
+    #[test]
+    fn a_host_choice_lost_with_its_link_is_asked_again_of_the_next_broker() {
+        let (mut control, sent) = two_links();
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let sink = AnswerSink::new(tx, None);
+        let now = Instant::now();
+        let choose = Request::ChooseHost(gatehouse_control::message::ChooseHost {
+            resource: None,
+            site: "main".into(),
+            user_hint: Some("alice".into()),
+            routing_token: None,
+        });
+        control.submit(1, choose.clone(), sink.clone(), now);
+        let login = Request::Login(gatehouse_control::message::Login {
+            user: "alice".into(),
+            password: gatehouse_control::message::Secret::new("pw"),
+            second_factor: None,
+            client_addr: "192.0.2.10:50000".parse().unwrap(),
+            wait_ms: Some(5_000),
+        });
+        control.submit(2, login, sink, now);
+        assert_eq!(
+            sent[0].try_iter().count(),
+            2,
+            "both went to b1, the first broker up"
+        );
+        // b1 hangs and its keepalive gives up: the host choice moves to b2, the login fails.
+        control.on_event(LinkEvent::Down {
+            index: 0,
+            reason: "no pong for 3000 ms: peer dead".into(),
+        });
+        let lost = rx.try_recv().expect("the login's failure");
+        assert_eq!(lost.tag, 2);
+        assert!(
+            matches!(lost.result, Err(ClientFailure::BrokerLost { ref broker, .. }) if broker == "b1"),
+            "{:?}",
+            lost.result
+        );
+        assert!(rx.try_recv().is_err(), "the host choice failed too");
+        let resent: Vec<LinkCmd> = sent[1].try_iter().collect();
+        assert_eq!(resent.len(), 1);
+        assert_eq!(resent[0].request, choose);
+        // b2's answer is the host choice's answer.
+        control.on_event(LinkEvent::Response {
+            index: 1,
+            id: resent[0].id,
+            reply: Err("from b2".into()),
+        });
+        let answer = rx.try_recv().expect("b2's answer delivered");
+        assert_eq!(answer.tag, 1);
+        assert!(
+            matches!(answer.result, Err(ClientFailure::BadResponse { ref broker, .. }) if broker == "b2"),
+            "{:?}",
+            answer.result
+        );
+        assert!(control.in_flight.is_empty());
+    }
+
+    #[test]
+    fn an_answer_counts_only_from_the_broker_the_request_went_to() {
+        let (mut control, _sent) = two_links();
         let (tx, rx) = crossbeam_channel::unbounded();
         control.in_flight.insert(
             7,

@@ -143,6 +143,17 @@ impl Request {
         }
     }
 
+    /// Whether the gateway client may send this request to another broker when the link it
+    /// went out on died before an answer (PROTOCOL.md §4). The first broker may have carried
+    /// it out, so only a request whose repetition harms nobody, and that any broker can
+    /// answer: a host choice for plain RDP (every broker has the host agents' reports; a
+    /// choice the lost broker made reaches nobody). Not a login (a wrong password would count
+    /// twice towards a lock-out), nor what only the session's or the ticket's broker can
+    /// answer (resources, launch, redemption), nor a host report (the next one repeats it).
+    pub fn safe_to_repeat(&self) -> bool {
+        matches!(self, Self::ChooseHost(_))
+    }
+
     /// Whether `reply` is a legal answer to this request: its own success type or `refused`.
     /// The gateway client fails a request whose answer does not fit.
     pub fn accepts(&self, reply: &Reply) -> bool {

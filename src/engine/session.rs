@@ -448,6 +448,18 @@ impl Session {
                 let detail = format!("connect timeout after {:?}", self.settings.connect_timeout);
                 self.connect_failed(c, detail, ctx)
             }
+            Phase::Hello(h)
+                if now >= h.deadline && h.buf.is_empty() && self.settings.tls == TlsMode::Auto =>
+            {
+                // Neither TLS nor plain was tried: not a refused handshake.
+                Step::Close(
+                    CloseReason::HandshakeTimeout,
+                    format!(
+                        "nothing received after {:?}: no ClientHello or plain request",
+                        self.settings.handshake_timeout
+                    ),
+                )
+            }
             Phase::Hello(h) if now >= h.deadline => {
                 ctx.shared.metrics.count_tls_refused("handshake_timeout");
                 Step::Close(

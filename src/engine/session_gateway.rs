@@ -24,6 +24,7 @@ use crate::gateway::http::{self, BodyRead, HeadParse, CHUNK_FRAMING, MAX_BODY, M
 use crate::gateway::sniff::{self, FirstBytes};
 use crate::gateway::x224::{self, Cookie, X224Parse};
 use crate::metrics::CloseReason;
+use crate::proxy_protocol::SIGNATURE;
 use crate::shared::ListenerRole;
 
 #[path = "session_gateway_answers.rs"]
@@ -381,6 +382,23 @@ impl Session {
 
     /// Decides what the buffered bytes are and acts on a complete request.
     fn handle_input(&mut self, f: &mut Front, ctx: &mut Ctx<'_>) -> Handled {
+        // A PROXY v2 header starts with what would otherwise read as empty lines: tell it
+        // apart before they are skipped (a listener that trusts senders reads it earlier).
+        if f.first && !f.is_tls() {
+            let n = f.input.len().min(SIGNATURE.len());
+            if f.input[..n] == SIGNATURE[..n] {
+                if n == SIGNATURE.len() {
+                    let detail = format!(
+                        "a PROXY v2 header from {}, but this listener has no accept_proxy_from",
+                        self.peer
+                    );
+                    return self.answer_close(f, Vec::new(), CloseReason::ProxyHeaderUntrusted, &detail);
+                }
+                if !f.eof {
+                    return Handled::Wait;
+                }
+            }
+        }
         // RFC 9112 §2.2: empty lines before a request line are skipped (some clients send
         // one after a POST body); a lone CR waits for its LF.
         let empty = http::leading_empty_lines(&f.input);

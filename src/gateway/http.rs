@@ -122,6 +122,11 @@ fn later_minor_version(window: &[u8]) -> Option<usize> {
     }
 }
 
+/// The first line of `window` (all of it while no line ended).
+fn request_line(window: &[u8]) -> &[u8] {
+    window.split(|&b| b == b'\n').next().unwrap_or(window)
+}
+
 /// [`parse_head`] on the first [`MAX_HEAD`] bytes (`window`) of `buffered` bytes.
 fn parse_window(window: &[u8], buffered: usize) -> HeadParse {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -140,8 +145,9 @@ fn parse_window(window: &[u8], buffered: usize) -> HeadParse {
             Err(e) => HeadParse::Invalid(e),
         },
         Err(httparse::Error::TooManyHeaders) => HeadParse::Invalid(HttpError::HeadTooLarge),
-        // An HTTP version we do not speak is 505; anything else there is no HTTP at all.
-        Err(httparse::Error::Version) if window.windows(6).any(|w| w == b" HTTP/") => {
+        // An HTTP version we do not speak is 505; anything else there is no HTTP at all
+        // (a PROXY v1 line followed by a request has " HTTP/" only on the next line).
+        Err(httparse::Error::Version) if request_line(window).windows(6).any(|w| w == b" HTTP/") => {
             HeadParse::Invalid(HttpError::Version)
         }
         Err(e) => HeadParse::Invalid(HttpError::Malformed(e.to_string())),
@@ -794,6 +800,9 @@ mod tests {
             b"GET / FTP/1.1\r\n",
             b"G\x01T / HTTP/1.1\r\n",
             b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n",
+            // A PROXY v1 line where no PROXY header is expected, then a request: 400, not
+            // 505 for the request's version on the next line.
+            b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n",
         ] {
             assert!(
                 matches!(invalid(bad), HttpError::Malformed(_)),

@@ -314,6 +314,23 @@ fn bad_first_bytes_and_non_api_requests_get_a_specific_answer() {
     s.write_all(b"\x00\x01\x02\x03garbage").unwrap();
     let mut buf = Vec::new();
     let _ = s.read_to_end(&mut buf);
+    // A PROXY v2 header (a LOCAL command) to a listener that trusts no sender: closed, and
+    // logged as what it is (its signature starts with what would read as empty lines).
+    let mut s = std::net::TcpStream::connect(gw.listen).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"\r\n\r\n\x00\r\nQUIT\n\x20\x00\x00\x00").unwrap();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    assert!(buf.is_empty(), "{:?}", String::from_utf8_lossy(&buf));
+    // A PROXY v1 line, then a request: 400 (the line is no HTTP), not 505.
+    let mut s = std::net::TcpStream::connect(gw.listen).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"PROXY TCP4 192.0.2.1 192.0.2.2 5000 443\r\nGET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let answer = String::from_utf8_lossy(&buf);
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
     // A web request with no forward target: 404.
     let r = client::request(gw.listen, "GET", "/index.html", None, None).unwrap();
     assert_eq!((r.status, r.error_code().as_str()), (404, "not_found"));
@@ -381,6 +398,16 @@ fn bad_first_bytes_and_non_api_requests_get_a_specific_answer() {
     echo_through(&mut tunnel, 50_000, 3, &r.rest[..0]);
     let log = gw.proc.log_text();
     assert!(log.contains("first bytes are not TLS, RDP or HTTP"), "{log}");
+    // The silent one tried neither TLS nor plain: not logged as a TLS handshake that failed.
+    assert!(
+        log.contains("nothing received after 2s: no ClientHello or plain request"),
+        "{log}"
+    );
+    assert!(!log.contains("no complete ClientHello"), "{log}");
+    assert!(
+        log.contains("a PROXY v2 header from 127.0.0.1") && log.contains("has no accept_proxy_from"),
+        "{log}"
+    );
 }
 
 #[test]

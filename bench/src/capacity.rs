@@ -245,6 +245,19 @@ pub enum StopReason {
     RampEnd,
 }
 
+impl StopReason {
+    /// What stopped the ramp, in words.
+    pub fn describe(self) -> &'static str {
+        match self {
+            StopReason::Slo => "the SLO",
+            StopReason::Errors => "errors",
+            StopReason::LoadGenerator => "the load generator",
+            StopReason::TargetOpenFiles => "the target's open-files limit",
+            StopReason::RampEnd => "the end of the ramp",
+        }
+    }
+}
+
 /// One run of the profile at one session count.
 #[derive(Clone, Debug, Serialize)]
 pub struct Step {
@@ -583,7 +596,9 @@ fn judge(p: &Params, s: &Step) -> Option<(StopReason, String)> {
                 s.errors,
                 s.connected,
                 s.sessions,
-                s.first_error.as_deref().unwrap_or("-")
+                s.first_error
+                    .as_deref()
+                    .unwrap_or("none recorded (sessions that never connected or events never answered)")
             ),
         ));
     }
@@ -1278,8 +1293,10 @@ impl CapacityReport {
         }
         let _ = writeln!(
             s,
-            "held       {} sessions at the SLO; stopped: {:?} ({})",
-            self.held_sessions, self.stop_reason, self.stop_detail
+            "held       {} sessions at the SLO; stopped by {}: {}",
+            self.held_sessions,
+            self.stop_reason.describe(),
+            self.stop_detail
         );
         if let Some(a) = &self.at_slo {
             let _ = writeln!(

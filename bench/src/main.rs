@@ -506,10 +506,13 @@ struct CommonArgs {
     /// Address to load (a stand-in, or a proxy in front of one).
     #[arg(long)]
     target: SocketAddr,
-    /// Measured window (a cap for throughput and connect-rate).
+    /// Measured window: its length for rr-latency and rdp-profile; a cap for runs driven by
+    /// a count (throughput's bytes, connect-rate's and tls-handshake's connections); idle
+    /// holds for --hold instead.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     duration: Duration,
-    /// Load before the window whose samples are dropped.
+    /// Load before the window whose samples are dropped (rr-latency, rdp-profile,
+    /// connect-rate, tls-handshake; throughput and idle measure from the first byte).
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     warmup: Duration,
     /// Local source addresses 127.0.0.1..=N (loopback targets).
@@ -524,14 +527,21 @@ struct CommonArgs {
 }
 
 impl CommonArgs {
-    fn common(&self) -> Common {
-        Common {
+    /// The options every scenario shares, checked.
+    fn common(&self) -> Result<Common, BenchError> {
+        if self.duration.is_zero() {
+            return Err(BenchError::Usage("--duration must be more than 0".into()));
+        }
+        if self.sources == 0 {
+            return Err(BenchError::Usage("--sources must be at least 1".into()));
+        }
+        Ok(Common {
             target: self.target,
             duration: self.duration,
             warmup: self.warmup,
-            sources: self.sources.max(1),
+            sources: self.sources,
             pids: self.pids.clone(),
-        }
+        })
     }
 }
 
@@ -583,6 +593,19 @@ fn main() -> ExitCode {
             } else {
                 Ok(c.to_table())
             };
+            if c.held_sessions == 0 {
+                // Nothing held is a failed measurement, not a capacity of zero.
+                match text {
+                    Ok(t) => println!("{}", t.trim_end()),
+                    Err(e) => eprintln!("gatehouse-bench: {e}"),
+                }
+                eprintln!(
+                    "gatehouse-bench: capacity: no step held the SLO; stopped by {}: {}",
+                    c.stop_reason.describe(),
+                    c.stop_detail
+                );
+                return ExitCode::FAILURE;
+            }
             (text, Vec::new())
         }
         Output::Worker(w) => (serde_json::to_string(&w), Vec::new()),
@@ -728,7 +751,7 @@ fn run(command: Command) -> Result<Option<Output>, Box<dyn std::error::Error>> {
                 bytes_per_stream,
                 tls: tls_args.client(tls)?,
             };
-            Output::Report(Box::new(throughput::run(&common.common(), &p)?), common.json)
+            Output::Report(Box::new(throughput::run(&common.common()?, &p)?), common.json)
         }
         Command::ConnectRate {
             common,
@@ -741,7 +764,7 @@ fn run(command: Command) -> Result<Option<Output>, Box<dyn std::error::Error>> {
                 concurrency,
                 payload,
             };
-            Output::Report(Box::new(connect_rate::run(&common.common(), &p)?), common.json)
+            Output::Report(Box::new(connect_rate::run(&common.common()?, &p)?), common.json)
         }
         Command::RrLatency {
             common,
@@ -762,7 +785,7 @@ fn run(command: Command) -> Result<Option<Output>, Box<dyn std::error::Error>> {
                     message,
                     direct,
                 };
-                let r = rr_latency::run(&common.common(), &p)?;
+                let r = rr_latency::run(&common.common()?, &p)?;
                 if sweep {
                     if let Some(l) = r.results.latency_us {
                         eprintln!("rr-latency: {rate}/s p50 {:.0} us p99 {:.0} us", l.p50, l.p99);
@@ -794,7 +817,7 @@ fn run(command: Command) -> Result<Option<Output>, Box<dyn std::error::Error>> {
                 concurrency,
                 tls: tls_args.client(tls)?,
             };
-            Output::Report(Box::new(idle::run(&common.common(), &p)?), common.json)
+            Output::Report(Box::new(idle::run(&common.common()?, &p)?), common.json)
         }
         Command::TlsHandshake {
             common,
@@ -815,7 +838,7 @@ fn run(command: Command) -> Result<Option<Output>, Box<dyn std::error::Error>> {
                 server_name: tls_args.server_name.clone(),
                 rate,
             };
-            Output::Report(Box::new(tls_handshake::run(&common.common(), &p)?), common.json)
+            Output::Report(Box::new(tls_handshake::run(&common.common()?, &p)?), common.json)
         }
         Command::RdpProfile {
             common,
@@ -830,7 +853,7 @@ fn run(command: Command) -> Result<Option<Output>, Box<dyn std::error::Error>> {
                 None => rdp_profile::Transport::Plain,
             };
             Output::Report(
-                Box::new(rdp_profile::run(&common.common(), &p, &transport)?),
+                Box::new(rdp_profile::run(&common.common()?, &p, &transport)?),
                 common.json,
             )
         }

@@ -99,10 +99,34 @@ impl FirstError {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// The first error, or a default text.
+    /// The first error, or what nothing failing and nothing done means.
     pub fn take(&self) -> String {
         let g = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        g.clone().unwrap_or_else(|| "no error recorded".into())
+        g.clone().unwrap_or_else(|| {
+            "no answer in the window and no error (a target that accepts and stays silent?)".into()
+        })
+    }
+}
+
+/// Names the first error on stderr when a run that measured something also had errors (the
+/// report counts them).
+pub(crate) fn name_first_error(errors: u64, first: Option<String>) {
+    if errors > 0 {
+        if let Some(e) = first {
+            eprintln!("gatehouse-bench: first error: {e}");
+        }
+    }
+}
+
+/// What an I/O error of an exchange with the target means, in words: a read timeout is no
+/// answer within `timeout`, an early end is the target closing.
+pub(crate) fn exchange_error(what: &str, e: &std::io::Error, timeout: Duration) -> String {
+    match e.kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+            format!("{what}: no answer within {timeout:?}")
+        }
+        std::io::ErrorKind::UnexpectedEof => format!("{what}: the target closed the connection"),
+        _ => format!("{what}: {e}"),
     }
 }
 
@@ -172,6 +196,7 @@ pub fn gather(
         all.hist.add(&t.hist).expect("histograms share bounds");
     }
     require_progress(common.target, all.ok, first)?;
+    name_first_error(all.errors, first.first());
     Ok((all, elapsed_s, processes))
 }
 

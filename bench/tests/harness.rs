@@ -351,7 +351,10 @@ fn dead_target_is_a_clear_error_in_every_scenario() {
         .unwrap_err(),
         rdp_profile::run(
             &c,
-            &rdp_profile::Params::office(2),
+            &rdp_profile::Params {
+                stagger: Duration::from_millis(100),
+                ..rdp_profile::Params::office(2)
+            },
             &rdp_profile::Transport::Plain,
         )
         .unwrap_err(),
@@ -440,4 +443,178 @@ fn tls_handshakes_against_a_plain_echo_are_no_progress_with_the_tls_error() {
     let e = tls_handshake::run(&c, &tls_params(tls_handshake::Mode::Full)).unwrap_err();
     assert!(matches!(e, BenchError::NoProgress { .. }), "{e:?}");
     assert!(e.to_string().contains("TLS"), "{e}");
+}
+
+/// Echoes `messages` messages of `size` bytes on each connection, then closes it: a target
+/// that dies in the middle of a run.
+fn echo_then_close(messages: usize, size: usize) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for c in listener.incoming() {
+            let Ok(mut c) = c else { return };
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; size];
+                for _ in 0..messages {
+                    if c.read_exact(&mut buf).is_err() || c.write_all(&buf).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Accepts and holds connections without a byte: a hung target.
+fn silent_target() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in listener.incoming() {
+            held.push(c);
+        }
+    });
+    addr
+}
+
+#[test]
+fn rr_latency_counts_the_messages_a_dying_target_never_answered() {
+    // 200/s on one connection: 40 messages in the warmup, 160 due in the window; the
+    // target answers 100 and closes. The 100 due after that are errors, sent or not.
+    let target = echo_then_close(100, 32);
+    let r = rr_latency::run(
+        &common(target),
+        &rr_latency::Params {
+            rate: 200.0,
+            connections: 1,
+            message: 32,
+            direct: None,
+        },
+    )
+    .unwrap();
+    println!("operations {} errors {}", r.results.operations, r.results.errors);
+    assert!(
+        (55..=65).contains(&r.results.operations),
+        "{}",
+        r.results.operations
+    );
+    assert!(
+        r.results.errors >= 90,
+        "lost messages not counted: {}",
+        r.results.errors
+    );
+}
+
+#[test]
+fn throughput_stops_at_the_duration_cap_with_the_bytes_that_moved() {
+    let sink = standin(Kind::Sink);
+    let start = std::time::Instant::now();
+    let r = throughput::run(
+        &Common {
+            duration: Duration::from_secs(1),
+            ..common(sink.local_addr())
+        },
+        &throughput::Params {
+            streams: 2,
+            direction: throughput::Direction::Both,
+            bytes_per_stream: 1 << 34,
+            tls: None,
+        },
+    )
+    .unwrap();
+    let took = start.elapsed();
+    println!(
+        "capped after {took:?}: {} B up, {} B down",
+        r.results.bytes_up, r.results.bytes_down
+    );
+    assert!(took < Duration::from_secs(4), "ran {took:?} past a 1 s cap");
+    assert!(r.results.bytes_up > 0 && r.results.bytes_down > 0);
+    // Cut streams' bytes cannot all be checked: neither a match nor a mismatch.
+    assert_eq!(r.results.bytes_match, None);
+    assert_eq!((r.results.operations, r.results.errors), (2, 0));
+}
+
+#[test]
+fn idle_gives_up_on_a_target_that_never_echoes() {
+    let target = silent_target();
+    let start = std::time::Instant::now();
+    let e = idle::run(
+        &common(target),
+        &idle::Params {
+            connections: 40,
+            hold: Duration::ZERO,
+            concurrency: 2,
+            tls: None,
+        },
+    )
+    .unwrap_err();
+    let took = start.elapsed();
+    println!("gave up after {took:?}: {e}");
+    assert!(matches!(e, BenchError::NoProgress { .. }), "{e:?}");
+    assert!(e.to_string().contains("no echo within 5s"), "{e}");
+    // A round or two of echo timeouts (5-10 s), not one per connection (40 x 5 s / 2 workers).
+    assert!(took < Duration::from_secs(15), "{took:?}");
+}
+
+#[test]
+fn rdp_profile_refuses_sizes_and_starts_it_cannot_honour() {
+    let rdp = standin(Kind::Rdp);
+    let run = |p: rdp_profile::Params| {
+        rdp_profile::run(&common(rdp.local_addr()), &p, &rdp_profile::Transport::Plain)
+            .map(|_| ())
+            .unwrap_err()
+            .to_string()
+    };
+    let office = || rdp_profile::Params {
+        stagger: Duration::from_millis(100),
+        ..rdp_profile::Params::office(2)
+    };
+    let e = run(rdp_profile::Params {
+        update_min: 5000,
+        update_max: 100,
+        ..office()
+    });
+    assert!(
+        e.contains("--update-min (5000) is above --update-max (100)"),
+        "{e}"
+    );
+    let e = run(rdp_profile::Params {
+        update_mean: 9000,
+        ..office()
+    });
+    assert!(e.contains("--update-mean") && e.contains("2100"), "{e}");
+    // Sessions starting over 1 s with a warmup of 200 ms.
+    let e = run(rdp_profile::Params {
+        stagger: Duration::from_secs(1),
+        ..office()
+    });
+    assert!(e.contains("--stagger") && e.contains("--warmup"), "{e}");
+}
+
+#[test]
+fn capacity_that_holds_nothing_exits_non_zero() {
+    let target = closing_proxy();
+    let out = Command::new(env!("CARGO_BIN_EXE_gatehouse-bench"))
+        .args(["capacity", "--target", &target.to_string()])
+        .args([
+            "--steps",
+            "4",
+            "--refine",
+            "0",
+            "--warmup",
+            "200ms",
+            "--duration",
+            "300ms",
+        ])
+        .args(["--stagger", "100ms"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("no step held the SLO; stopped by errors"),
+        "{stderr}"
+    );
 }

@@ -99,7 +99,7 @@ fn one(
         .map_err(|e| e.to_string())?;
     c.write_all(msg).map_err(|e| format!("write: {e}"))?;
     c.read_exact(back)
-        .map_err(|e| format!("no echo (connection closed or timed out): {e}"))?;
+        .map_err(|e| super::exchange_error("no echo", &e, Duration::from_secs(5)))?;
     if back != msg {
         return Err("echo differs from what was sent".into());
     }

@@ -7,6 +7,7 @@
 //! (`alive_after_hold`), so a proxy that dropped idle tunnels is caught.
 
 use std::io::{Read, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -32,10 +33,26 @@ pub struct Params {
 }
 
 /// A held connection, plain or TLS.
-trait Held: Read + Write + Send {}
-impl<T: Read + Write + Send> Held for T {}
+trait Held: Read + Write + Send {
+    /// Bounds the next reads.
+    fn set_read_timeout(&self, d: Duration) -> std::io::Result<()>;
+}
+
+impl Held for std::net::TcpStream {
+    fn set_read_timeout(&self, d: Duration) -> std::io::Result<()> {
+        std::net::TcpStream::set_read_timeout(self, Some(d))
+    }
+}
+
+impl Held for crate::tls::TlsStream {
+    fn set_read_timeout(&self, d: Duration) -> std::io::Result<()> {
+        self.sock.set_read_timeout(Some(d))
+    }
+}
 
 const PING: &[u8] = b"gatehouse-idle!!";
+/// How long an echo may take.
+const ECHO_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Runs the scenario.
 pub fn run(common: &Common, p: &Params) -> Result<Report, BenchError> {
@@ -52,9 +69,14 @@ pub fn run(common: &Common, p: &Params) -> Result<Report, BenchError> {
     let held = Arc::new(Mutex::new(Vec::with_capacity(p.connections)));
     let window = common.open_window()?;
     let workers = p.concurrency.clamp(1, p.connections.max(1));
+    // A target that fails every connection of the first round (one per worker) will fail
+    // the rest the same way: stop there rather than wait out every echo timeout.
+    let ok = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
     let threads: Vec<_> = (0..workers)
         .map(|w| {
             let (sources, first, held) = (sources.clone(), first.clone(), held.clone());
+            let (ok, failed) = (ok.clone(), failed.clone());
             let target = common.target;
             let tls = p.tls.clone();
             let count = p.connections / workers + usize::from(w < p.connections % workers);
@@ -62,11 +84,14 @@ pub fn run(common: &Common, p: &Params) -> Result<Report, BenchError> {
                 let mut mine = Vec::with_capacity(count);
                 let mut errors = 0u64;
                 for _ in 0..count {
+                    if ok.load(Ordering::Relaxed) == 0 && failed.load(Ordering::Relaxed) >= workers as u64 {
+                        break;
+                    }
                     match sources
                         .connect(target, Duration::from_secs(5))
                         .map_err(|e| format!("connect: {e}"))
                         .and_then(|c| -> Result<Box<dyn Held>, String> {
-                            c.set_read_timeout(Some(Duration::from_secs(5)))
+                            c.set_read_timeout(Some(ECHO_TIMEOUT))
                                 .map_err(|e| e.to_string())?;
                             match &tls {
                                 None => Ok(Box::new(c)),
@@ -78,8 +103,12 @@ pub fn run(common: &Common, p: &Params) -> Result<Report, BenchError> {
                         })
                         .and_then(|mut c| ping(&mut *c).map(|()| c))
                     {
-                        Ok(c) => mine.push(c),
+                        Ok(c) => {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                            mine.push(c);
+                        }
                         Err(e) => {
+                            failed.fetch_add(1, Ordering::Relaxed);
                             errors += 1;
                             first.note(|| e);
                         }
@@ -100,11 +129,19 @@ pub fn run(common: &Common, p: &Params) -> Result<Report, BenchError> {
     let processes = common.close_window(&window)?;
     let opened = conns.len() as u64;
     require_progress(common.target, opened, &first)?;
-    let alive = conns
-        .iter_mut()
-        .map(|c| ping(&mut **c))
-        .filter(Result::is_ok)
-        .count() as u64;
+    super::name_first_error(errors, first.first());
+    // Every connection echoes once more, all within one ECHO_TIMEOUT: the pings go out
+    // first, then each read waits only for what is left of it.
+    let sent: Vec<bool> = conns.iter_mut().map(|c| c.write_all(PING).is_ok()).collect();
+    let by = std::time::Instant::now() + ECHO_TIMEOUT;
+    let mut alive = 0u64;
+    for (c, sent) in conns.iter_mut().zip(sent) {
+        let left = by.saturating_duration_since(std::time::Instant::now());
+        if sent && c.set_read_timeout(left.max(Duration::from_millis(1))).is_ok() && echoed(&mut **c).is_ok()
+        {
+            alive += 1;
+        }
+    }
     drop(conns);
     let results = Results {
         elapsed_s,
@@ -127,9 +164,19 @@ pub fn run(common: &Common, p: &Params) -> Result<Report, BenchError> {
 
 fn ping(c: &mut dyn Held) -> Result<(), String> {
     c.write_all(PING).map_err(|e| format!("write: {e}"))?;
+    echoed(c)
+}
+
+/// Reads the echo of one [`PING`].
+fn echoed(c: &mut dyn Held) -> Result<(), String> {
     let mut back = [0u8; PING.len()];
-    c.read_exact(&mut back)
-        .map_err(|e| format!("no echo (closed or timed out): {e}"))?;
+    c.read_exact(&mut back).map_err(|e| match e.kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+            format!("no echo within {ECHO_TIMEOUT:?}")
+        }
+        std::io::ErrorKind::UnexpectedEof => "closed before echoing".to_string(),
+        _ => format!("no echo: {e}"),
+    })?;
     if back != PING {
         return Err("echo differs".into());
     }

@@ -401,6 +401,23 @@ pub fn validate(p: &Params) -> Result<(), BenchError> {
              bursts {UPDATE_HEADER_LEN}..={MAX_UPDATE_LEN} bytes"
         )));
     }
+    // The sizes follow an exponential law cut to [min, max]: its mean lies between min and
+    // the midpoint (the midpoint is the uniform law). Anything else would be ignored.
+    let midpoint = (u64::from(p.update_min) + u64::from(p.update_max)) / 2;
+    if p.update_min > p.update_max {
+        return Err(BenchError::Usage(format!(
+            "rdp-profile: --update-min ({}) is above --update-max ({})",
+            p.update_min, p.update_max
+        )));
+    }
+    if p.update_mean < p.update_min || u64::from(p.update_mean) > midpoint {
+        return Err(BenchError::Usage(format!(
+            "rdp-profile: --update-mean must be from --update-min ({}) to the midpoint of \
+             --update-min and --update-max ({midpoint}); it is {} (raise --update-max for a \
+             larger mean)",
+            p.update_min, p.update_mean
+        )));
+    }
     Ok(())
 }
 
@@ -472,6 +489,13 @@ pub fn start_shard(
 /// proxy or stand-in).
 pub fn run(common: &Common, p: &Params, transport: &Transport) -> Result<Report, BenchError> {
     validate(p)?;
+    if p.stagger > common.warmup {
+        return Err(BenchError::Usage(format!(
+            "rdp-profile: sessions start over --stagger ({:?}), which must fit in --warmup \
+             ({:?}): the window would measure sessions still starting",
+            p.stagger, common.warmup
+        )));
+    }
     probe(common.target)?;
     crate::net::raise_nofile_limit();
     let schedule = Schedule {
@@ -496,9 +520,12 @@ pub fn run(common: &Common, p: &Params, transport: &Transport) -> Result<Report,
     if out.done_in_window == 0 {
         return Err(BenchError::NoProgress {
             target: common.target,
-            detail: out.first_error.unwrap_or_else(|| "no error recorded".into()),
+            detail: out.first_error.unwrap_or_else(|| {
+                "no input event answered in the window and no error (a target that accepts and stays silent?)".into()
+            }),
         });
     }
+    super::name_first_error(out.errors, out.first_error.clone());
     let results = Results {
         elapsed_s,
         connections: out.connected,

@@ -45,15 +45,26 @@ pub struct Params {
 
 struct ConnTally {
     hist: Histogram<u64>,
+    /// Messages whose intended time fell in the window (sent or not).
     sent_in_window: u64,
     received_in_window: u64,
 }
 
 /// Runs the scenario.
 pub fn run(common: &Common, p: &Params) -> Result<Report, BenchError> {
-    if !(p.rate.is_finite() && p.rate > 0.0) || p.connections == 0 || p.message < MIN_MESSAGE {
+    if !(p.rate.is_finite() && p.rate > 0.0) {
         return Err(BenchError::Usage(format!(
-            "--rate must be > 0, --connections >= 1, --message >= {MIN_MESSAGE}"
+            "--rate must be more than 0 (it is {})",
+            p.rate
+        )));
+    }
+    if p.connections == 0 {
+        return Err(BenchError::Usage("--connections must be at least 1".into()));
+    }
+    if p.message < MIN_MESSAGE {
+        return Err(BenchError::Usage(format!(
+            "--message must be at least {MIN_MESSAGE} bytes (a sequence number and a timestamp); it is {}",
+            p.message
         )));
     }
     probe(common.target)?;
@@ -93,7 +104,7 @@ pub fn run(common: &Common, p: &Params) -> Result<Report, BenchError> {
                 let first = first.clone();
                 let message = p.message;
                 std::thread::spawn(move || {
-                    run_connection(conn, base, offset, interval, window_start, end, message, &first)
+                    run_connection(conn, base, offset, interval, window_start, end, message, first)
                 })
             })
             .collect::<Vec<_>>()
@@ -139,6 +150,10 @@ pub fn run(common: &Common, p: &Params) -> Result<Report, BenchError> {
         }
         None => None,
     };
+    super::name_first_error(
+        sent.saturating_sub(received) + direct_lost,
+        first.first().or_else(|| direct_first.first()),
+    );
     let results = Results {
         elapsed_s,
         connections: p.connections as u64,
@@ -168,7 +183,7 @@ fn run_connection(
     window_start: Instant,
     end: Instant,
     message: usize,
-    first: &FirstError,
+    first: Arc<FirstError>,
 ) -> ConnTally {
     let sent_total = Arc::new(AtomicU64::new(u64::MAX));
     let mut writer = match conn.try_clone() {
@@ -183,33 +198,46 @@ fn run_connection(
         }
     };
     let sent_flag = sent_total.clone();
+    let sender_first = first.clone();
+    // Returns the messages due in the window: sent, or not sent because the connection
+    // broke (those count as lost, not as never asked for).
     let sender = std::thread::spawn(move || {
         set_fine_timer_slack();
         let mut msg = vec![0u8; message];
         let mut k = 0u64;
-        let mut in_window = 0u64;
+        let mut sent = 0u64;
+        let mut broken = false;
+        let mut due_in_window = 0u64;
         loop {
             let intended = base + offset + interval.mul_f64(k as f64);
             if intended >= end {
                 break;
             }
-            let now = Instant::now();
-            if intended > now {
-                std::thread::sleep(intended - now);
-            }
-            msg[..8].copy_from_slice(&k.to_be_bytes());
-            let t = (intended - base).as_nanos() as u64;
-            msg[8..16].copy_from_slice(&t.to_be_bytes());
-            if writer.write_all(&msg).is_err() {
-                break;
+            if !broken {
+                let now = Instant::now();
+                if intended > now {
+                    std::thread::sleep(intended - now);
+                }
+                msg[..8].copy_from_slice(&k.to_be_bytes());
+                let t = (intended - base).as_nanos() as u64;
+                msg[8..16].copy_from_slice(&t.to_be_bytes());
+                match writer.write_all(&msg) {
+                    Ok(()) => sent += 1,
+                    Err(e) => {
+                        sender_first.note(|| format!("sending message {k}: {e}"));
+                        broken = true;
+                        // The receiver waits only for what went out.
+                        sent_flag.store(sent, Ordering::Release);
+                    }
+                }
             }
             if intended >= window_start {
-                in_window += 1;
+                due_in_window += 1;
             }
             k += 1;
         }
-        sent_flag.store(k, Ordering::Release);
-        in_window
+        sent_flag.store(sent, Ordering::Release);
+        due_in_window
     });
     let mut conn = conn;
     let _ = conn.set_read_timeout(Some(Duration::from_millis(200)));

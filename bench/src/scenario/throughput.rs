@@ -13,6 +13,7 @@
 use std::io::{ErrorKind, Read, Write};
 use std::net::Shutdown;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
@@ -75,7 +76,14 @@ struct StreamOutcome {
     up_sent: u64,
     down_received: u64,
     matched: bool,
+    /// Cut by the `duration` cap before all its bytes moved.
+    capped: bool,
 }
+
+/// How long after the cap a stream that stopped sending waits for the sink's report.
+const REPORT_GRACE: Duration = Duration::from_secs(5);
+/// How often a blocked read looks at the cap.
+const READ_TICK: Duration = Duration::from_millis(200);
 
 /// Runs the scenario.
 pub fn run(common: &Common, p: &Params) -> Result<Report, BenchError> {
@@ -114,6 +122,7 @@ pub fn run(common: &Common, p: &Params) -> Result<Report, BenchError> {
                         up_sent: 0,
                         down_received: 0,
                         matched: false,
+                        capped: false,
                     }
                 })
             })
@@ -128,15 +137,30 @@ pub fn run(common: &Common, p: &Params) -> Result<Report, BenchError> {
     let elapsed_s = window.elapsed_s();
     let processes = common.close_window(&window)?;
     let ok = outcomes.iter().filter(|o| o.matched).count() as u64;
-    require_progress(common.target, ok, &first)?;
+    let capped = outcomes.iter().filter(|o| o.capped).count() as u64;
+    require_progress(common.target, ok + capped, &first)?;
+    super::name_first_error(p.streams as u64 - ok - capped, first.first());
+    if capped > 0 {
+        eprintln!(
+            "gatehouse-bench: the --duration cap ({:?}) cut {capped} of {} streams before all their bytes moved: \
+             the figures are for the bytes that did, the byte check covers the {ok} that finished",
+            common.duration.max(Duration::from_secs(1)),
+            p.streams
+        );
+    }
     let results = Results {
         elapsed_s,
-        connections: ok,
-        operations: ok,
-        errors: p.streams as u64 - ok,
+        connections: ok + capped,
+        operations: ok + capped,
+        errors: p.streams as u64 - ok - capped,
         bytes_up: outcomes.iter().map(|o| o.up_sent).sum(),
         bytes_down: outcomes.iter().map(|o| o.down_received).sum(),
-        bytes_match: Some(ok == p.streams as u64),
+        // Unknown when a cut stream's bytes could not all be checked, false on a mismatch.
+        bytes_match: match (ok + capped == p.streams as u64, capped) {
+            (false, _) => Some(false),
+            (true, 0) => Some(true),
+            (true, _) => None,
+        },
         ..Results::default()
     };
     let extra = json!({
@@ -154,8 +178,7 @@ fn one_stream(
     down_bytes: u64,
     deadline: Instant,
 ) -> Result<StreamOutcome, String> {
-    let left = deadline.saturating_duration_since(Instant::now());
-    conn.set_read_timeout(Some(left.max(Duration::from_millis(100))))
+    conn.set_read_timeout(Some(READ_TICK))
         .map_err(|e| e.to_string())?;
     let header = SourceRequest {
         down_bytes,
@@ -164,25 +187,53 @@ fn one_stream(
     .encode();
     conn.write_all(&header).map_err(|e| e.to_string())?;
     let mut writer = conn.try_clone().map_err(|e| e.to_string())?;
-    let sender = std::thread::spawn(move || -> Result<u64, String> {
+    // A write blocked by a stalled path still returns by the cap (the write timeout).
+    let _ = writer.set_write_timeout(Some(READ_TICK));
+    // Set by the reader when it cuts the connection at the cap: the sender's write errors
+    // after that are the cut, not a failure.
+    let cut = Arc::new(AtomicBool::new(false));
+    let cut_seen = cut.clone();
+    let sender = std::thread::spawn(move || -> Result<(u64, bool), String> {
         let chunk = vec![0x3Cu8; 64 * 1024];
         let mut sent = 0u64;
+        let mut capped = false;
+        let was_cut = || cut_seen.load(Ordering::SeqCst);
         while sent < up_bytes {
+            if Instant::now() >= deadline {
+                capped = true;
+                break;
+            }
             let n = (up_bytes - sent).min(chunk.len() as u64) as usize;
-            writer
-                .write_all(&chunk[..n])
-                .map_err(|e| format!("writing: {e}"))?;
-            sent += n as u64;
+            match writer.write(&chunk[..n]) {
+                Ok(0) if was_cut() => return Ok((sent, true)),
+                Ok(0) => return Err(format!("writing after {sent} bytes: connection closed")),
+                Ok(n) => sent += n as u64,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                    ) => {}
+                Err(_) if was_cut() => return Ok((sent, true)),
+                Err(e) => return Err(format!("writing after {sent} bytes: {e}")),
+            }
         }
-        writer
-            .shutdown(Shutdown::Write)
-            .map_err(|e| format!("half-close: {e}"))?;
-        Ok(sent)
+        match writer.shutdown(Shutdown::Write) {
+            Err(_) if was_cut() => Ok((sent, true)),
+            Err(e) => Err(format!("half-close: {e}")),
+            Ok(()) => Ok((sent, capped)),
+        }
     });
     let mut buf = vec![0u8; 256 * 1024];
     let mut received = 0u64;
     let mut tail = Vec::with_capacity(REPORT_LEN);
     loop {
+        let now = Instant::now();
+        if now >= deadline && received < down_bytes {
+            // The cap: what was still to come down is not waited for.
+            cut.store(true, Ordering::SeqCst);
+            let _ = conn.shutdown(Shutdown::Both);
+            break;
+        }
         match conn.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => {
@@ -195,10 +246,26 @@ fn one_stream(
                 }
             }
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                if now >= deadline + REPORT_GRACE {
+                    let _ = conn.shutdown(Shutdown::Both);
+                    return Err(format!(
+                        "no byte for {REPORT_GRACE:?} after the cap (after {received} bytes down)"
+                    ));
+                }
+            }
             Err(e) => return Err(format!("reading after {received} bytes: {e}")),
         }
     }
-    let up_sent = sender.join().map_err(|_| "sender panicked".to_string())??;
+    let (up_sent, up_capped) = sender.join().map_err(|_| "sender panicked".to_string())??;
+    if cut.load(Ordering::SeqCst) || up_capped {
+        return Ok(StreamOutcome {
+            up_sent,
+            down_received: received,
+            matched: false,
+            capped: true,
+        });
+    }
     let reported = (tail.len() == REPORT_LEN).then(|| {
         let mut b = [0u8; 8];
         b.copy_from_slice(&tail);
@@ -207,18 +274,21 @@ fn one_stream(
     let matched = received == down_bytes && reported == Some(up_sent);
     if !matched {
         return Err(format!(
-            "byte count mismatch: down {received}/{down_bytes}, up reported {reported:?} of {up_sent}"
+            "byte count mismatch: down {received} of {down_bytes} bytes; the sink counted {} of {up_sent} bytes up",
+            reported.map_or_else(|| "no report".to_string(), |r| r.to_string())
         ));
     }
     Ok(StreamOutcome {
         up_sent,
         down_received: received,
         matched,
+        capped: false,
     })
 }
 
 /// One stream over TLS: header, `up_bytes` up, close_notify, then everything down until the
-/// proxy closes (the sink's report last).
+/// proxy closes (the sink's report last). The cap is looked at between records sent and
+/// between reads.
 fn one_tls_stream(
     client: &TlsClient,
     conn: std::net::TcpStream,
@@ -235,11 +305,20 @@ fn one_tls_stream(
         report_up: true,
     }
     .encode();
+    // (The handshake runs here, under the timeout of what is left before the cap.)
     s.write_all(&header).map_err(|e| format!("TLS: {e}"))?;
+    s.sock
+        .set_read_timeout(Some(READ_TICK))
+        .map_err(|e| e.to_string())?;
     // One full TLS record per write.
     let chunk = vec![0x3Cu8; 16 * 1024];
     let mut up_sent = 0u64;
+    let mut capped = false;
     while up_sent < up_bytes {
+        if Instant::now() >= deadline {
+            capped = true;
+            break;
+        }
         let n = (up_bytes - up_sent).min(chunk.len() as u64) as usize;
         s.write_all(&chunk[..n]).map_err(|e| format!("writing: {e}"))?;
         up_sent += n as u64;
@@ -250,6 +329,12 @@ fn one_tls_stream(
     let mut received = 0u64;
     let mut tail = Vec::with_capacity(REPORT_LEN);
     loop {
+        let now = Instant::now();
+        if now >= deadline && received < down_bytes {
+            let _ = s.sock.shutdown(Shutdown::Both);
+            capped = true;
+            break;
+        }
         match s.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => {
@@ -261,10 +346,25 @@ fn one_tls_stream(
                 }
             }
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                if now >= deadline + REPORT_GRACE {
+                    return Err(format!(
+                        "no byte for {REPORT_GRACE:?} after the cap (after {received} bytes down)"
+                    ));
+                }
+            }
             // A proxy that closes without close_notify after the whole report: complete.
             Err(e) if e.kind() == ErrorKind::UnexpectedEof && tail.len() == REPORT_LEN => break,
             Err(e) => return Err(format!("reading after {received} bytes: {e}")),
         }
+    }
+    if capped {
+        return Ok(StreamOutcome {
+            up_sent,
+            down_received: received,
+            matched: false,
+            capped: true,
+        });
     }
     let reported = (tail.len() == REPORT_LEN).then(|| {
         let mut b = [0u8; 8];
@@ -274,12 +374,14 @@ fn one_tls_stream(
     let matched = received == down_bytes && reported == Some(up_sent);
     if !matched {
         return Err(format!(
-            "byte count mismatch over TLS: down {received}/{down_bytes}, up reported {reported:?} of {up_sent}"
+            "byte count mismatch over TLS: down {received} of {down_bytes} bytes; the sink counted {} of {up_sent} bytes up",
+            reported.map_or_else(|| "no report".to_string(), |r| r.to_string())
         ));
     }
     Ok(StreamOutcome {
         up_sent,
         down_received: received,
         matched,
+        capped: false,
     })
 }

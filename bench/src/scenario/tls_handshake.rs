@@ -75,9 +75,11 @@ pub fn run(common: &Common, p: &Params) -> Result<Report, BenchError> {
     let barrier = Arc::new(Barrier::new(p.concurrency + 1));
     let first = Arc::new(FirstError::default());
     let interval = p.rate.map(|r| Duration::from_secs_f64(p.concurrency as f64 / r));
+    let concurrency = p.concurrency;
     let workers: Vec<_> = clients
         .into_iter()
-        .map(|client| {
+        .enumerate()
+        .map(|(w, client)| {
             let (sources, tickets, barrier, first) =
                 (sources.clone(), tickets.clone(), barrier.clone(), first.clone());
             let (target, total, payload, duration) =
@@ -99,9 +101,13 @@ pub fn run(common: &Common, p: &Params) -> Result<Report, BenchError> {
                 let start = Instant::now();
                 let cap = start + duration.max(Duration::from_secs(1));
                 let mut tally = ConnTally::new();
-                let mut next = start;
+                // With a rate, the workers' schedules are spread evenly over one interval
+                // (all starting together would send `concurrency` handshakes at once).
+                let mut next =
+                    start + interval.map_or(Duration::ZERO, |i| i.mul_f64(w as f64 / concurrency as f64));
                 while tickets.fetch_add(1, Ordering::Relaxed) < total && Instant::now() < cap {
                     let intended = match interval {
+                        Some(_) if next >= cap => break,
                         Some(i) => {
                             let now = Instant::now();
                             if next > now {
@@ -175,11 +181,12 @@ fn one(
     // The client's last flight and the request go out at once, not held by Nagle.
     sock.set_nodelay(true).map_err(|e| e.to_string())?;
     let mut s = client.wrap(sock)?;
-    crate::tls::complete_handshake(&mut s).map_err(|e| format!("TLS handshake: {e}"))?;
+    crate::tls::complete_handshake(&mut s)
+        .map_err(|e| super::exchange_error("TLS handshake", &e, Duration::from_secs(5)))?;
     let kind = s.conn.handshake_kind();
     s.write_all(msg).map_err(|e| format!("write: {e}"))?;
     s.read_exact(back)
-        .map_err(|e| format!("no echo (connection closed or timed out): {e}"))?;
+        .map_err(|e| super::exchange_error("no echo", &e, Duration::from_secs(5)))?;
     if back != msg {
         return Err("echo differs from what was sent".into());
     }

@@ -25,6 +25,10 @@ use crate::shared::Shared;
 
 const MAX_REQUEST: usize = 16 * 1024;
 const MAX_CLIENTS: usize = 16;
+/// A whole request (head and body) must arrive within this from the accept: a timeout per
+/// read let a client that sends a byte every few seconds hold its slot for ever, and 16 of
+/// them held the API.
+const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
 
 /// The running admin listener.
 pub struct AdminServer {
@@ -128,15 +132,33 @@ fn out_of_descriptors(e: &io::Error) -> bool {
 }
 
 fn serve(mut stream: TcpStream, shared: &Shared, commands: &Sender<Command>) -> io::Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let deadline = std::time::Instant::now() + REQUEST_DEADLINE;
     stream.set_write_timeout(Some(Duration::from_secs(5)))?;
     let mut buf = Vec::with_capacity(1024);
-    let (method, path, body) = loop {
-        let mut chunk = [0u8; 2048];
-        let n = stream.read(&mut chunk)?;
-        if n == 0 {
-            return Ok(());
+    let mut chunk = [0u8; 2048];
+    // One read, bounded by what is left of the deadline: Ok(None) when it passed.
+    let read = |stream: &mut TcpStream, chunk: &mut [u8]| -> io::Result<Option<usize>> {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Ok(None);
         }
+        stream.set_read_timeout(Some(left))?;
+        match stream.read(chunk) {
+            Ok(n) => Ok(Some(n)),
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => Ok(None),
+            Err(e) => Err(e),
+        }
+    };
+    let too_slow = |stream: &TcpStream| {
+        let text = format!("request not complete within {}s\n", REQUEST_DEADLINE.as_secs());
+        respond(stream, 408, "text/plain", &text)
+    };
+    let (method, path, body) = loop {
+        let n = match read(&mut stream, &mut chunk)? {
+            None => return too_slow(&stream),
+            Some(0) => return Ok(()),
+            Some(n) => n,
+        };
         buf.extend_from_slice(&chunk[..n]);
         if buf.len() > MAX_REQUEST {
             return respond(&stream, 413, "text/plain", "request too large\n");
@@ -145,26 +167,45 @@ fn serve(mut stream: TcpStream, shared: &Shared, commands: &Sender<Command>) -> 
         let mut req = httparse::Request::new(&mut headers);
         match req.parse(&buf) {
             Ok(httparse::Status::Complete(head)) => {
-                let len = req
+                let len = match req
                     .headers
                     .iter()
                     .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-                    .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse::<usize>().ok())
-                    .unwrap_or(0);
+                {
+                    None => 0,
+                    // RFC 9110 §8.6: 1*DIGIT; anything else is a framing error.
+                    Some(h) => match std::str::from_utf8(h.value)
+                        .ok()
+                        .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                        .and_then(|v| v.parse::<usize>().ok())
+                    {
+                        Some(len) => len,
+                        None => {
+                            return respond(
+                                &stream,
+                                400,
+                                "text/plain",
+                                "bad request: invalid Content-Length\n",
+                            )
+                        }
+                    },
+                };
                 if len > MAX_REQUEST {
                     return respond(&stream, 413, "text/plain", "body too large\n");
                 }
                 let method = req.method.unwrap_or("").to_string();
                 let path = req.path.unwrap_or("").to_string();
                 while buf.len() < head + len {
-                    let n = stream.read(&mut chunk)?;
-                    if n == 0 {
-                        break;
+                    match read(&mut stream, &mut chunk)? {
+                        None => return too_slow(&stream),
+                        Some(0) => {
+                            let text = "bad request: the body ended before its Content-Length\n";
+                            return respond(&stream, 400, "text/plain", text);
+                        }
+                        Some(n) => buf.extend_from_slice(&chunk[..n]),
                     }
-                    buf.extend_from_slice(&chunk[..n]);
                 }
-                let end = (head + len).min(buf.len());
-                break (method, path, buf[head..end].to_vec());
+                break (method, path, buf[head..head + len].to_vec());
             }
             Ok(httparse::Status::Partial) => continue,
             Err(e) => return respond(&stream, 400, "text/plain", &format!("bad request: {e}\n")),
@@ -333,6 +374,7 @@ fn respond_with(
         400 => "Bad Request",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        408 => "Request Timeout",
         413 => "Payload Too Large",
         422 => "Unprocessable Entity",
         503 => "Service Unavailable",

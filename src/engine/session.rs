@@ -744,6 +744,20 @@ impl Session {
     pub fn reset_client(&self) {
         let _ = SockRef::from(&self.client).set_linger(Some(Duration::ZERO));
     }
+
+    /// Makes both ends see a reset when the session is dropped: a tunnel cut short (the
+    /// drain deadline) must not end like one that finished.
+    pub fn reset_both(&self) {
+        self.reset_client();
+        let backend = match &self.phase {
+            Phase::Tunnel(t) => Some(&t.backend_sock),
+            Phase::TlsTunnel(t) => Some(&t.backend_sock),
+            _ => None,
+        };
+        if let Some(sock) = backend {
+            let _ = SockRef::from(sock).set_linger(Some(Duration::ZERO));
+        }
+    }
 }
 
 /// The error of a socket whose poll event reported one (`flagged`: client, backend), as the

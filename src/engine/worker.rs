@@ -504,6 +504,9 @@ impl Worker {
         ) {
             s.reset_client();
         }
+        if reason == CloseReason::Shutdown {
+            s.reset_both();
+        }
         s.teardown(&mut ctx);
         self.shared.connections.fetch_sub(1, Ordering::AcqRel);
         self.shared.metrics.count_close(reason);

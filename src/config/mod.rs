@@ -196,14 +196,18 @@ pub struct ListenerConfig {
     /// Time between keepalive probes once they start.
     #[serde(default = "default_keepalive_interval")]
     pub tcp_keepalive_interval: HumanDuration,
-    /// Unanswered keepalive probes after which a connection is dropped: a silent peer is
-    /// noticed `tcp_keepalive + tcp_keepalive_interval x tcp_keepalive_probes` after its
-    /// last word (2 minutes by default; the kernel's defaults take over 12).
+    /// Unanswered keepalive probes after which a connection is dropped, when
+    /// `tcp_user_timeout` is `"0s"`: a silent peer is then noticed `tcp_keepalive +
+    /// tcp_keepalive_interval x tcp_keepalive_probes` after its last word. With a user
+    /// timeout (the default) Linux does not count probes: see `tcp_user_timeout`.
     #[serde(default = "default_keepalive_probes")]
     pub tcp_keepalive_probes: u32,
     /// Data sent and not acknowledged for this long drops the connection (TCP_USER_TIMEOUT;
     /// a cut link while bytes are in flight, which keepalive does not cover). `"0s"`: the
-    /// kernel's retransmission limit, about 15 minutes.
+    /// kernel's retransmission limit, about 15 minutes. It also replaces the probe count of
+    /// keepalive: a silent peer is dropped at the first keepalive probe due once this long
+    /// has passed since its last word with a probe unanswered (with the defaults, 60 s of
+    /// silence, a probe, and the drop at the next one, about 70 s; measured).
     #[serde(default = "default_user_timeout")]
     pub tcp_user_timeout: HumanDuration,
     /// TLS on this listener: `off`, `offload`, `passthrough` or `auto`.

@@ -94,7 +94,7 @@ enum Command {
         #[arg(long)]
         direct: Option<SocketAddr>,
         /// A sweep: run once per rate of this list (comma-separated) instead of --rate.
-        #[arg(long, value_delimiter = ',')]
+        #[arg(long, value_delimiter = ',', conflicts_with = "rate")]
         rates: Vec<f64>,
         /// Write an SVG plot of p50/p99 against the rate.
         #[arg(long)]
@@ -495,6 +495,11 @@ impl TlsArgs {
     /// A client without session cache when `tls` is on.
     fn client(&self, tls: bool) -> Result<Option<TlsClient>, BenchError> {
         if !tls {
+            if self.ca.is_some() || self.insecure {
+                return Err(BenchError::Usage(
+                    "--ca and --insecure are for TLS: add --tls (without it the load is plain TCP)".into(),
+                ));
+            }
             return Ok(None);
         }
         TlsClient::new(&self.verify()?, &self.server_name, self.tls_version, false).map(Some)
@@ -668,6 +673,26 @@ fn default_gatehouse() -> Result<PathBuf, BenchError> {
     Ok(exe.with_file_name("gatehouse"))
 }
 
+/// A plot is SVG: a path that says otherwise is refused before the run, not after it.
+fn check_plot_path(path: &Option<PathBuf>) -> Result<(), BenchError> {
+    let Some(path) = path else { return Ok(()) };
+    if path.extension().and_then(|e| e.to_str()) != Some("svg") {
+        return Err(BenchError::Usage(format!(
+            "--plot {}: plots are SVG; name the file *.svg",
+            path.display()
+        )));
+    }
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    if let Some(dir) = dir.filter(|d| !d.is_dir()) {
+        return Err(BenchError::Usage(format!(
+            "--plot {}: no directory {}",
+            path.display(),
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
 fn write_plot(path: &PathBuf, plot: &LatencyPlot) -> Result<(), BenchError> {
     std::fs::write(path, plot.to_svg())
         .map_err(|e| BenchError::Usage(format!("writing the plot {}: {e}", path.display())))?;
@@ -775,6 +800,7 @@ fn run(command: Command) -> Result<Option<Output>, Box<dyn std::error::Error>> {
             rates,
             plot,
         } => {
+            check_plot_path(&plot)?;
             let sweep = !rates.is_empty();
             let rates = if sweep { rates } else { vec![rate] };
             let mut reports = Vec::new();
@@ -888,6 +914,7 @@ fn run(command: Command) -> Result<Option<Output>, Box<dyn std::error::Error>> {
             open_rate,
             farm_dir,
         } => {
+            check_plot_path(&plot)?;
             let node = match (node_cpus, node_mem) {
                 (Some(cpus), Some(mem_bytes)) => Some(NodeSize {
                     cpus,

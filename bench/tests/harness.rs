@@ -618,3 +618,25 @@ fn capacity_that_holds_nothing_exits_non_zero() {
         "{stderr}"
     );
 }
+
+#[test]
+fn options_that_would_be_ignored_are_refused_before_the_run() {
+    let echo = standin(Kind::Echo);
+    let target = echo.local_addr().to_string();
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_gatehouse-bench"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?} ran");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let e = run(&["rr-latency", "--target", &target, "--plot", "/tmp/latency.png"]);
+    assert!(e.contains("plots are SVG"), "{e}");
+    let e = run(&["throughput", "--target", &target, "--ca", "/tmp/ca.pem"]);
+    assert!(e.contains("add --tls"), "{e}");
+    let e = run(&["rr-latency", "--target", &target, "--rate", "5", "--rates", "1,2"]);
+    assert!(e.contains("cannot be used with"), "{e}");
+    let e = run(&["connect-rate", "--target", &target, "--duration", "0s"]);
+    assert!(e.contains("--duration must be more than 0"), "{e}");
+}

@@ -124,7 +124,8 @@ pub fn run(common: &Common, p: &Params) -> Result<Report, BenchError> {
         .map(|t| t.join().expect("idle workers do not panic"))
         .sum();
     let mut conns = std::mem::take(&mut *held.lock().unwrap_or_else(|p| p.into_inner()));
-    std::thread::sleep(p.hold);
+    let held_from = std::time::Instant::now();
+    super::wait_with_progress("idle", held_from, held_from + p.hold);
     let elapsed_s = window.elapsed_s();
     let processes = common.close_window(&window)?;
     let opened = conns.len() as u64;

@@ -43,6 +43,10 @@ pub struct Snapshot {
     pub listeners: Vec<ListenerPlan>,
     /// Backend pools, referenced by index from listeners.
     pub pools: Vec<Arc<PoolPlan>>,
+    /// Backends a reload removed while connections to them were open: (pool, backend,
+    /// counters). Listed by the admin API and the active-connections gauge until their last
+    /// connection ends, so that an operator can watch them drain.
+    pub removed: Vec<(String, String, std::sync::Weak<BackendRuntime>)>,
 }
 
 /// A listener as workers use it.
@@ -626,11 +630,19 @@ fn build_snapshot(control: &mut ControlState, generation: u64) -> Snapshot {
     control
         .runtimes
         .retain(|k, runtime| seen.contains(k) || Arc::strong_count(runtime) > 1);
+    let mut removed: Vec<_> = control
+        .runtimes
+        .iter()
+        .filter(|(k, _)| !seen.contains(*k))
+        .map(|((pool, backend), runtime)| (pool.clone(), backend.clone(), Arc::downgrade(runtime)))
+        .collect();
+    removed.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
     Snapshot {
         generation,
         config,
         listeners,
         pools,
+        removed,
     }
 }
 
@@ -733,6 +745,14 @@ impl Snapshot {
                 );
             }
         }
+        for (pool, backend, active) in self.removed_draining() {
+            let _ = writeln!(
+                out,
+                "gatehouse_backend_connections_active{{pool=\"{}\",backend=\"{}\"}} {active}",
+                label(pool),
+                label(backend)
+            );
+        }
         crate::metrics::header(
             out,
             "gatehouse_backend_connections_total",
@@ -795,7 +815,19 @@ impl Snapshot {
                 serde_json::json!({"pool": p.name, "algorithm": p.algorithm.to_string(), "backends": backends})
             })
             .collect();
-        serde_json::json!({ "generation": self.generation, "pools": pools })
+        let removed: Vec<_> = self
+            .removed_draining()
+            .map(|(pool, backend, active)| serde_json::json!({"pool": pool, "backend": backend, "active": active}))
+            .collect();
+        serde_json::json!({ "generation": self.generation, "pools": pools, "removed": removed })
+    }
+
+    /// Backends a reload removed that still hold connections: (pool, backend, active).
+    fn removed_draining(&self) -> impl Iterator<Item = (&str, &str, u32)> {
+        self.removed.iter().filter_map(|(pool, backend, runtime)| {
+            let active = runtime.upgrade()?.active.load(Ordering::Relaxed);
+            (active > 0).then_some((pool.as_str(), backend.as_str(), active))
+        })
     }
 }
 
@@ -858,5 +890,34 @@ mod tests {
         let b = shared.snapshot().pools[0].backends[1].runtime.clone();
         assert!(Arc::ptr_eq(&b, &held), "b came back with fresh counters");
         assert_eq!(b.active.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn a_removed_backend_stays_visible_while_its_connections_drain() {
+        let config = load_str(CONFIG, "t.toml", ValidateOptions::default()).expect("config");
+        let (shared, _events) = Shared::new(config);
+        let held = shared.snapshot().pools[0].backends[1].runtime.clone();
+        held.active.fetch_add(2, Ordering::Relaxed);
+        let without_b = CONFIG.replace("{ name = \"b\", address = \"127.0.0.1:3\" },\n", "");
+        shared.replace_config(load_str(&without_b, "t.toml", ValidateOptions::default()).unwrap());
+        let json = shared.snapshot().backends_json();
+        assert_eq!(
+            json["removed"],
+            serde_json::json!([{"pool": "p", "backend": "b", "active": 2}])
+        );
+        let metrics = shared.render_metrics();
+        assert!(
+            metrics.contains("gatehouse_backend_connections_active{pool=\"p\",backend=\"b\"} 2"),
+            "{metrics}"
+        );
+        // Its last connection ends: no longer listed, now or after the next publish.
+        held.active.store(0, Ordering::Relaxed);
+        assert_eq!(
+            shared.snapshot().backends_json()["removed"],
+            serde_json::json!([])
+        );
+        drop(held);
+        assert!(shared.set_health("p", "a", Health::Down));
+        assert!(shared.snapshot().removed.is_empty());
     }
 }

@@ -324,3 +324,43 @@ fn a_reload_applies_edited_states_and_drops_verdicts_of_a_removed_check() {
     );
     let _ = s1;
 }
+
+#[test]
+fn a_backend_removed_by_a_reload_is_listed_until_its_tunnels_end() {
+    let echo = EchoServer::start(None);
+    let other = EchoServer::start(None);
+    let (admin, listen) = addrs();
+    let g = Gatehouse::start(
+        &simple_config(admin, listen, "", "", &[("old", echo.addr)]),
+        admin,
+    );
+    let mut tunnel = connect_from(listen, None).unwrap();
+    assert!(echo_round_trip(&mut tunnel, b"before"));
+    g.rewrite_config(&simple_config(admin, listen, "", "", &[("new", other.addr)]));
+    g.signal(Signal::SIGHUP);
+    g.wait_metric(
+        "gatehouse_reloads_total{result=\"ok\"}",
+        1.0,
+        Duration::from_secs(5),
+    );
+    let removed = || {
+        let (_, body) = http(admin, "GET", "/api/v1/backends", "").expect("admin answers");
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["removed"].clone()
+    };
+    assert_eq!(
+        removed(),
+        serde_json::json!([{"pool": "p", "backend": "old", "active": 1}])
+    );
+    let (_, metrics) = http(admin, "GET", "/metrics", "").unwrap();
+    assert!(
+        metrics.contains("gatehouse_backend_connections_active{pool=\"p\",backend=\"old\"} 1"),
+        "{metrics}"
+    );
+    assert!(echo_round_trip(&mut tunnel, b"the tunnel still works"));
+    drop(tunnel);
+    assert!(
+        wait_until(Duration::from_secs(3), || removed() == serde_json::json!([])),
+        "still listed: {}",
+        removed()
+    );
+}

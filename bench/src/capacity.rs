@@ -945,15 +945,20 @@ pub fn parse_open_files_limit(text: &str) -> Option<u64> {
     soft.parse().ok()
 }
 
+/// The least RSS growth per session taken as a measurement (a plain tunnel's session state
+/// alone is about 600 B).
+const MIN_RSS_PER_SESSION: f64 = 256.0;
+
 fn extrapolate(node: NodeSize, a: &AtSlo, idle_rss: u64, p: &Params) -> Extrapolation {
     let sessions_by_cpu = a
         .cpu_us_per_session_s
         .filter(|&c| c > 0.0)
         .map(|c| node.cpus * node.cpu_budget * 1e6 / c);
-    let sessions_by_memory = a
-        .rss_bytes_per_session
-        .filter(|&m| m > 0.0)
-        .map(|m| ((node.mem_bytes as f64 * node.mem_budget - idle_rss as f64) / m).max(0.0));
+    // Below this, the target's RSS did not grow with its sessions: it kept the memory of an
+    // earlier load (its allocator does not give pages back), so the growth measures nothing.
+    let measured_rss = a.rss_bytes_per_session.filter(|&m| m >= MIN_RSS_PER_SESSION);
+    let sessions_by_memory =
+        measured_rss.map(|m| ((node.mem_bytes as f64 * node.mem_budget - idle_rss as f64) / m).max(0.0));
     let (sessions, limited_by) = match (sessions_by_cpu, sessions_by_memory) {
         (Some(c), Some(m)) if m < c => (Some(m), Some("memory")),
         (Some(c), _) => (Some(c), Some("cpu")),
@@ -1001,6 +1006,13 @@ fn extrapolate(node: NodeSize, a: &AtSlo, idle_rss: u64, p: &Params) -> Extrapol
             .into(),
     ];
     let mut assumptions = assumptions;
+    if let Some(m) = a.rss_bytes_per_session.filter(|&m| m < MIN_RSS_PER_SESSION) {
+        assumptions.push(format!(
+            "memory does not bound the figure: the target's RSS grew {m:.0} B per session, less \
+             than any session costs, so it held memory from an earlier load (restart it before \
+             the ramp for a memory figure)"
+        ));
+    }
     match p.mode {
         Mode::L4 => {}
         Mode::HalbPassthrough => assumptions.push(
@@ -1479,5 +1491,20 @@ mod tests {
         assert_eq!(x.limited_by, Some("cpu"));
         assert_eq!(x.sessions, Some(25_000.0));
         assert!(x.assumptions.len() >= 4);
+        // A warm target whose RSS hardly grew: memory is not taken as measured.
+        let warm = AtSlo {
+            rss_bytes_per_session: Some(41.0),
+            ..a
+        };
+        let x = extrapolate(node, &warm, 0, &p);
+        assert_eq!(x.sessions_by_memory, None);
+        assert_eq!((x.sessions, x.limited_by), (Some(25_000.0), Some("cpu")));
+        assert!(
+            x.assumptions
+                .iter()
+                .any(|l| l.contains("held memory from an earlier load")),
+            "{:?}",
+            x.assumptions
+        );
     }
 }

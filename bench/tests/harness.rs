@@ -505,6 +505,12 @@ fn rr_latency_counts_the_messages_a_dying_target_never_answered() {
         "lost messages not counted: {}",
         r.results.errors
     );
+    // Bytes up are the messages written: about 60 in the window, not the 160 due.
+    assert!(
+        r.results.bytes_up <= 70 * 32,
+        "unsent messages counted as sent: {} B",
+        r.results.bytes_up
+    );
 }
 
 #[test]

@@ -45,7 +45,10 @@ pub struct Params {
 
 struct ConnTally {
     hist: Histogram<u64>,
-    /// Messages whose intended time fell in the window (sent or not).
+    /// Messages whose intended time fell in the window, sent or not (a broken connection
+    /// sends no more, and those it did not send are lost, not never asked for).
+    due_in_window: u64,
+    /// Of those, the ones written.
     sent_in_window: u64,
     received_in_window: u64,
 }
@@ -131,12 +134,13 @@ pub fn run(common: &Common, p: &Params) -> Result<Report, BenchError> {
         hist.add(&t.hist).expect("histograms share bounds");
     }
     let received: u64 = tallies.iter().map(|t| t.received_in_window).sum();
+    let due: u64 = tallies.iter().map(|t| t.due_in_window).sum();
     let sent: u64 = tallies.iter().map(|t| t.sent_in_window).sum();
     require_progress(common.target, received, &first)?;
     // Messages of the baseline that never came back count as errors too.
     let direct_lost: u64 = direct_tallies
         .iter()
-        .map(|t| t.sent_in_window.saturating_sub(t.received_in_window))
+        .map(|t| t.due_in_window.saturating_sub(t.received_in_window))
         .sum();
     let direct_latency_us = match p.direct {
         Some(d) => {
@@ -150,15 +154,13 @@ pub fn run(common: &Common, p: &Params) -> Result<Report, BenchError> {
         }
         None => None,
     };
-    super::name_first_error(
-        sent.saturating_sub(received) + direct_lost,
-        first.first().or_else(|| direct_first.first()),
-    );
+    let errors = due.saturating_sub(received) + direct_lost;
+    super::name_first_error(errors, first.first().or_else(|| direct_first.first()));
     let results = Results {
         elapsed_s,
         connections: p.connections as u64,
         operations: received,
-        errors: sent.saturating_sub(received) + direct_lost,
+        errors,
         bytes_up: sent * p.message as u64,
         bytes_down: received * p.message as u64,
         latency_us: Percentiles::from_histogram(&hist),
@@ -192,6 +194,7 @@ fn run_connection(
             first.note(|| e.to_string());
             return ConnTally {
                 hist: new_histogram(),
+                due_in_window: 0,
                 sent_in_window: 0,
                 received_in_window: 0,
             };
@@ -199,8 +202,7 @@ fn run_connection(
     };
     let sent_flag = sent_total.clone();
     let sender_first = first.clone();
-    // Returns the messages due in the window: sent, or not sent because the connection
-    // broke (those count as lost, not as never asked for).
+    // Returns the messages due in the window and, of those, the ones sent.
     let sender = std::thread::spawn(move || {
         set_fine_timer_slack();
         let mut msg = vec![0u8; message];
@@ -208,6 +210,7 @@ fn run_connection(
         let mut sent = 0u64;
         let mut broken = false;
         let mut due_in_window = 0u64;
+        let mut sent_in_window = 0u64;
         loop {
             let intended = base + offset + interval.mul_f64(k as f64);
             if intended >= end {
@@ -222,12 +225,13 @@ fn run_connection(
                 let t = (intended - base).as_nanos() as u64;
                 msg[8..16].copy_from_slice(&t.to_be_bytes());
                 match writer.write_all(&msg) {
-                    Ok(()) => sent += 1,
+                    Ok(()) => {
+                        sent += 1;
+                        sent_in_window += u64::from(intended >= window_start);
+                    }
                     Err(e) => {
                         sender_first.note(|| format!("sending message {k}: {e}"));
                         broken = true;
-                        // The receiver waits only for what went out.
-                        sent_flag.store(sent, Ordering::Release);
                     }
                 }
             }
@@ -236,8 +240,9 @@ fn run_connection(
             }
             k += 1;
         }
+        // The receiver waits only for what went out.
         sent_flag.store(sent, Ordering::Release);
-        due_in_window
+        (due_in_window, sent_in_window)
     });
     let mut conn = conn;
     let _ = conn.set_read_timeout(Some(Duration::from_millis(200)));
@@ -282,9 +287,10 @@ fn run_connection(
         }
     }
     let _ = conn.shutdown(std::net::Shutdown::Both);
-    let sent_in_window = sender.join().unwrap_or(0);
+    let (due_in_window, sent_in_window) = sender.join().unwrap_or((0, 0));
     ConnTally {
         hist,
+        due_in_window,
         sent_in_window,
         received_in_window,
     }

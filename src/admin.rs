@@ -167,28 +167,9 @@ fn serve(mut stream: TcpStream, shared: &Shared, commands: &Sender<Command>) -> 
         let mut req = httparse::Request::new(&mut headers);
         match req.parse(&buf) {
             Ok(httparse::Status::Complete(head)) => {
-                let len = match req
-                    .headers
-                    .iter()
-                    .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-                {
-                    None => 0,
-                    // RFC 9110 §8.6: 1*DIGIT; anything else is a framing error.
-                    Some(h) => match std::str::from_utf8(h.value)
-                        .ok()
-                        .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
-                        .and_then(|v| v.parse::<usize>().ok())
-                    {
-                        Some(len) => len,
-                        None => {
-                            return respond(
-                                &stream,
-                                400,
-                                "text/plain",
-                                "bad request: invalid Content-Length\n",
-                            )
-                        }
-                    },
+                let len = match crate::gateway::http::content_length(req.headers) {
+                    Ok(len) => len.unwrap_or(0),
+                    Err(why) => return respond(&stream, 400, "text/plain", &format!("bad request: {why}\n")),
                 };
                 if len > MAX_REQUEST {
                     return respond(&stream, 413, "text/plain", "body too large\n");

@@ -510,12 +510,38 @@ fn malformed(why: &str) -> HttpError {
     HttpError::Malformed(why.to_owned())
 }
 
+/// The body length the `Content-Length` fields of `headers` give (RFC 9110 §8.6: 1*DIGIT;
+/// RFC 9112 §6.3: repeated identical values are one value, different ones an error), `None`
+/// without one. The error is the detail of a 400. (The admin API frames its requests with it
+/// too.)
+pub fn content_length(headers: &[httparse::Header<'_>]) -> Result<Option<usize>, &'static str> {
+    let mut length = None;
+    for h in headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("content-length"))
+    {
+        let v = std::str::from_utf8(h.value).map(str::trim).unwrap_or("");
+        if v.is_empty() || v.len() > MAX_LENGTH_DIGITS || !v.bytes().all(|b| b.is_ascii_digit()) {
+            return Err("invalid Content-Length");
+        }
+        let n: usize = v.parse().map_err(|_| "invalid Content-Length")?;
+        if length.is_some_and(|m| m != n) {
+            return Err("conflicting Content-Length");
+        }
+        length = Some(n);
+    }
+    Ok(length)
+}
+
 fn build_head(req: &httparse::Request<'_, '_>, head_len: usize) -> Result<RequestHead, HttpError> {
     // httparse fills these on Complete; a missing one is still answered, not unwrapped.
     let (Some(method), Some(target), Some(minor)) = (req.method, req.path, req.version) else {
         return Err(malformed("incomplete request line"));
     };
-    let mut c = Collected::default();
+    let mut c = Collected {
+        content_length: content_length(req.headers).map_err(malformed)?,
+        ..Collected::default()
+    };
     for h in req.headers.iter() {
         let name = h.name;
         let value = || -> Result<&str, HttpError> {
@@ -523,18 +549,7 @@ fn build_head(req: &httparse::Request<'_, '_>, head_len: usize) -> Result<Reques
                 .map(str::trim)
                 .map_err(|_| HttpError::Malformed(format!("{name} is not UTF-8")))
         };
-        if name.eq_ignore_ascii_case("content-length") {
-            let v = value()?;
-            if v.is_empty() || v.len() > MAX_LENGTH_DIGITS || !v.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(malformed("invalid Content-Length"));
-            }
-            let n: usize = v.parse().map_err(|_| malformed("invalid Content-Length"))?;
-            // RFC 9112 §6.3: repeated identical values are one value; different ones are an error.
-            if c.content_length.is_some_and(|m| m != n) {
-                return Err(malformed("conflicting Content-Length"));
-            }
-            c.content_length = Some(n);
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+        if name.eq_ignore_ascii_case("transfer-encoding") {
             c.codings.add(value()?);
         } else if name.eq_ignore_ascii_case("content-type") {
             once(&mut c.content_type, value()?, "Content-Type")?;

@@ -86,6 +86,8 @@ struct Shared {
     /// Directory checks in flight.
     directory_checks: AtomicUsize,
     hash_jobs: Arc<FairQueue<HashJob>>,
+    /// Logins refused because the queue was full, for the log.
+    hash_refusals: Mutex<RefusalLog>,
     tls: Arc<ServerConfig>,
     node: String,
     keepalive: KeepaliveConfig,
@@ -217,6 +219,7 @@ impl BrokerServer {
             farm_generation: AtomicU64::new(0),
             directory_checks: AtomicUsize::new(0),
             hash_jobs: hash_jobs.clone(),
+            hash_refusals: Mutex::new(RefusalLog::default()),
             tls,
             node: node.to_string(),
             keepalive: KeepaliveConfig {
@@ -432,8 +435,8 @@ impl Drop for Admitted {
     }
 }
 
-/// Connections refused at accept, logged at most once per [`REFUSAL_LOG_PERIOD`]: a flood
-/// must not turn into a flood of log lines.
+/// Refusals logged at most once per [`REFUSAL_LOG_PERIOD`], each line with the count of those
+/// since the last one: a flood (of connections, of logins) must not become a flood of lines.
 #[derive(Default)]
 struct RefusalLog {
     last: Option<Instant>,
@@ -441,18 +444,18 @@ struct RefusalLog {
 }
 
 impl RefusalLog {
-    fn refused(&mut self, role: Role, addr: SocketAddr, why: &str) {
+    /// `Some(refusals not logged since the last line)` when this one may be logged.
+    fn admit_line(&mut self) -> Option<u64> {
         let now = Instant::now();
         if self
             .last
             .is_some_and(|at| now.duration_since(at) < REFUSAL_LOG_PERIOD)
         {
             self.unlogged += 1;
-            return;
+            return None;
         }
-        let also = std::mem::take(&mut self.unlogged);
-        tracing::warn!(peer = %addr, port_role = %role, refused_since_last_line = also, "connection refused: {why}");
         self.last = Some(now);
+        Some(std::mem::take(&mut self.unlogged))
     }
 }
 
@@ -474,7 +477,9 @@ fn accept_loop(listener: TcpListener, role: Role, shared: Arc<Shared>) {
                 let admitted = match admission.admit(addr.ip()) {
                     Ok(a) => a,
                     Err(why) => {
-                        refusals.refused(role, addr, &why);
+                        if let Some(also) = refusals.admit_line() {
+                            tracing::warn!(peer = %addr, port_role = %role, refused_since_last_line = also, "connection refused: {why}");
+                        }
                         continue;
                     }
                 };
@@ -717,7 +722,9 @@ fn handle(
     });
     if let Err((_, why)) = shared.hash_jobs.push(&peer_name, job) {
         let detail = why.detail();
-        tracing::warn!(node = %peer_name, queued = shared.hash_jobs.len(), "login refused: {detail}");
+        if let Some(also) = shared.hash_refusals.lock().admit_line() {
+            tracing::warn!(node = %peer_name, queued = shared.hash_jobs.len(), refused_since_last_line = also, "login refused: {detail}");
+        }
         return Some((
             id,
             Reply::Refused(gatehouse_control::message::Refused::with_detail(

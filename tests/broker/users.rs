@@ -204,14 +204,13 @@ fn a_gateway_flooding_logins_does_not_hold_back_another_gateways() {
         a_answered_meanwhile <= 16,
         "gw-b's login waited behind {a_answered_meanwhile} of gw-a's checks"
     );
-    assert!(
-        broker
-            .proc
-            .log_text()
-            .contains("too many password checks queued from this gateway"),
-        "{}",
-        broker.proc.log_text()
-    );
+    // About 44 refusals in well under a second: one log line, not one each.
+    let log = broker.proc.log_text();
+    let lines = log
+        .lines()
+        .filter(|l| l.contains("login refused: too many password checks queued from this gateway"))
+        .count();
+    assert!((1..=2).contains(&lines), "{lines} lines:\n{log}");
 }
 
 #[test]

@@ -52,13 +52,11 @@ pub(crate) fn probe_with(
     timeout: Duration,
     send_proxy: bool,
 ) -> ProbeOutcome {
-    let deadline = Deadline {
-        end: Instant::now() + timeout,
-        send_proxy,
-    };
+    let deadline = Deadline(Instant::now() + timeout);
+    let dial = Dial { addr, send_proxy };
     let result = match kind {
-        CheckKind::Tcp => probe_tcp(addr, &deadline),
-        CheckKind::Tls { server_name, .. } => probe_tls(addr, server_name.as_deref(), tls, &deadline),
+        CheckKind::Tcp => probe_tcp(dial, &deadline),
+        CheckKind::Tls { server_name, .. } => probe_tls(dial, server_name.as_deref(), tls, &deadline),
         CheckKind::Http {
             path,
             host,
@@ -74,7 +72,7 @@ pub(crate) fn probe_with(
                 (None, Some(name)) => name.to_string(),
                 (None, None) => addr.to_string(),
             };
-            probe_http(addr, path, &host, sni, tls_settings.as_ref().and(tls), &deadline).and_then(|code| {
+            probe_http(dial, path, &host, sni, tls_settings.as_ref().and(tls), &deadline).and_then(|code| {
                 if expect.matches(code) {
                     Ok(())
                 } else {
@@ -89,9 +87,13 @@ pub(crate) fn probe_with(
     }
 }
 
-/// The instant a probe must be over by, and how its connection starts.
-struct Deadline {
-    end: Instant,
+/// The instant a probe must be over by.
+struct Deadline(Instant);
+
+/// Where a probe connects, and how its connection starts.
+#[derive(Clone, Copy)]
+struct Dial {
+    addr: SocketAddr,
     /// Send a PROXY v2 LOCAL header right after connecting.
     send_proxy: bool,
 }
@@ -99,7 +101,7 @@ struct Deadline {
 impl Deadline {
     /// Time left, or a timeout failure for `stage` when none is.
     fn remaining(&self, stage: Stage) -> Result<Duration, ProbeFailure> {
-        let left = self.end.saturating_duration_since(Instant::now());
+        let left = self.0.saturating_duration_since(Instant::now());
         if left.is_zero() {
             Err(ProbeFailure::Timeout(stage))
         } else {
@@ -117,20 +119,20 @@ impl Deadline {
     }
 }
 
-fn probe_tcp(addr: SocketAddr, deadline: &Deadline) -> Result<(), ProbeFailure> {
-    let stream = connect(addr, deadline)?;
+fn probe_tcp(dial: Dial, deadline: &Deadline) -> Result<(), ProbeFailure> {
+    let stream = connect(dial, deadline)?;
     let _ = stream.shutdown(Shutdown::Both);
     Ok(())
 }
 
 fn probe_tls(
-    addr: SocketAddr,
+    dial: Dial,
     server_name: Option<&str>,
     tls: Option<&Arc<ClientConfig>>,
     deadline: &Deadline,
 ) -> Result<(), ProbeFailure> {
-    let mut stream = connect(addr, deadline)?;
-    let mut conn = tls_client(addr, server_name, tls)?;
+    let mut stream = connect(dial, deadline)?;
+    let mut conn = tls_client(dial.addr, server_name, tls)?;
     handshake(&mut stream, &mut conn, deadline)?;
     // Polite close: close_notify (RFC 8446 §6.1), best effort within what is left.
     conn.send_close_notify();
@@ -142,18 +144,18 @@ fn probe_tls(
 
 /// Sends the request and returns the status code of the answer.
 fn probe_http(
-    addr: SocketAddr,
+    dial: Dial,
     path: &str,
     host: &str,
     sni: Option<&str>,
     tls: Option<&Arc<ClientConfig>>,
     deadline: &Deadline,
 ) -> Result<u16, ProbeFailure> {
-    let mut stream = connect(addr, deadline)?;
+    let mut stream = connect(dial, deadline)?;
     let mut conn = match tls {
         None => Conn::Plain(stream),
         Some(_) => {
-            let mut client = tls_client(addr, sni, tls)?;
+            let mut client = tls_client(dial.addr, sni, tls)?;
             handshake(&mut stream, &mut client, deadline)?;
             Conn::Tls(Box::new(StreamOwned::new(client, stream)))
         }
@@ -185,8 +187,9 @@ fn probe_http(
     }
 }
 
-/// Opens a TCP connection within the deadline.
-fn connect(addr: SocketAddr, deadline: &Deadline) -> Result<TcpStream, ProbeFailure> {
+/// Opens a TCP connection within the deadline (and sends the PROXY header it starts with).
+fn connect(dial: Dial, deadline: &Deadline) -> Result<TcpStream, ProbeFailure> {
+    let addr = dial.addr;
     let io_err = |e: io::Error| ProbeFailure::from_io(&e, Stage::Connect);
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(io_err)?;
     // Best effort: a lost option only costs latency.
@@ -195,7 +198,7 @@ fn connect(addr: SocketAddr, deadline: &Deadline) -> Result<TcpStream, ProbeFail
         .connect_timeout(&addr.into(), deadline.remaining(Stage::Connect)?)
         .map_err(io_err)?;
     let mut stream: TcpStream = socket.into();
-    if deadline.send_proxy {
+    if dial.send_proxy {
         let mut header = Vec::new();
         crate::proxy_protocol::ProxyHeader::local()
             .encode(&mut header)
